@@ -1,0 +1,251 @@
+//! DeviceConnection: one actor per live stream. It owns the sending half of
+//! the stream's bounded queue and is the only writer to it.
+//!
+//! Lifecycle: created by the stream route, attached by the store, begun by the
+//! registry (`hello`, an optional `reset`, the replay), then fed live events.
+//! It stops when the client is gone (queue closed), when the client cannot
+//! keep up (queue full), when it is kicked, or at shutdown. Stopping drops the
+//! queue's sender, which ends the HTTP response after the queued frames.
+//!
+//! Its mailbox is unbounded so that senders never wait on it; it only moves
+//! frames into the bounded queue, so the mailbox does not grow.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::mpsc::{Sender, error::TrySendError};
+
+use crate::{
+    ConnectionId, DeviceId, Frame, Opening, Signal, Start, StoredEvent,
+    heartbeat::{Activity, Heartbeat, Unwatch, Watch},
+    registry::{DeviceRegistry, Unregister},
+};
+
+/// Why a stream ended; logged as `reason=` in `device.disconnected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    ClientGone,
+    Kicked,
+    Slow,
+    Shutdown,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientGone => "client_gone",
+            Self::Kicked => "kicked",
+            Self::Slow => "slow",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Start the stream: hello, an optional reset, the replay. Sent by the
+/// registry once, before any `Push`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Begin {
+    pub opening: Opening,
+}
+
+/// Write a live event. Sent by the registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Push {
+    pub event: StoredEvent,
+}
+
+/// Another connection of the same device replaced this one: write `kicked` and
+/// stop. Sent by the registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick {
+    pub by: ConnectionId,
+}
+
+/// End the stream without a kick. Sent by the registry (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close {
+    pub reason: DisconnectReason,
+}
+
+/// The stream has been idle: write a heartbeat. Sent by the heartbeat.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendHeartbeat;
+
+/// Everything a connection needs, given by the stream route.
+pub struct ConnectionParams {
+    pub device: DeviceId,
+    pub connection_id: ConnectionId,
+    /// The client's address, for logs.
+    pub peer: String,
+    pub queue: Sender<Frame>,
+    pub registry: Addr<DeviceRegistry>,
+    pub heartbeat: Addr<Heartbeat>,
+    /// Announced to the client in `hello`.
+    pub heartbeat_timeout: Duration,
+}
+
+pub struct DeviceConnection {
+    params: ConnectionParams,
+    activity: Activity,
+    /// When `Begin` arrived; `None` until then.
+    began: Option<Instant>,
+    reason: DisconnectReason,
+}
+
+impl DeviceConnection {
+    /// Starts a connection actor with an unbounded mailbox.
+    pub fn spawn(params: ConnectionParams) -> Addr<Self> {
+        Self::create(|ctx| {
+            ctx.set_mailbox_capacity(0);
+            Self {
+                params,
+                activity: Activity::default(),
+                began: None,
+                reason: DisconnectReason::ClientGone,
+            }
+        })
+    }
+
+    fn write(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        if ctx.state() != ActorState::Running {
+            return;
+        }
+        match self.params.queue.try_send(frame) {
+            Ok(()) => self.activity.touch(),
+            Err(TrySendError::Full(_)) => {
+                log::warn!(
+                    "stream.slow_consumer device={} conn={} queue={}",
+                    self.params.device,
+                    self.params.connection_id,
+                    self.params.queue.max_capacity()
+                );
+                self.stop(DisconnectReason::Slow, ctx);
+            }
+            Err(TrySendError::Closed(_)) => self.stop(DisconnectReason::ClientGone, ctx),
+        }
+    }
+
+    fn stop(&mut self, reason: DisconnectReason, ctx: &mut Context<Self>) {
+        if ctx.state() == ActorState::Running {
+            self.reason = reason;
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for DeviceConnection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Notice a client that went away even while nothing is written.
+        let queue = self.params.queue.clone();
+        ctx.spawn(
+            async move { queue.closed().await }
+                .into_actor(self)
+                .map(|(), act, ctx| act.stop(DisconnectReason::ClientGone, ctx)),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        let (device, connection_id) = (self.params.device.clone(), self.params.connection_id);
+        if let Some(began) = self.began {
+            log::info!(
+                "device.disconnected device={device} conn={connection_id} reason={} duration_ms={}",
+                self.reason.as_str(),
+                began.elapsed().as_millis()
+            );
+            self.params.heartbeat.do_send(Unwatch { connection_id });
+        }
+        self.params.registry.do_send(Unregister {
+            device,
+            connection_id,
+        });
+    }
+}
+
+impl Handler<Begin> for DeviceConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Begin, ctx: &mut Self::Context) {
+        let Opening { start, replay } = msg.opening;
+        let p = &self.params;
+        let resumed = start == Start::Resumed;
+        log::info!(
+            "device.connected device={} conn={} addr={} resumed={resumed} replayed={}",
+            p.device,
+            p.connection_id,
+            p.peer,
+            replay.len()
+        );
+        let timeout_ms = u64::try_from(p.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
+        let hello = Signal::hello(&p.device, p.connection_id, timeout_ms, resumed);
+        self.began = Some(Instant::now());
+        self.write(Frame::Signal(hello), ctx);
+        if let Start::Reset {
+            reason,
+            last_event_id,
+        } = start
+        {
+            log::info!(
+                "session.reset device={} conn={} reason={} last_event_id={last_event_id:?}",
+                self.params.device,
+                self.params.connection_id,
+                reason.as_str()
+            );
+            self.write(Frame::Signal(Signal::reset(reason, &last_event_id)), ctx);
+        }
+        if !replay.is_empty() {
+            self.write(Frame::Replay(replay), ctx);
+        }
+        self.params.heartbeat.do_send(Watch {
+            device: self.params.device.clone(),
+            connection_id: self.params.connection_id,
+            connection: ctx.address(),
+            activity: self.activity.clone(),
+        });
+    }
+}
+
+impl Handler<Push> for DeviceConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        self.write(Frame::Event(msg.event), ctx);
+    }
+}
+
+impl Handler<Kick> for DeviceConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Kick, ctx: &mut Self::Context) {
+        log::info!(
+            "device.kicked device={} conn={} by={}",
+            self.params.device,
+            self.params.connection_id,
+            msg.by
+        );
+        self.write(Frame::Signal(Signal::kicked(msg.by)), ctx);
+        self.stop(DisconnectReason::Kicked, ctx);
+    }
+}
+
+impl Handler<Close> for DeviceConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        self.stop(msg.reason, ctx);
+    }
+}
+
+impl Handler<SendHeartbeat> for DeviceConnection {
+    type Result = ();
+
+    fn handle(&mut self, _: SendHeartbeat, ctx: &mut Self::Context) {
+        self.write(Frame::Signal(Signal::heartbeat()), ctx);
+    }
+}

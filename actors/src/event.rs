@@ -1,0 +1,130 @@
+//! The event model: what a session stores and what a stream carries.
+//!
+//! A [`StoredEvent`] is a published event with its place in a session's
+//! history. A [`Frame`] is one item on a stream's queue; the HTTP layer turns
+//! frames into SSE fields (this crate does not know the wire format).
+//! [`Signal`]s are the protocol's own events; they never carry an id, so they
+//! never move a client's `Last-Event-ID`.
+
+use bytestring::ByteString;
+use serde_json::json;
+
+use crate::{ConnectionId, DeviceId, EventId, EventName};
+
+pub const HELLO: &str = "hello";
+pub const HEARTBEAT: &str = "heartbeat";
+pub const KICKED: &str = "kicked";
+pub const RESET: &str = "reset";
+
+/// Event names publishers may not use.
+pub const RESERVED_EVENT_NAMES: [&str; 4] = [HELLO, HEARTBEAT, KICKED, RESET];
+
+/// A published event as a session holds it. Cloning is cheap: name and data
+/// are shared, so a broadcast stores one copy of the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: EventId,
+    pub name: EventName,
+    pub data: ByteString,
+}
+
+impl StoredEvent {
+    /// Bytes this event holds in a buffer (name and payload).
+    pub fn size(&self) -> usize {
+        self.name.as_str().len() + self.data.len()
+    }
+}
+
+/// One item on a stream's bounded queue.
+#[derive(Debug)]
+pub enum Frame {
+    /// A live event.
+    Event(StoredEvent),
+    /// A replay: written as one queue slot, so a long replay never trips the
+    /// slow-consumer bound on its own.
+    Replay(Vec<StoredEvent>),
+    /// A protocol event without id.
+    Signal(Signal),
+}
+
+/// Why a client's resume position could not be honoured. Sent to the client in
+/// the `reset` event and logged; the names are part of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The session this id belongs to ended (its TTL passed).
+    Expired,
+    /// The session still exists but no longer holds the events after this id.
+    Evicted,
+    /// The id comes from another server process's history (a restart).
+    UnknownEpoch,
+    /// The id is not one herald issues.
+    Invalid,
+    /// The id is ahead of the last one issued: forged or corrupted.
+    Future,
+}
+
+impl ResetReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Evicted => "evicted",
+            Self::UnknownEpoch => "unknown_epoch",
+            Self::Invalid => "invalid",
+            Self::Future => "future",
+        }
+    }
+}
+
+/// A protocol event: a name from [`RESERVED_EVENT_NAMES`] and JSON data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    pub name: &'static str,
+    pub data: String,
+}
+
+impl Signal {
+    /// First event of every stream.
+    pub fn hello(
+        device: &DeviceId,
+        connection: ConnectionId,
+        heartbeat_timeout_ms: u64,
+        resumed: bool,
+    ) -> Self {
+        let data = json!({
+            "device_id": device.as_str(),
+            "connection_id": connection.to_string(),
+            "heartbeat_timeout_ms": heartbeat_timeout_ms,
+            "resumed": resumed,
+        });
+        Self {
+            name: HELLO,
+            data: data.to_string(),
+        }
+    }
+
+    /// Sent on a stream that has been idle, so the client knows it is alive.
+    pub fn heartbeat() -> Self {
+        Self {
+            name: HEARTBEAT,
+            data: "{}".to_owned(),
+        }
+    }
+
+    /// Last event of a stream replaced by a newer connection of its device.
+    pub fn kicked(by: ConnectionId) -> Self {
+        let data = json!({ "reason": "replaced", "connection_id": by.to_string() });
+        Self {
+            name: KICKED,
+            data: data.to_string(),
+        }
+    }
+
+    /// Tells the client its position is gone; what follows is the current state.
+    pub fn reset(reason: ResetReason, last_event_id: &str) -> Self {
+        let data = json!({ "reason": reason.as_str(), "last_event_id": last_event_id });
+        Self {
+            name: RESET,
+            data: data.to_string(),
+        }
+    }
+}

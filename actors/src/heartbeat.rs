@@ -1,0 +1,185 @@
+//! Heartbeat: keeps idle streams visibly alive and finds dead ones.
+//!
+//! Every stream publishes the time of its last write in an [`Activity`] cell.
+//! On each tick the heartbeat reads those cells (no message per stream) and
+//! asks only the streams idle for `timeout - margin` to write a `heartbeat`
+//! event; a stream with traffic gets none. A connection that no longer takes
+//! messages is reported to the registry, which forgets it.
+//!
+//! Clients learn `timeout` in `hello` (`heartbeat_timeout_ms`): silence that
+//! long means the stream is dead. The margin covers tick granularity and
+//! network delay.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use actix::{dev::SendError, prelude::*};
+use serde::Deserialize;
+
+use crate::{
+    ConnectionId, DeviceConnection, DeviceId,
+    connection::SendHeartbeat,
+    registry::{DeviceRegistry, Unregister},
+};
+
+/// The `[heartbeat]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Silence after which a client should consider its stream dead.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long before `timeout` an idle stream gets its heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub margin: Duration,
+}
+
+impl HeartbeatConfig {
+    /// Idle time after which a stream gets a heartbeat.
+    pub fn idle_after(&self) -> Duration {
+        self.timeout.saturating_sub(self.margin)
+    }
+
+    /// How often idleness is checked: fine enough that a heartbeat goes out
+    /// well inside the margin.
+    pub fn tick(&self) -> Duration {
+        (self.margin / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// When a stream last wrote, shared between its connection (writer) and the
+/// heartbeat (reader). Milliseconds since the process's first use of it.
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<AtomicU64>);
+
+impl Activity {
+    fn now_ms() -> u64 {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        let elapsed = ORIGIN.get_or_init(Instant::now).elapsed();
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn touch(&self) {
+        self.0.store(Self::now_ms(), Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_millis(Self::now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Watch a stream that has begun. Sent by its connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watch {
+    pub device: DeviceId,
+    pub connection_id: ConnectionId,
+    pub connection: Addr<DeviceConnection>,
+    pub activity: Activity,
+}
+
+/// Stop watching a stream that ended. Sent by its connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unwatch {
+    pub connection_id: ConnectionId,
+}
+
+/// Check every watched stream once. Sent by the heartbeat to itself.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Tick;
+
+struct Watched {
+    device: DeviceId,
+    connection: Addr<DeviceConnection>,
+    activity: Activity,
+}
+
+pub struct Heartbeat {
+    config: HeartbeatConfig,
+    registry: Addr<DeviceRegistry>,
+    watched: HashMap<ConnectionId, Watched>,
+}
+
+impl Heartbeat {
+    pub fn new(config: HeartbeatConfig, registry: Addr<DeviceRegistry>) -> Self {
+        Self {
+            config,
+            registry,
+            watched: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for Heartbeat {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.config.tick(), |_, ctx| ctx.notify(Tick));
+    }
+}
+
+impl Supervised for Heartbeat {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        log::error!(
+            "actor.restarted actor=heartbeat watched={}",
+            self.watched.len()
+        );
+    }
+}
+
+impl Handler<Watch> for Heartbeat {
+    type Result = ();
+
+    fn handle(&mut self, msg: Watch, _: &mut Self::Context) {
+        let watched = Watched {
+            device: msg.device,
+            connection: msg.connection,
+            activity: msg.activity,
+        };
+        self.watched.insert(msg.connection_id, watched);
+    }
+}
+
+impl Handler<Unwatch> for Heartbeat {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unwatch, _: &mut Self::Context) {
+        self.watched.remove(&msg.connection_id);
+    }
+}
+
+impl Handler<Tick> for Heartbeat {
+    type Result = ();
+
+    fn handle(&mut self, _: Tick, _: &mut Self::Context) {
+        let idle_after = self.config.idle_after();
+        let registry = &self.registry;
+        self.watched.retain(|connection_id, watched| {
+            if watched.activity.idle() < idle_after {
+                return true;
+            }
+            // Marked now, not when the connection gets to it, so a slow
+            // connection is not asked twice.
+            watched.activity.touch();
+            match watched.connection.try_send(SendHeartbeat) {
+                Ok(()) | Err(SendError::Full(_)) => true,
+                Err(SendError::Closed(_)) => {
+                    let device = watched.device.clone();
+                    registry.do_send(Unregister {
+                        device,
+                        connection_id: *connection_id,
+                    });
+                    false
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,159 @@
+//! Names that cross the trust boundary: device ids and event names come from
+//! URLs and request bodies, so they are parsed once, at the edge, into types
+//! that cannot hold anything else. Connection ids are minted by the server.
+
+use std::fmt;
+
+use bytestring::ByteString;
+use thiserror::Error;
+
+use crate::event::RESERVED_EVENT_NAMES;
+
+/// Longest device id or event name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Why a device id or event name was refused. The messages are shown to API
+/// clients as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {MAX_NAME_LEN} characters")]
+    TooLong,
+    #[error("may only contain A-Z a-z 0-9 . _ : -")]
+    BadCharacter,
+    #[error("`{0}` is reserved for the protocol")]
+    Reserved(&'static str),
+}
+
+/// The shared character rule for device ids and event names: 1–128 of
+/// `A-Z a-z 0-9 . _ : -`. It keeps both safe to put in URLs, log lines and
+/// SSE fields without escaping.
+fn check_name(raw: &str) -> Result<(), NameError> {
+    if raw.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if raw.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong);
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-');
+    if raw.bytes().all(allowed) {
+        Ok(())
+    } else {
+        Err(NameError::BadCharacter)
+    }
+}
+
+/// A device's identity: the key of its session and of its live connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(ByteString);
+
+impl DeviceId {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check_name(raw)?;
+        Ok(Self(ByteString::from(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of a published event (the SSE `event:` field). Names the protocol
+/// itself uses (`hello`, `heartbeat`, …) are refused so a publisher can never
+/// impersonate the server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventName(ByteString);
+
+impl EventName {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        check_name(raw)?;
+        if let Some(reserved) = RESERVED_EVENT_NAMES.iter().find(|r| **r == raw) {
+            return Err(NameError::Reserved(reserved));
+        }
+        Ok(Self(ByteString::from(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a shared string, for writing to a stream without copying.
+    pub fn to_bytestring(&self) -> ByteString {
+        self.0.clone()
+    }
+}
+
+impl fmt::Display for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One stream's identity, minted by the server for every accepted stream. Log
+/// lines and the `kicked` event name connections by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(uuid::Uuid);
+
+impl ConnectionId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for ConnectionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_follow_the_character_rule() {
+        for good in ["a", "edge-01", "site:7.rack_2", &"x".repeat(MAX_NAME_LEN)] {
+            assert_eq!(
+                DeviceId::parse(good).map(|d| d.to_string()),
+                Ok(good.to_string())
+            );
+        }
+        assert_eq!(DeviceId::parse(""), Err(NameError::Empty));
+        assert_eq!(
+            DeviceId::parse(&"x".repeat(MAX_NAME_LEN + 1)),
+            Err(NameError::TooLong)
+        );
+        for bad in ["a b", "a/b", "é", "a\nb", "a\0", "a%20"] {
+            assert_eq!(
+                DeviceId::parse(bad),
+                Err(NameError::BadCharacter),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn event_names_may_not_impersonate_the_protocol() {
+        assert!(EventName::parse("config").is_ok());
+        for reserved in RESERVED_EVENT_NAMES {
+            assert_eq!(
+                EventName::parse(reserved),
+                Err(NameError::Reserved(reserved))
+            );
+        }
+        assert_eq!(EventName::parse("con fig"), Err(NameError::BadCharacter));
+    }
+}

@@ -1,0 +1,209 @@
+//! DeviceRegistry: knows the one live [`DeviceConnection`] of each device and
+//! routes events to it.
+//!
+//! Invariants:
+//! - at most one live connection per device: registering a second one kicks
+//!   the first (it writes `kicked` and ends) before the second begins;
+//! - a connection's `Begin` (hello and replay) is sent before any `Push` to it,
+//!   because both come from this actor in the order the store sent them;
+//! - a connection that is gone — stopped, or dead without saying so (a panic) —
+//!   is forgotten when a send to it fails, and its session is detached so its
+//!   TTL starts.
+
+use std::collections::HashMap;
+
+use actix::{dev::SendError, prelude::*};
+
+use crate::{
+    ConnectionId, DeviceConnection, DeviceId, Opening, StoredEvent,
+    connection::{Begin, Close, DisconnectReason, Kick, Push},
+    session_store::{Detach, SessionStore},
+};
+
+/// Make a connection its device's live one, kicking the previous one. Sent by
+/// the store after it attached the connection to the session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    pub device: DeviceId,
+    pub connection_id: ConnectionId,
+    pub connection: Addr<DeviceConnection>,
+    pub opening: Opening,
+}
+
+/// Route one event to its device's live connection; answers whether there was
+/// one that took it. Sent by the store.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Deliver {
+    pub device: DeviceId,
+    pub event: StoredEvent,
+}
+
+/// Route one event per device (a broadcast); answers how many live
+/// connections took theirs. Sent by the store.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct DeliverEach {
+    pub events: Vec<(DeviceId, StoredEvent)>,
+}
+
+/// A connection is gone. Sent by the connection when it stops, and by the
+/// heartbeat when it finds a connection dead.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    pub device: DeviceId,
+    pub connection_id: ConnectionId,
+}
+
+/// End every live stream (server shutdown); answers how many were asked to
+/// close. Sent by the server's shutdown sequence.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll;
+
+/// How many devices have a live connection. Sent by tests and stats.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountLive;
+
+struct Live {
+    connection_id: ConnectionId,
+    connection: Addr<DeviceConnection>,
+}
+
+pub struct DeviceRegistry {
+    store: Addr<SessionStore>,
+    live: HashMap<DeviceId, Live>,
+}
+
+impl DeviceRegistry {
+    pub fn new(store: Addr<SessionStore>) -> Self {
+        Self {
+            store,
+            live: HashMap::new(),
+        }
+    }
+
+    /// Sends `msg` to the device's live connection; forgets the connection if
+    /// its mailbox is closed. Answers whether the connection took it.
+    fn send_live<M>(&mut self, device: &DeviceId, msg: M) -> bool
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        DeviceConnection: Handler<M>,
+    {
+        let Some(live) = self.live.get(device) else {
+            return false;
+        };
+        match live.connection.try_send(msg) {
+            Ok(()) => true,
+            // Connection mailboxes are unbounded, so this does not happen.
+            Err(SendError::Full(_)) => false,
+            Err(SendError::Closed(_)) => {
+                let connection_id = live.connection_id;
+                self.forget(device.clone(), connection_id);
+                false
+            }
+        }
+    }
+
+    fn forget(&mut self, device: DeviceId, connection_id: ConnectionId) {
+        if self
+            .live
+            .get(&device)
+            .is_some_and(|l| l.connection_id == connection_id)
+        {
+            self.live.remove(&device);
+        }
+        self.store.do_send(Detach {
+            device,
+            connection_id,
+        });
+    }
+}
+
+impl Actor for DeviceRegistry {
+    type Context = Context<Self>;
+}
+
+impl Supervised for DeviceRegistry {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        log::error!(
+            "actor.restarted actor=device_registry live={}",
+            self.live.len()
+        );
+    }
+}
+
+impl Handler<Register> for DeviceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+        let new = Live {
+            connection_id: msg.connection_id,
+            connection: msg.connection,
+        };
+        if let Some(old) = self.live.insert(msg.device.clone(), new) {
+            old.connection.do_send(Kick {
+                by: msg.connection_id,
+            });
+        }
+        self.send_live(
+            &msg.device,
+            Begin {
+                opening: msg.opening,
+            },
+        );
+    }
+}
+
+impl Handler<Deliver> for DeviceRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> bool {
+        self.send_live(&msg.device, Push { event: msg.event })
+    }
+}
+
+impl Handler<DeliverEach> for DeviceRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: DeliverEach, _: &mut Self::Context) -> usize {
+        msg.events
+            .into_iter()
+            .map(|(device, event)| self.send_live(&device, Push { event }))
+            .filter(|taken| *taken)
+            .count()
+    }
+}
+
+impl Handler<Unregister> for DeviceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
+        self.forget(msg.device, msg.connection_id);
+    }
+}
+
+impl Handler<CloseAll> for DeviceRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, _: CloseAll, _: &mut Self::Context) -> usize {
+        for live in self.live.values() {
+            live.connection.do_send(Close {
+                reason: DisconnectReason::Shutdown,
+            });
+        }
+        self.live.len()
+    }
+}
+
+impl Handler<CountLive> for DeviceRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, _: CountLive, _: &mut Self::Context) -> usize {
+        self.live.len()
+    }
+}
