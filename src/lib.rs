@@ -1,1 +1,24 @@
-//! placeholder
+//! herald: a Server-Sent Events push server on actix actors.
+//!
+//! # Layout
+//!
+//! | file                 | concern                                                  |
+//! |----------------------|----------------------------------------------------------|
+//! | `main.rs`            | the binary: parses the command line, calls [`cli::run`]  |
+//! | `cli.rs`             | flags, logging setup, signals                            |
+//! | `config.rs`          | typed configuration: file, environment, validation       |
+//! | `startup.rs`         | [`startup::Application`]: bind, start actors, serve, shut down |
+//! | `routes/mod.rs`      | [`routes::configure_routes`], shared by server and tests |
+//! | `routes/stream.rs`   | `GET /v1/devices/{id}/events`: the SSE stream            |
+//! | `routes/publish.rs`  | admin publish and broadcast                              |
+//! | `routes/auth.rs`     | admin bearer-token middleware                            |
+//! | `error.rs`           | [`error::ApiError`]: every HTTP error, status and JSON   |
+//!
+//! The actors, the event model and the delivery guarantees live in the
+//! `herald-actors` crate (`actors/`), which knows nothing of HTTP.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod startup;

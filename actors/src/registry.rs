@@ -57,8 +57,8 @@ pub struct Unregister {
     pub connection_id: ConnectionId,
 }
 
-/// End every live stream (server shutdown); answers how many were asked to
-/// close. Sent by the server's shutdown sequence.
+/// End every live stream, and any that registers later (server shutdown);
+/// answers how many were asked to close. Sent by the server's shutdown sequence.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct CloseAll;
@@ -76,6 +76,8 @@ struct Live {
 pub struct DeviceRegistry {
     store: Addr<SessionStore>,
     live: HashMap<DeviceId, Live>,
+    /// Set by `CloseAll`: streams that arrive later are ended at once.
+    closing: bool,
 }
 
 impl DeviceRegistry {
@@ -83,6 +85,7 @@ impl DeviceRegistry {
         Self {
             store,
             live: HashMap::new(),
+            closing: false,
         }
     }
 
@@ -191,6 +194,7 @@ impl Handler<CloseAll> for DeviceRegistry {
     type Result = usize;
 
     fn handle(&mut self, _: CloseAll, _: &mut Self::Context) -> usize {
+        self.closing = true;
         for live in self.live.values() {
             live.connection.do_send(Close {
                 reason: DisconnectReason::Shutdown,

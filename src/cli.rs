@@ -1,0 +1,79 @@
+//! The command line: `herald [--config PATH] [--bind ADDR]`.
+
+use std::{io, path::PathBuf};
+
+use actix_web::rt::signal;
+use clap::Parser;
+
+use crate::{
+    config::{ConfigError, Settings},
+    startup::{Application, Shutdown},
+};
+
+/// Server-Sent Events push server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); HERALD_SECTION__KEY variables override it.
+    #[arg(long, value_name = "PATH", default_value = "config.toml")]
+    pub config: PathBuf,
+    /// Listen address, overriding server.bind.
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {bind}: {source}")]
+    Bind { bind: String, source: io::Error },
+    #[error("server failed: {0}")]
+    Serve(io::Error),
+}
+
+/// Loads the configuration, serves until SIGTERM or SIGINT, shuts down
+/// gracefully.
+pub async fn run(cli: Cli) -> Result<(), RunError> {
+    let mut settings = Settings::load(&cli.config)?;
+    if let Some(bind) = cli.bind {
+        settings.server.bind = bind;
+    }
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(&settings.log.level),
+    )
+    .init();
+
+    let bind = settings.server.bind.clone();
+    let app = Application::build(settings).map_err(|source| RunError::Bind {
+        bind: bind.clone(),
+        source,
+    })?;
+    log::info!(
+        "server.started bind={bind} port={} version={}",
+        app.port(),
+        env!("CARGO_PKG_VERSION")
+    );
+    actix_web::rt::spawn(shut_down_on_signal(app.shutdown_handle()));
+    app.run_until_stopped().await.map_err(RunError::Serve)?;
+    log::info!("server.stopped");
+    Ok(())
+}
+
+async fn shut_down_on_signal(shutdown: Shutdown) {
+    let signal = wait_for_signal().await;
+    log::info!("server.signal signal={signal}");
+    shutdown.shut_down().await;
+}
+
+async fn wait_for_signal() -> &'static str {
+    let Ok(mut terminate) = signal::unix::signal(signal::unix::SignalKind::terminate()) else {
+        // Without a SIGTERM handler, SIGINT still works.
+        let _ = signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = signal::ctrl_c() => "SIGINT",
+    }
+}

@@ -1,0 +1,103 @@
+//! Every error an HTTP client can get, and the one place that maps them to a
+//! status and a JSON body: `{"error":{"code":"...","message":"..."}}`. The
+//! codes are part of the API (README, "Errors").
+
+use actix_web::{
+    HttpResponse, ResponseError,
+    error::{JsonPayloadError, QueryPayloadError},
+    http::StatusCode,
+};
+use herald_actors::NameError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid device id: {0}")]
+    InvalidDeviceId(NameError),
+    #[error("invalid event name: {0}")]
+    InvalidEventName(NameError),
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    #[error(
+        "event data may not contain a carriage return (SSE cannot carry it); use \\n line breaks or JSON"
+    )]
+    InvalidData,
+    #[error("invalid query string: {0}")]
+    InvalidQuery(String),
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("an admin bearer token is required (Authorization: Bearer <token>)")]
+    Unauthorized,
+    #[error("the bearer token is not an admin token")]
+    Forbidden,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("the server is shutting down or an internal component is unavailable")]
+    Unavailable,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidDeviceId(_) => "invalid_device_id",
+            Self::InvalidEventName(_) => "invalid_event_name",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::InvalidData => "invalid_data",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// Maps the JSON extractor's failures (wired in by `configure_routes`).
+    pub fn from_json(err: JsonPayloadError, limit: usize) -> Self {
+        match err {
+            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                Self::BodyTooLarge { limit }
+            }
+            JsonPayloadError::ContentType => Self::UnsupportedMediaType,
+            JsonPayloadError::Deserialize(e) => Self::InvalidBody(e.to_string()),
+            other => Self::InvalidBody(other.to_string()),
+        }
+    }
+
+    pub fn from_query(err: QueryPayloadError) -> Self {
+        Self::InvalidQuery(err.to_string())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidDeviceId(_)
+            | Self::InvalidEventName(_)
+            | Self::InvalidBody(_)
+            | Self::InvalidData
+            | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unauthorized) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(json!({ "error": { "code": self.code(), "message": self.to_string() } }))
+    }
+}

@@ -1,0 +1,71 @@
+//! HTTP routes, shared by the server and the tests through
+//! [`configure_routes`]. Routes are thin: extract, send a message, map the
+//! reply.
+
+mod auth;
+mod publish;
+mod stream;
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, middleware::from_fn, web};
+use herald_actors::Actors;
+
+use crate::{config::Settings, error::ApiError};
+use auth::{AdminTokens, require_admin};
+
+/// What the routes share.
+pub struct AppState {
+    pub actors: Actors,
+    pub stream: crate::config::StreamSettings,
+    pub heartbeat_timeout: Duration,
+}
+
+pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, actors: Actors) {
+    let state = AppState {
+        actors,
+        stream: settings.stream.clone(),
+        heartbeat_timeout: settings.heartbeat.timeout,
+    };
+    let limit = settings.server.max_body_bytes;
+    cfg.app_data(web::Data::new(state))
+        .app_data(web::Data::new(AdminTokens::new(
+            settings.admin.tokens.clone(),
+        )))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(limit)
+                .error_handler(move |err, _| ApiError::from_json(err, limit).into()),
+        )
+        .app_data(
+            web::QueryConfig::default().error_handler(|err, _| ApiError::from_query(err).into()),
+        )
+        .service(
+            web::resource("/v1/devices/{device_id}/events")
+                .route(web::get().to(stream::open_stream))
+                .route(
+                    web::post()
+                        .to(publish::publish)
+                        .wrap(from_fn(require_admin)),
+                )
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/broadcast")
+                .route(
+                    web::post()
+                        .to(publish::broadcast)
+                        .wrap(from_fn(require_admin)),
+                )
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(_: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+async fn method_not_allowed(_: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}

@@ -1,0 +1,69 @@
+//! Admin publishing: `POST /v1/devices/{device_id}/events` and
+//! `POST /v1/broadcast`. Both take `{"event": "<name>", "data": <JSON>}`.
+
+use actix_web::{HttpResponse, web};
+use bytestring::ByteString;
+use herald_actors::{Broadcast, DeviceId, EventName, Publish};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    event: String,
+    /// A string is sent as is; any other JSON value as compact JSON.
+    data: Value,
+}
+
+impl PublishRequest {
+    fn into_parts(self) -> Result<(EventName, ByteString), ApiError> {
+        let name = EventName::parse(&self.event).map_err(ApiError::InvalidEventName)?;
+        let data = match self.data {
+            // SSE turns a CR into a line break, so it could not arrive intact.
+            Value::String(text) if text.contains('\r') => return Err(ApiError::InvalidData),
+            Value::String(text) => text,
+            other => other.to_string(),
+        };
+        Ok((name, data.into()))
+    }
+}
+
+pub async fn publish(
+    device: web::Path<String>,
+    body: web::Json<PublishRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
+    let (name, data) = body.into_inner().into_parts()?;
+    let receipt = state
+        .actors
+        .store
+        .send(Publish { device, name, data })
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "id": receipt.id.to_string(),
+        "delivered": receipt.delivered,
+        "buffered": true,
+    })))
+}
+
+pub async fn broadcast(
+    body: web::Json<PublishRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, data) = body.into_inner().into_parts()?;
+    let receipt = state
+        .actors
+        .store
+        .send(Broadcast { name, data })
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "delivered": receipt.delivered,
+        "buffered": receipt.buffered,
+    })))
+}

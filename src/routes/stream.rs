@@ -1,0 +1,114 @@
+//! `GET /v1/devices/{device_id}/events`: a device's event stream.
+//!
+//! The route validates the request, starts the stream's DeviceConnection and
+//! asks the store to attach it; everything the client then receives is
+//! written by that actor into the stream's queue, which this module turns
+//! into SSE (framing by actix-web-lab).
+
+use std::vec;
+
+use actix_web::{HttpRequest, Responder, web};
+use actix_web_lab::sse;
+use futures_util::{StreamExt as _, stream};
+use herald_actors::{
+    Attach, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame, StoredEvent,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::AppState;
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    /// For clients that cannot set the `Last-Event-ID` header.
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+pub async fn open_stream(
+    req: HttpRequest,
+    device: web::Path<String>,
+    query: web::Query<StreamQuery>,
+    state: web::Data<AppState>,
+) -> Result<impl Responder, ApiError> {
+    let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
+    let last_event_id = claimed_position(&req, query.into_inner());
+    let (queue, frames) = mpsc::channel(state.stream.queue_frames);
+    let connection_id = ConnectionId::new();
+    let connection = DeviceConnection::spawn(ConnectionParams {
+        device: device.clone(),
+        connection_id,
+        peer: req
+            .peer_addr()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        queue,
+        registry: state.actors.registry.clone(),
+        heartbeat: state.actors.heartbeat.clone(),
+        heartbeat_timeout: state.heartbeat_timeout,
+    });
+    state
+        .actors
+        .store
+        .send(Attach {
+            device,
+            connection_id,
+            connection,
+            last_event_id,
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    let events =
+        ReceiverStream::new(frames).flat_map(|frame| stream::iter(FrameEvents::from(frame)));
+    Ok(sse::Sse::from_infallible_stream(events)
+        .with_retry_duration(state.stream.jittered_retry())
+        .customize()
+        .insert_header(("X-Accel-Buffering", "no")))
+}
+
+/// The `Last-Event-ID` header, else the `lastEventId` query parameter. Empty
+/// means none (EventSource sends no header before it has seen an id).
+fn claimed_position(req: &HttpRequest, query: StreamQuery) -> Option<String> {
+    let header = req
+        .headers()
+        .get("Last-Event-ID")
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    header.or(query.last_event_id).filter(|id| !id.is_empty())
+}
+
+/// The SSE events one queued frame becomes.
+enum FrameEvents {
+    One(Option<sse::Event>),
+    Replay(vec::IntoIter<StoredEvent>),
+}
+
+impl From<Frame> for FrameEvents {
+    fn from(frame: Frame) -> Self {
+        match frame {
+            Frame::Event(event) => Self::One(Some(with_id(event))),
+            Frame::Replay(events) => Self::Replay(events.into_iter()),
+            Frame::Signal(signal) => {
+                Self::One(Some(sse::Data::new(signal.data).event(signal.name).into()))
+            }
+        }
+    }
+}
+
+impl Iterator for FrameEvents {
+    type Item = sse::Event;
+
+    fn next(&mut self) -> Option<sse::Event> {
+        match self {
+            Self::One(event) => event.take(),
+            Self::Replay(events) => events.next().map(with_id),
+        }
+    }
+}
+
+fn with_id(event: StoredEvent) -> sse::Event {
+    sse::Data::new(event.data)
+        .event(event.name.to_bytestring())
+        .id(event.id.to_string())
+        .into()
+}

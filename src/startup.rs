@@ -1,0 +1,82 @@
+//! Startup and shutdown. [`Application::build`] binds the listener first (so
+//! a taken address fails before anything starts), then starts the actors and
+//! the HTTP server. Tests build it on port 0 and read the port back.
+
+use std::{io, net::TcpListener};
+
+use actix_web::{App, HttpServer, dev::Server, dev::ServerHandle};
+use herald_actors::{Actors, CloseAll};
+
+use crate::{config::Settings, routes::configure_routes};
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: Shutdown,
+}
+
+impl Application {
+    pub fn build(settings: Settings) -> io::Result<Self> {
+        let listener = TcpListener::bind(&settings.server.bind)?;
+        let port = listener.local_addr()?.port();
+        let actors = herald_actors::start(settings.session.clone(), settings.heartbeat.clone());
+        let routes_actors = actors.clone();
+        let routes_settings = settings.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .configure(|cfg| configure_routes(cfg, &routes_settings, routes_actors.clone()))
+        })
+        // End a stream as soon as its client closes the connection, rather
+        // than at the next failed write.
+        .h1_allow_half_closed(false)
+        // Shutdown is ours: streams must be ended before the server waits
+        // for in-flight responses, or it waits for the timeout.
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1))
+        .listen(listener)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.run();
+        let shutdown = Shutdown {
+            server: server.handle(),
+            actors,
+        };
+        Ok(Self {
+            port,
+            server,
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that shuts this application down gracefully.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Serves until shut down.
+    pub async fn run_until_stopped(self) -> io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Graceful shutdown: stop accepting, end every stream, then let the HTTP
+/// server finish the remaining requests.
+#[derive(Clone)]
+pub struct Shutdown {
+    server: ServerHandle,
+    actors: Actors,
+}
+
+impl Shutdown {
+    pub async fn shut_down(&self) {
+        self.server.pause().await;
+        let streams = self.actors.registry.send(CloseAll).await.unwrap_or(0);
+        log::info!("server.draining streams={streams}");
+        self.server.stop(true).await;
+    }
+}
