@@ -1,0 +1,225 @@
+//! The admin API's contract: authentication, validation, documented errors,
+//! and that bad input never costs a buffered event.
+
+mod common;
+
+use common::{TestServer, read_json};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error body: {body}"))
+}
+
+#[actix_web::test]
+async fn admin_routes_refuse_a_missing_token_with_401_and_a_wrong_one_with_403() {
+    let server = TestServer::start().await;
+    let body = json!({"event": "config", "data": 1});
+    for path in ["/v1/devices/edge-1/events", "/v1/broadcast"] {
+        let (status, reply) = read_json(server.request(Method::POST, path).json(&body)).await;
+        assert_eq!(
+            (status, error_code(&reply)),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            "{path}"
+        );
+
+        let wrong = server
+            .request(Method::POST, path)
+            .bearer_auth("not-the-admin-token")
+            .json(&body);
+        let (status, reply) = read_json(wrong).await;
+        assert_eq!(
+            (status, error_code(&reply)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{path}"
+        );
+
+        let not_bearer = server
+            .request(Method::POST, path)
+            .basic_auth("admin", Some(server.admin_token()));
+        let (status, _) = read_json(not_bearer.json(&body)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
+#[actix_web::test]
+async fn bad_device_ids_get_400_on_streams_and_publishes() {
+    let server = TestServer::start().await;
+    let too_long = "x".repeat(129);
+    for device in [
+        "bad%20id",
+        "a%2Fb",
+        "%C3%A9",
+        "semi;colon",
+        too_long.as_str(),
+    ] {
+        let path = format!("/v1/devices/{device}/events");
+        let (status, reply) = read_json(server.request(Method::GET, &path)).await;
+        assert_eq!(
+            (status, error_code(&reply)),
+            (StatusCode::BAD_REQUEST, "invalid_device_id"),
+            "{device}"
+        );
+        let (status, reply) = server
+            .admin_post(&path, &json!({"event": "config", "data": 1}))
+            .await;
+        assert_eq!(
+            (status, error_code(&reply)),
+            (StatusCode::BAD_REQUEST, "invalid_device_id"),
+            "{device}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn malformed_publishes_get_documented_errors() {
+    let server = TestServer::start().await;
+    let path = "/v1/devices/edge-1/events";
+    let cases = [
+        (json!({"data": 1}), "invalid_body"),
+        (json!({"event": "config"}), "invalid_body"),
+        (
+            json!({"event": "config", "data": 1, "extra": true}),
+            "invalid_body",
+        ),
+        (json!({"event": 7, "data": 1}), "invalid_body"),
+        (json!({"event": "hello", "data": 1}), "invalid_event_name"),
+        (
+            json!({"event": "heartbeat", "data": 1}),
+            "invalid_event_name",
+        ),
+        (
+            json!({"event": "has space", "data": 1}),
+            "invalid_event_name",
+        ),
+        (json!({"event": "", "data": 1}), "invalid_event_name"),
+        (
+            json!({"event": "config", "data": "carriage\rreturn"}),
+            "invalid_data",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, reply) = server.admin_post(path, &body).await;
+        assert_eq!(
+            (status, error_code(&reply)),
+            (StatusCode::BAD_REQUEST, code),
+            "{body}"
+        );
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+
+    let authed = || {
+        server
+            .request(Method::POST, path)
+            .bearer_auth(server.admin_token())
+    };
+    let truncated = authed()
+        .header("content-type", "application/json")
+        .body(r#"{"event":"config","da"#);
+    let (status, reply) = read_json(truncated).await;
+    assert_eq!(
+        (status, error_code(&reply)),
+        (StatusCode::BAD_REQUEST, "invalid_body")
+    );
+
+    let not_utf8 = authed()
+        .header("content-type", "application/json")
+        .body(vec![b'{', 0xff, 0xfe, b'}']);
+    let (status, reply) = read_json(not_utf8).await;
+    assert_eq!(
+        (status, error_code(&reply)),
+        (StatusCode::BAD_REQUEST, "invalid_body")
+    );
+
+    let text = authed()
+        .header("content-type", "text/plain")
+        .body(r#"{"event":"config","data":1}"#);
+    let (status, reply) = read_json(text).await;
+    assert_eq!(
+        (status, error_code(&reply)),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+}
+
+#[actix_web::test]
+async fn a_body_over_the_limit_gets_413() {
+    let server = TestServer::start_with(|s| s.server.max_body_bytes = 1024).await;
+    let big = json!({"event": "config", "data": "x".repeat(2048)});
+    let (status, reply) = server.admin_post("/v1/devices/edge-1/events", &big).await;
+    assert_eq!(
+        (status, error_code(&reply)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
+    let (status, _) = server.admin_post("/v1/broadcast", &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let fits = json!({"event": "config", "data": "x".repeat(900)});
+    assert_eq!(
+        server
+            .admin_post("/v1/devices/edge-1/events", &fits)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[actix_web::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let server = TestServer::start().await;
+    let (status, reply) = read_json(server.request(Method::GET, "/v2/nothing")).await;
+    assert_eq!(
+        (status, error_code(&reply)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, reply) = read_json(server.request(Method::PUT, "/v1/devices/edge-1/events")).await;
+    assert_eq!(
+        (status, error_code(&reply)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+#[actix_web::test]
+async fn rejected_requests_leave_buffered_events_untouched() {
+    let server = TestServer::start_with(|s| s.server.max_body_bytes = 1024).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(server.publish("edge-1", "config", json!(n)).await["id"].clone());
+    }
+    let path = "/v1/devices/edge-1/events";
+    server
+        .admin_post(path, &json!({"event": "config", "data": "x".repeat(4096)}))
+        .await;
+    server
+        .admin_post(path, &json!({"event": "reset", "data": 1}))
+        .await;
+    server.admin_post(path, &json!({"event": "config"})).await;
+    server
+        .admin_post("/v1/broadcast", &json!({"event": "config", "data": "a\rb"}))
+        .await;
+    read_json(
+        server
+            .request(Method::POST, path)
+            .json(&json!({"event": "config", "data": 9})),
+    )
+    .await;
+
+    let mut stream = server.connect("edge-1").await;
+    stream.hello().await;
+    for (n, id) in ids.iter().enumerate() {
+        let event = stream.next_event().await;
+        assert_eq!(
+            (json!(event.id), event.data),
+            (id.clone(), Some(n.to_string()))
+        );
+    }
+    let next = server.publish("edge-1", "config", json!("next")).await;
+    assert!(
+        next["id"].as_str().unwrap().ends_with("-4"),
+        "rejected requests consumed no id: {next}"
+    );
+}

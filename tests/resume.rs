@@ -1,0 +1,193 @@
+//! Resuming: replay from a position, offline delivery, expiry, resets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{EventStream, TestServer, data_json, seq_of, triples};
+use serde_json::json;
+
+/// Connects `device`, publishes one event it receives, and answers that
+/// event's id; the stream is dropped (the device goes offline).
+async fn device_that_saw_one_event(server: &TestServer, device: &str) -> String {
+    let mut stream = server.connect(device).await;
+    stream.hello().await;
+    server.publish(device, "config", json!("seen")).await;
+    stream.next_event().await.id.expect("an id")
+}
+
+async fn publish_numbered(
+    server: &TestServer,
+    device: &str,
+    range: std::ops::Range<u32>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in range {
+        let reply = server.publish(device, "note", json!(format!("n{n}"))).await;
+        assert_eq!(reply["delivered"], false, "published while offline");
+        ids.push(reply["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+/// Reads `count` events and checks they are the numbered notes with `ids`.
+async fn expect_notes(stream: &mut EventStream, ids: &[String], first: u32) {
+    let mut got = Vec::new();
+    for _ in ids {
+        got.push(stream.next_event().await);
+    }
+    let expected: Vec<_> = ids
+        .iter()
+        .zip(first..)
+        .map(|(id, n)| {
+            (
+                Some(id.clone()),
+                Some("note".to_owned()),
+                Some(format!("n{n}")),
+            )
+        })
+        .collect();
+    assert_eq!(triples(&got), expected);
+}
+
+#[actix_web::test]
+async fn a_device_resuming_with_last_event_id_gets_exactly_what_it_missed_then_live() {
+    let server = TestServer::start().await;
+    let last_seen = device_that_saw_one_event(&server, "edge-1").await;
+    let missed = publish_numbered(&server, "edge-1", 0..5).await;
+
+    let mut stream = server.resume("edge-1", &last_seen).await;
+    assert_eq!(stream.hello().await["resumed"], true);
+    expect_notes(&mut stream, &missed, 0).await;
+
+    let live = server.publish("edge-1", "note", json!("live")).await;
+    assert_eq!(live["delivered"], true);
+    let event = stream.next_event().await;
+    assert_eq!(
+        (event.id, event.data.as_deref()),
+        (live["id"].as_str().map(str::to_owned), Some("live"))
+    );
+}
+
+#[actix_web::test]
+async fn the_last_event_id_query_parameter_resumes_like_the_header() {
+    let server = TestServer::start().await;
+    let last_seen = device_that_saw_one_event(&server, "edge-1").await;
+    let missed = publish_numbered(&server, "edge-1", 0..5).await;
+
+    let mut stream = server.resume_via_query("edge-1", &last_seen).await;
+    assert_eq!(stream.hello().await["resumed"], true);
+    expect_notes(&mut stream, &missed, 0).await;
+}
+
+#[actix_web::test]
+async fn events_published_while_a_replay_is_in_flight_are_neither_lost_nor_duplicated() {
+    let server = TestServer::start().await;
+    let last_seen = device_that_saw_one_event(&server, "edge-1").await;
+    publish_numbered(&server, "edge-1", 0..400).await;
+
+    // The device resumes while a publisher keeps going; every event after
+    // its position must arrive once, in order, whichever side wins the race.
+    let publisher = async {
+        let mut last = String::new();
+        for n in 400..600 {
+            last = server
+                .publish("edge-1", "note", json!(format!("n{n}")))
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+        last
+    };
+    let reader = async {
+        let mut stream = server.resume("edge-1", &last_seen).await;
+        stream.hello().await;
+        let mut seqs = Vec::new();
+        while seqs.len() < 600 {
+            seqs.push(seq_of(&stream.next_event().await.id.expect("an id")));
+        }
+        seqs
+    };
+    let (last, seqs) = tokio::join!(publisher, reader);
+    assert_eq!(seq_of(&last), 601);
+    assert_eq!(seqs, (2..=601).collect::<Vec<_>>());
+}
+
+#[actix_web::test]
+async fn events_published_to_a_device_that_never_connected_wait_for_it() {
+    let server = TestServer::start().await;
+    let waiting = publish_numbered(&server, "newcomer", 0..3).await;
+    let mut stream = server.connect("newcomer").await;
+    assert_eq!(stream.hello().await["resumed"], false);
+    expect_notes(&mut stream, &waiting, 0).await;
+}
+
+#[actix_web::test]
+async fn a_broadcast_reaches_connected_devices_and_waits_for_offline_ones() {
+    let server = TestServer::start().await;
+    let mut online = server.connect("online").await;
+    online.hello().await;
+    let offline_seen = device_that_saw_one_event(&server, "offline").await;
+
+    let reply = server
+        .broadcast("notice", json!({"maintenance": true}))
+        .await;
+    assert_eq!(reply, json!({"delivered": 1, "buffered": 2}));
+    assert_eq!(online.next_event().await.event.as_deref(), Some("notice"));
+    let mut back = server.resume("offline", &offline_seen).await;
+    back.hello().await;
+    assert_eq!(
+        back.next_event().await.data.as_deref(),
+        Some(r#"{"maintenance":true}"#)
+    );
+}
+
+#[actix_web::test]
+async fn a_session_expires_after_its_ttl_and_a_late_resume_is_told_so() {
+    let ttl = Duration::from_millis(300);
+    let server = TestServer::start_with(|s| s.session.ttl = ttl).await;
+    let last_seen = device_that_saw_one_event(&server, "edge-1").await;
+    let within = device_that_saw_one_event(&server, "edge-2").await;
+
+    // Within the TTL the session is still there.
+    let mut early = server.resume("edge-2", &within).await;
+    assert_eq!(early.hello().await["resumed"], true);
+
+    // Waiting is the point here: nothing happens until the TTL has passed.
+    tokio::time::sleep(ttl * 3).await;
+    let mut late = server.resume("edge-1", &last_seen).await;
+    assert_eq!(late.hello().await["resumed"], false);
+    let reset = late.next_event().await;
+    assert_eq!(
+        (reset.event.as_deref(), reset.id.as_deref()),
+        (Some("reset"), None)
+    );
+    assert_eq!(
+        data_json(&reset),
+        json!({"reason": "expired", "last_event_id": last_seen})
+    );
+}
+
+#[actix_web::test]
+async fn a_position_herald_never_issued_gets_a_reset_before_any_event_with_an_id() {
+    let server = TestServer::start().await;
+    let last_seen = device_that_saw_one_event(&server, "edge-1").await;
+    let future = format!("{}-{}", last_seen.split_once('-').unwrap().0, 99);
+    for (claimed, reason) in [("garbage", "invalid"), (future.as_str(), "future")] {
+        let mut stream = server.resume("edge-1", claimed).await;
+        stream.hello().await;
+        let reset = stream.next_event().await;
+        assert_eq!(reset.event.as_deref(), Some("reset"));
+        assert_eq!(
+            data_json(&reset),
+            json!({"reason": reason, "last_event_id": claimed})
+        );
+        server.publish("edge-1", "config", json!("next")).await;
+        let next = stream.next_event().await;
+        assert_eq!(
+            (next.event.as_deref(), next.data.as_deref()),
+            (Some("config"), Some("next"))
+        );
+    }
+}

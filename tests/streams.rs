@@ -1,0 +1,182 @@
+//! The stream protocol: opening, live delivery, kicks, heartbeats.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, data_json, seq_of};
+use futures_util::future::join_all;
+use serde_json::json;
+
+#[actix_web::test]
+async fn a_stream_opens_with_sse_headers_a_jittered_retry_and_hello() {
+    let server = TestServer::start().await;
+    let mut retries = Vec::new();
+    for _ in 0..8 {
+        let mut stream = server.connect("edge-1").await;
+        assert_eq!(stream.headers["content-type"], "text/event-stream");
+        assert_eq!(stream.headers["cache-control"], "no-cache");
+        assert_eq!(stream.headers["x-accel-buffering"], "no");
+        let retry = stream.next().await.unwrap().retry.expect("retry first");
+        let hello = stream.next_event().await;
+        assert_eq!(
+            (hello.event.as_deref(), hello.id.as_deref()),
+            (Some("hello"), None)
+        );
+        let hello = data_json(&hello);
+        assert_eq!(hello["device_id"], "edge-1");
+        assert_eq!(hello["heartbeat_timeout_ms"], 20_000);
+        assert_eq!(hello["resumed"], false);
+        assert!(
+            hello["connection_id"]
+                .as_str()
+                .is_some_and(|id| id.len() == 36)
+        );
+        retries.push(retry);
+    }
+    assert!(
+        retries.iter().all(|r| (2_000..=4_000).contains(r)),
+        "{retries:?} within 3s ± 1s"
+    );
+    retries.dedup();
+    assert!(
+        retries.len() > 1,
+        "retry is jittered per connection: {retries:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_published_event_arrives_live_with_its_id_name_and_data_intact() {
+    let server = TestServer::start().await;
+    let mut stream = server.connect("edge-1").await;
+    stream.hello().await;
+    let payloads = [
+        json!({"mode": "eco", "limits": [1, 2]}),
+        json!("line one\nline two\n\nline four\n"),
+        json!(""),
+        json!("plain text with ünïcödé"),
+        json!(42),
+    ];
+    let mut ids = Vec::new();
+    for data in &payloads {
+        let reply = server.publish("edge-1", "config", data.clone()).await;
+        assert_eq!(
+            (reply["delivered"].clone(), reply["buffered"].clone()),
+            (json!(true), json!(true))
+        );
+        ids.push(reply["id"].as_str().unwrap().to_owned());
+    }
+    for (data, id) in payloads.iter().zip(&ids) {
+        let event = stream.next_event().await;
+        let expected = data
+            .as_str()
+            .map_or_else(|| data.to_string(), str::to_owned);
+        assert_eq!(event.id.as_ref(), Some(id));
+        assert_eq!(event.event.as_deref(), Some("config"));
+        assert_eq!(event.data.as_deref(), Some(expected.as_str()));
+    }
+    let seqs: Vec<u64> = ids.iter().map(|id| seq_of(id)).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+}
+
+#[actix_web::test]
+async fn a_second_connection_kicks_the_first_which_ends() {
+    let server = TestServer::start().await;
+    let mut first = server.connect("edge-1").await;
+    first.hello().await;
+    let mut second = server.connect("edge-1").await;
+    let second_id = second.hello().await["connection_id"].clone();
+
+    let kicked = first.next_event().await;
+    assert_eq!(
+        (kicked.event.as_deref(), kicked.id.as_deref()),
+        (Some("kicked"), None)
+    );
+    assert_eq!(
+        data_json(&kicked),
+        json!({"reason": "replaced", "connection_id": second_id})
+    );
+    first.expect_end().await;
+
+    let reply = server.publish("edge-1", "config", json!("after")).await;
+    assert_eq!(reply["delivered"], true);
+    assert_eq!(second.next_event().await.data.as_deref(), Some("after"));
+}
+
+#[actix_web::test]
+async fn a_burst_of_fifty_reconnects_leaves_exactly_one_live_stream() {
+    let server = TestServer::start().await;
+    let streams = join_all((0..50).map(|_| async {
+        let mut stream = server.connect("edge-1").await;
+        stream.hello().await;
+        stream
+    }))
+    .await;
+    server
+        .publish("edge-1", "config", json!("after the burst"))
+        .await;
+
+    let outcomes = join_all(streams.into_iter().map(|mut stream| async move {
+        let event = stream.next_event().await;
+        if event.event.as_deref() == Some("kicked") {
+            stream.expect_end().await;
+        }
+        event.event.unwrap_or_default()
+    }))
+    .await;
+    let live = outcomes.iter().filter(|name| *name == "config").count();
+    let kicked = outcomes.iter().filter(|name| *name == "kicked").count();
+    assert_eq!((live, kicked), (1, 49), "{outcomes:?}");
+}
+
+#[actix_web::test]
+async fn an_idle_stream_gets_id_less_heartbeats_before_its_timeout_and_a_busy_one_gets_none() {
+    let server = TestServer::start_with(|s| {
+        s.heartbeat.timeout = Duration::from_millis(600);
+        s.heartbeat.margin = Duration::from_millis(300);
+    })
+    .await;
+    let (mut idle, mut busy) = (server.connect("idle").await, server.connect("busy").await);
+    idle.hello().await;
+    busy.hello().await;
+
+    let window = Duration::from_millis(1_600);
+    let publisher = async {
+        for n in 0..16 {
+            server.publish("busy", "tick", json!(n)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let busy_reader = async {
+        let mut seen = Vec::new();
+        while seen
+            .iter()
+            .filter(|e: &&sse_stream::Sse| e.event.as_deref() == Some("tick"))
+            .count()
+            < 16
+        {
+            seen.push(busy.next().await.expect("busy stream open"));
+        }
+        seen
+    };
+    let (idle_events, busy_events, ()) =
+        tokio::join!(idle.collect_for(window), busy_reader, publisher);
+
+    assert!(
+        (3..=6).contains(&idle_events.len()),
+        "idle after 300 ms, over 1.6 s: {idle_events:?}"
+    );
+    for heartbeat in &idle_events {
+        assert_eq!(heartbeat.event.as_deref(), Some("heartbeat"));
+        assert_eq!(
+            (heartbeat.id.as_deref(), heartbeat.data.as_deref()),
+            (None, Some("{}"))
+        );
+    }
+    assert!(
+        busy_events
+            .iter()
+            .all(|e| e.event.as_deref() == Some("tick")),
+        "{busy_events:?}"
+    );
+}
