@@ -249,3 +249,47 @@ impl Handler<SendHeartbeat> for DeviceConnection {
         self.write(Frame::Signal(Signal::heartbeat()), ctx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::test_support::*;
+
+    #[actix::test]
+    async fn a_connection_stops_when_its_client_goes_away() {
+        let actors = start_actors(Duration::from_secs(60));
+        let dev = device("d1");
+        let (conn, mut frames, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut frames, "hello").await;
+        assert_eq!(count_live(&actors).await, 1);
+
+        drop(frames);
+        assert!(stopped(&conn).await, "the connection outlived its client");
+        assert_eq!(count_live(&actors).await, 0);
+        assert!(!publish_to(&actors, &dev, "too late").await.delivered);
+    }
+
+    #[actix::test]
+    async fn a_connection_whose_queue_is_full_stops_itself() {
+        let actors = start_actors(Duration::from_secs(60));
+        let dev = device("d1");
+        let (conn, mut frames, _) = connect(&actors, &dev, None, 4).await;
+        // hello and three events fill the queue; the fourth event overflows.
+        for n in 1..=6 {
+            publish_to(&actors, &dev, &n.to_string()).await;
+        }
+        assert!(stopped(&conn).await, "a slow consumer kept its connection");
+
+        expect_signal(&mut frames, "hello").await;
+        for seq in 1..=3 {
+            match next(&mut frames).await {
+                Some(Frame::Event(event)) => assert_eq!(event.id.seq, seq),
+                other => panic!("expected event {seq}, got {other:?}"),
+            }
+        }
+        assert!(next(&mut frames).await.is_none());
+        assert_eq!(count_live(&actors).await, 0);
+    }
+}

@@ -183,3 +183,55 @@ impl Handler<Tick> for Heartbeat {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Frame, SessionConfig, Signal, test_support::*};
+
+    fn start_with_fast_heartbeat() -> crate::Actors {
+        let session = SessionConfig {
+            buffer_events: 16,
+            ttl: Duration::from_secs(60),
+        };
+        let heartbeat = HeartbeatConfig {
+            timeout: Duration::from_millis(200),
+            margin: Duration::from_millis(100),
+        };
+        crate::start(session, heartbeat)
+    }
+
+    #[actix::test]
+    async fn an_idle_stream_gets_a_heartbeat() {
+        let actors = start_with_fast_heartbeat();
+        let (_conn, mut frames, _) = connect(&actors, &device("d1"), None, 8).await;
+        expect_signal(&mut frames, "hello").await;
+
+        match next(&mut frames).await {
+            Some(Frame::Signal(signal)) => assert_eq!(signal, Signal::heartbeat()),
+            other => panic!("expected a heartbeat, got {other:?}"),
+        }
+    }
+
+    #[actix::test]
+    async fn a_busy_stream_gets_no_heartbeat() {
+        let actors = start_with_fast_heartbeat();
+        let dev = device("d1");
+        let (_conn, mut frames, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut frames, "hello").await;
+
+        let busy_until = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < busy_until {
+            let receipt = publish_to(&actors, &dev, "tick").await;
+            match next(&mut frames).await {
+                Some(Frame::Event(event)) => assert_eq!(event.id, receipt.id),
+                other => panic!("expected event {}, got {other:?}", receipt.id),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            frames.try_recv().is_err(),
+            "a heartbeat followed the traffic"
+        );
+    }
+}

@@ -38,8 +38,10 @@
 //! The three stateful actors are started under [`actix::Supervisor`] by
 //! [`start`]; their handlers do not panic by construction (no indexing or
 //! unwrapping) and a restart is logged as `actor.restarted`. A connection actor
-//! that panics loses only its own stream: its mailbox closes, the registry and
-//! the heartbeat notice on their next send and detach its session.
+//! that panics loses only its own stream: actix still runs its `stopped` while
+//! the actor is dropped, which unregisters it; should a connection vanish
+//! without that, the registry and the heartbeat find its mailbox closed on
+//! their next send and detach its session.
 
 mod connection;
 mod event;
@@ -49,6 +51,8 @@ mod ids;
 mod registry;
 mod session;
 mod session_store;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use std::{cell::Cell, rc::Rc};
 

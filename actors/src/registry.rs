@@ -6,9 +6,9 @@
 //!   the first (it writes `kicked` and ends) before the second begins;
 //! - a connection's `Begin` (hello and replay) is sent before any `Push` to it,
 //!   because both come from this actor in the order the store sent them;
-//! - a connection that is gone — stopped, or dead without saying so (a panic) —
-//!   is forgotten when a send to it fails, and its session is detached so its
-//!   TTL starts.
+//! - a connection that is gone is forgotten and its session detached, so its
+//!   TTL starts: it says so itself when it stops (also after a panic), and a
+//!   send that finds its mailbox closed covers any other way of vanishing.
 
 use std::collections::HashMap;
 
@@ -144,6 +144,13 @@ impl Handler<Register> for DeviceRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+        if self.closing {
+            // It unregisters when it stops, which detaches its session.
+            msg.connection.do_send(Close {
+                reason: DisconnectReason::Shutdown,
+            });
+            return;
+        }
         let new = Live {
             connection_id: msg.connection_id,
             connection: msg.connection,
@@ -209,5 +216,84 @@ impl Handler<CountLive> for DeviceRegistry {
 
     fn handle(&mut self, _: CountLive, _: &mut Self::Context) -> usize {
         self.live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{session_store::SweepExpired, test_support::*};
+
+    /// Makes a connection actor panic, as a bug in it would.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Explode;
+
+    impl Handler<Explode> for DeviceConnection {
+        type Result = ();
+
+        fn handle(&mut self, _: Explode, _: &mut Self::Context) {
+            panic!("connection exploded (on purpose, in a test)");
+        }
+    }
+
+    #[actix::test]
+    async fn a_second_connection_kicks_the_first() {
+        let actors = start_actors(Duration::from_secs(60));
+        let dev = device("d1");
+        let (_first, mut first_frames, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut first_frames, "hello").await;
+
+        let (_second, mut second_frames, second_id) = connect(&actors, &dev, None, 8).await;
+        let kicked = expect_signal(&mut first_frames, "kicked").await;
+        assert_eq!(kicked["connection_id"], second_id.to_string());
+        assert!(next(&mut first_frames).await.is_none());
+
+        let hello = expect_signal(&mut second_frames, "hello").await;
+        assert_eq!(hello["connection_id"], second_id.to_string());
+        assert_eq!(count_live(&actors).await, 1);
+    }
+
+    #[actix::test]
+    async fn a_panicking_connection_does_not_take_the_registry_down() {
+        let ttl = Duration::from_millis(50);
+        let actors = start_actors(ttl);
+        let dev = device("d1");
+        let (conn, mut frames, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut frames, "hello").await;
+        assert_eq!(count_live(&actors).await, 1);
+
+        assert!(conn.send(Explode).await.is_err());
+        let receipt = publish_to(&actors, &dev, "to the dead").await;
+        assert!(!receipt.delivered);
+        assert_eq!(count_live(&actors).await, 0);
+
+        // Forgetting the connection detached its session, so it expires.
+        tokio::time::sleep(ttl + Duration::from_millis(10)).await;
+        actors.store.send(SweepExpired).await.unwrap();
+        let position = Some(receipt.id.to_string());
+        let (_conn, mut frames, _) = connect(&actors, &dev, position, 8).await;
+        expect_signal(&mut frames, "hello").await;
+        assert_eq!(
+            expect_signal(&mut frames, "reset").await["reason"],
+            "expired"
+        );
+    }
+
+    #[actix::test]
+    async fn close_all_ends_live_streams_and_any_that_register_later() {
+        let actors = start_actors(Duration::from_secs(60));
+        let (_early, mut early_frames, _) = connect(&actors, &device("d1"), None, 8).await;
+        expect_signal(&mut early_frames, "hello").await;
+
+        assert_eq!(actors.registry.send(CloseAll).await.unwrap(), 1);
+        assert!(next(&mut early_frames).await.is_none());
+
+        let (late, mut late_frames, _) = connect(&actors, &device("d2"), None, 8).await;
+        assert!(next(&mut late_frames).await.is_none());
+        assert!(stopped(&late).await);
+        assert_eq!(count_live(&actors).await, 0);
     }
 }

@@ -1,0 +1,122 @@
+//! Shared by the actor tests: real actors, real connections, real queues.
+
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use tokio::sync::mpsc::{Receiver, channel};
+
+use crate::{
+    Actors, Attach, ConnectionId, ConnectionParams, CountLive, DeviceConnection, DeviceId,
+    EventName, Frame, HeartbeatConfig, Publish, PublishReceipt, SessionConfig, Signal,
+};
+
+/// How long a test waits for something that should happen at once.
+const PATIENCE: Duration = Duration::from_secs(2);
+
+/// A heartbeat that never fires during a test.
+pub(crate) fn quiet_heartbeat() -> HeartbeatConfig {
+    HeartbeatConfig {
+        timeout: Duration::from_secs(60),
+        margin: Duration::from_secs(10),
+    }
+}
+
+/// The store, registry and heartbeat with sessions kept for `ttl`.
+pub(crate) fn start_actors(ttl: Duration) -> Actors {
+    let session = SessionConfig {
+        buffer_events: 16,
+        ttl,
+    };
+    crate::start(session, quiet_heartbeat())
+}
+
+pub(crate) fn device(name: &str) -> DeviceId {
+    DeviceId::parse(name).unwrap()
+}
+
+pub(crate) fn publish(device: &DeviceId, data: &str) -> Publish {
+    Publish {
+        device: device.clone(),
+        name: EventName::parse("note").unwrap(),
+        data: data.into(),
+    }
+}
+
+/// Publishes through the store and answers its receipt.
+pub(crate) async fn publish_to(actors: &Actors, device: &DeviceId, data: &str) -> PublishReceipt {
+    actors.store.send(publish(device, data)).await.unwrap()
+}
+
+/// Spawns a connection for `device` whose queue holds `capacity` frames; the
+/// test holds the queue's receiving end, as the HTTP response would.
+pub(crate) fn spawn_connection(
+    actors: &Actors,
+    device: &DeviceId,
+    capacity: usize,
+) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectionId) {
+    let (queue, frames) = channel(capacity);
+    let connection_id = ConnectionId::new();
+    let addr = DeviceConnection::spawn(ConnectionParams {
+        device: device.clone(),
+        connection_id,
+        peer: "test".to_owned(),
+        queue,
+        registry: actors.registry.clone(),
+        heartbeat: actors.heartbeat.clone(),
+        heartbeat_timeout: Duration::from_secs(60),
+    });
+    (addr, frames, connection_id)
+}
+
+/// Spawns a connection and attaches it through the store, as the stream
+/// route does.
+pub(crate) async fn connect(
+    actors: &Actors,
+    device: &DeviceId,
+    last_event_id: Option<String>,
+    capacity: usize,
+) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectionId) {
+    let (addr, frames, connection_id) = spawn_connection(actors, device, capacity);
+    let attach = Attach {
+        device: device.clone(),
+        connection_id,
+        connection: addr.clone(),
+        last_event_id,
+    };
+    actors.store.send(attach).await.unwrap();
+    (addr, frames, connection_id)
+}
+
+/// The next frame, or `None` once the queue ended; panics if nothing comes.
+pub(crate) async fn next(frames: &mut Receiver<Frame>) -> Option<Frame> {
+    tokio::time::timeout(PATIENCE, frames.recv())
+        .await
+        .expect("no frame arrived in time")
+}
+
+/// The next frame, which must be the signal `name`; answers its data.
+pub(crate) async fn expect_signal(frames: &mut Receiver<Frame>, name: &str) -> serde_json::Value {
+    match next(frames).await {
+        Some(Frame::Signal(Signal { name: got, data })) if got == name => {
+            serde_json::from_str(&data).unwrap()
+        }
+        other => panic!("expected the `{name}` signal, got {other:?}"),
+    }
+}
+
+pub(crate) async fn count_live(actors: &Actors) -> usize {
+    actors.registry.send(CountLive).await.unwrap()
+}
+
+/// Waits for an actor to stop (its mailbox to close), which happens
+/// asynchronously after the cause.
+pub(crate) async fn stopped(addr: &Addr<DeviceConnection>) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while addr.connected() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
