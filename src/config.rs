@@ -25,6 +25,8 @@ pub struct ServerSettings {
     pub bind: String,
     /// 0: one per CPU core.
     pub workers: usize,
+    /// Accept queue length (the kernel caps it at net.core.somaxconn).
+    pub backlog: u32,
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,

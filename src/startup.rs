@@ -2,10 +2,14 @@
 //! a taken address fails before anything starts), then starts the actors and
 //! the HTTP server. Tests build it on port 0 and read the port back.
 
-use std::{io, net::TcpListener};
+use std::{
+    io,
+    net::{SocketAddr, TcpListener, ToSocketAddrs as _},
+};
 
 use actix_web::{App, HttpServer, dev::Server, dev::ServerHandle};
 use herald_actors::{Actors, CloseAll};
+use socket2::{Domain, Socket, Type};
 
 use crate::{config::Settings, routes::configure_routes};
 
@@ -17,7 +21,7 @@ pub struct Application {
 
 impl Application {
     pub fn build(settings: Settings) -> io::Result<Self> {
-        let listener = TcpListener::bind(&settings.server.bind)?;
+        let listener = listen(&settings.server.bind, settings.server.backlog)?;
         let port = listener.local_addr()?.port();
         let actors = herald_actors::start(settings.session.clone(), settings.heartbeat.clone());
         let routes_actors = actors.clone();
@@ -62,6 +66,20 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         self.server.await
     }
+}
+
+/// Binds `bind` with an accept backlog of `backlog`: the standard library's
+/// fixed 128 overflows when thousands of clients reconnect at once, and a
+/// dropped SYN costs each of them a second or more.
+fn listen(bind: &str, backlog: u32) -> io::Result<TcpListener> {
+    let addr: SocketAddr = bind.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
+    })?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 /// Graceful shutdown: stop accepting, end every stream, then let the HTTP

@@ -1,5 +1,6 @@
-//! Shutdown ends streams promptly instead of waiting out the HTTP server's
-//! shutdown timeout, and the process exits 0.
+//! The process: startup failures exit non-zero with a message; shutdown ends
+//! streams promptly instead of waiting out the HTTP server's shutdown timeout,
+//! and exits 0.
 
 mod common;
 
@@ -14,6 +15,48 @@ use std::{
 
 use common::{PATIENCE, TestServer};
 use futures_util::{StreamExt as _, future::join_all};
+
+/// The herald binary on the shipped config, logging at info.
+fn herald(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"));
+    command.args(args).env("RUST_LOG", "info");
+    command
+}
+
+#[test]
+fn a_taken_address_or_an_invalid_config_exits_non_zero_with_a_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let output = herald(&["--bind", &taken]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {taken}")),
+        "{stderr}"
+    );
+
+    let output = herald(&[])
+        .env("HERALD_HEARTBEAT__MARGIN", "30s")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("heartbeat.margin must be above zero and below heartbeat.timeout"),
+        "{stderr}"
+    );
+
+    let mut missing = Command::new(env!("CARGO_BIN_EXE_herald"));
+    let output = missing
+        .args(["--config", "/nonexistent/herald.toml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/herald.toml"));
+}
 
 #[actix_web::test]
 async fn shutting_down_ends_every_open_stream() {
@@ -36,13 +79,8 @@ async fn shutting_down_ends_every_open_stream() {
 
 #[actix_web::test]
 async fn sigterm_ends_streams_and_the_process_exits_0() {
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--bind", "127.0.0.1:0"])
+    let mut child = herald(&["--bind", "127.0.0.1:0"])
         .env("HERALD_SERVER__SHUTDOWN_TIMEOUT", "60s")
-        .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .expect("herald binary starts");
