@@ -39,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     if let Some(bind) = cli.bind {
         settings.server.bind = bind;
     }
+    exit_on_core_panic();
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(&settings.log.level),
     )
@@ -59,6 +60,24 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     log::info!("server.stopped");
     Ok(())
 }
+
+/// The store, the registry and the heartbeat run on the main thread and hold
+/// the server's state; after a panic there the server could only answer 503.
+/// Exiting lets the process supervisor restart it, and clients resume with
+/// `reset`. A panic on an HTTP worker thread ends only the stream it hit.
+fn exit_on_core_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        if std::thread::current().name() == Some("main") {
+            log::error!("server.panicked thread=main exit_code={PANIC_EXIT_CODE}");
+            std::process::exit(PANIC_EXIT_CODE);
+        }
+    }));
+}
+
+/// EX_SOFTWARE from sysexits.h: an internal error.
+const PANIC_EXIT_CODE: i32 = 70;
 
 async fn shut_down_on_signal(shutdown: Shutdown) {
     let signal = wait_for_signal().await;

@@ -77,7 +77,12 @@ pub enum ConfigError {
 
 /// Frames a stream needs room for before any live event: hello, reset, replay.
 const MIN_QUEUE_FRAMES: usize = 4;
+const MAX_QUEUE_FRAMES: usize = 65_536;
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
+const MAX_BUFFER_EVENTS: usize = 1_000_000;
+/// Upper bound for every duration: far beyond any sensible value, and far
+/// below what would overflow a clock computation.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Settings {
     /// Reads `path` (it must exist), then the environment overrides.
@@ -100,33 +105,59 @@ impl Settings {
 
     /// Rejects values that would make the server misbehave rather than fail.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
-        if self.admin.tokens.is_empty() {
-            return fail("admin.tokens must hold at least one token");
+        let check = |ok: bool, msg: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(msg))
+            }
+        };
+        let tokens = &self.admin.tokens;
+        check(
+            !tokens.is_empty(),
+            "admin.tokens must hold at least one token".into(),
+        )?;
+        check(
+            tokens.iter().all(|t| t.len() >= MIN_ADMIN_TOKEN_LEN),
+            format!("every admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+        )?;
+        let durations = [
+            ("session.ttl", self.session.ttl),
+            ("heartbeat.timeout", self.heartbeat.timeout),
+            ("stream.retry", self.stream.retry),
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+        ];
+        for (key, value) in durations {
+            check(
+                !value.is_zero() && value <= MAX_DURATION,
+                format!(
+                    "{key} must be above zero and at most {} days",
+                    MAX_DURATION.as_secs() / 86_400
+                ),
+            )?;
         }
-        if self
-            .admin
-            .tokens
-            .iter()
-            .any(|t| t.len() < MIN_ADMIN_TOKEN_LEN)
-        {
-            return fail("every admin token must be at least 16 characters");
-        }
-        if self.heartbeat.margin.is_zero() || self.heartbeat.margin >= self.heartbeat.timeout {
-            return fail("heartbeat.margin must be above zero and below heartbeat.timeout");
-        }
-        if self.stream.retry_jitter > self.stream.retry {
-            return fail("stream.retry_jitter must not exceed stream.retry");
-        }
-        if self.stream.queue_frames < MIN_QUEUE_FRAMES {
-            return fail("stream.queue_frames must be at least 4");
-        }
-        if self.session.buffer_events == 0 || self.session.ttl.is_zero() {
-            return fail("session.buffer_events and session.ttl must be above zero");
-        }
-        if self.server.max_body_bytes == 0 {
-            return fail("server.max_body_bytes must be above zero");
-        }
-        Ok(())
+        let heartbeat = &self.heartbeat;
+        check(
+            !heartbeat.margin.is_zero() && heartbeat.margin < heartbeat.timeout,
+            "heartbeat.margin must be above zero and below heartbeat.timeout".into(),
+        )?;
+        check(
+            self.stream.retry_jitter <= self.stream.retry,
+            "stream.retry_jitter must not exceed stream.retry".into(),
+        )?;
+        check(
+            (MIN_QUEUE_FRAMES..=MAX_QUEUE_FRAMES).contains(&self.stream.queue_frames),
+            format!(
+                "stream.queue_frames must be between {MIN_QUEUE_FRAMES} and {MAX_QUEUE_FRAMES}"
+            ),
+        )?;
+        check(
+            (1..=MAX_BUFFER_EVENTS).contains(&self.session.buffer_events),
+            format!("session.buffer_events must be between 1 and {MAX_BUFFER_EVENTS}"),
+        )?;
+        check(
+            self.server.max_body_bytes > 0,
+            "server.max_body_bytes must be above zero".into(),
+        )
     }
 }

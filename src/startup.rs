@@ -11,7 +11,10 @@ use actix_web::{App, HttpServer, dev::Server, dev::ServerHandle};
 use herald_actors::{Actors, CloseAll};
 use socket2::{Domain, Socket, Type};
 
-use crate::{config::Settings, routes::configure_routes};
+use crate::{
+    config::Settings,
+    routes::{Draining, configure_routes},
+};
 
 pub struct Application {
     port: u16,
@@ -24,11 +27,14 @@ impl Application {
         let listener = listen(&settings.server.bind, settings.server.backlog)?;
         let port = listener.local_addr()?.port();
         let actors = herald_actors::start(settings.session.clone(), settings.heartbeat.clone());
-        let routes_actors = actors.clone();
-        let routes_settings = settings.clone();
+        let draining = Draining::default();
+        let (routes_actors, routes_settings, routes_draining) =
+            (actors.clone(), settings.clone(), draining.clone());
         let mut server = HttpServer::new(move || {
-            App::new()
-                .configure(|cfg| configure_routes(cfg, &routes_settings, routes_actors.clone()))
+            App::new().configure(|cfg| {
+                let (actors, draining) = (routes_actors.clone(), routes_draining.clone());
+                configure_routes(cfg, &routes_settings, actors, draining)
+            })
         })
         // End a stream as soon as its client closes the connection, rather
         // than at the next failed write.
@@ -45,6 +51,7 @@ impl Application {
         let shutdown = Shutdown {
             server: server.handle(),
             actors,
+            draining,
         };
         Ok(Self {
             port,
@@ -88,13 +95,22 @@ fn listen(bind: &str, backlog: u32) -> io::Result<TcpListener> {
 pub struct Shutdown {
     server: ServerHandle,
     actors: Actors,
+    draining: Draining,
 }
 
 impl Shutdown {
-    pub async fn shut_down(&self) {
+    /// Stops taking work: publishes are refused, new streams end at once,
+    /// no new connections are accepted, and every open stream is ended.
+    pub async fn drain(&self) {
+        self.draining.start();
         self.server.pause().await;
         let streams = self.actors.registry.send(CloseAll).await.unwrap_or(0);
         log::info!("server.draining streams={streams}");
+    }
+
+    /// Drains, then lets the HTTP server finish the remaining requests.
+    pub async fn shut_down(&self) {
+        self.drain().await;
         self.server.stop(true).await;
     }
 }

@@ -15,6 +15,7 @@ use std::{
 
 use common::{PATIENCE, TestServer};
 use futures_util::{StreamExt as _, future::join_all};
+use serde_json::json;
 
 /// The herald binary on the shipped config, logging at info.
 fn herald(args: &[&str]) -> Command {
@@ -142,4 +143,29 @@ async fn sigterm_ends_streams_and_the_process_exits_0() {
     ] {
         assert!(log.contains(expected), "log has {expected:?}:\n{log}");
     }
+}
+
+#[actix_web::test]
+async fn while_draining_publishes_get_503_and_streams_end_after_retry() {
+    let server = TestServer::start().await;
+    // Opens a keep-alive connection; draining stops accepting new ones, and
+    // requests on kept connections are what this is about.
+    server.publish("edge-1", "config", json!(1)).await;
+    server.drain().await;
+
+    let body = json!({"event": "config", "data": 2});
+    let (status, reply) = server.admin_post("/v1/devices/edge-1/events", &body).await;
+    assert_eq!(
+        (status.as_u16(), &reply["error"]["code"]),
+        (503, &json!("unavailable"))
+    );
+    let mut stream = server.connect("edge-1").await;
+    assert!(
+        stream.next().await.and_then(|e| e.retry).is_some(),
+        "retry: first"
+    );
+    assert!(
+        stream.next().await.is_none(),
+        "then the end, so EventSource reconnects"
+    );
 }

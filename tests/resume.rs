@@ -177,24 +177,81 @@ async fn a_session_expires_after_its_ttl_and_a_late_resume_is_told_so() {
 }
 
 #[actix_web::test]
-async fn a_position_herald_never_issued_gets_a_reset_before_any_event_with_an_id() {
+async fn a_lost_position_gets_reset_first_then_what_no_stream_was_given_then_live() {
     let server = TestServer::start().await;
     let last_seen = device_that_saw_one_event(&server, "edge-1").await;
     let future = format!("{}-{}", last_seen.split_once('-').unwrap().0, 99);
     for (claimed, reason) in [("garbage", "invalid"), (future.as_str(), "future")] {
+        let waiting = publish_numbered(&server, "edge-1", 0..2).await;
         let mut stream = server.resume("edge-1", claimed).await;
-        stream.hello().await;
+        assert_eq!(stream.hello().await["resumed"], false);
         let reset = stream.next_event().await;
-        assert_eq!(reset.event.as_deref(), Some("reset"));
+        assert_eq!(
+            (reset.event.as_deref(), reset.id.as_deref()),
+            (Some("reset"), None)
+        );
         assert_eq!(
             data_json(&reset),
             json!({"reason": reason, "last_event_id": claimed})
         );
-        server.publish("edge-1", "config", json!("next")).await;
-        let next = stream.next_event().await;
-        assert_eq!(
-            (next.event.as_deref(), next.data.as_deref()),
-            (Some("config"), Some("next"))
-        );
+        expect_notes(&mut stream, &waiting, 0).await;
+        server.publish("edge-1", "config", json!("live")).await;
+        assert_eq!(stream.next_event().await.data.as_deref(), Some("live"));
     }
+}
+
+#[actix_web::test]
+async fn after_a_restart_an_old_position_is_reset_as_unknown_epoch_never_replayed() {
+    let before = TestServer::start().await;
+    let last_seen = device_that_saw_one_event(&before, "edge-1").await;
+    before.shut_down().await;
+
+    let after = TestServer::start().await;
+    let waiting = publish_numbered(&after, "edge-1", 0..2).await;
+    assert!(
+        seq_of(&waiting[0]) <= seq_of(&last_seen),
+        "the new history reuses small numbers"
+    );
+    let mut stream = after.resume("edge-1", &last_seen).await;
+    stream.hello().await;
+    let reset = stream.next_event().await;
+    assert_eq!(
+        data_json(&reset),
+        json!({"reason": "unknown_epoch", "last_event_id": last_seen})
+    );
+    expect_notes(&mut stream, &waiting, 0).await;
+}
+
+#[actix_web::test]
+async fn a_fresh_connect_is_reset_when_events_meant_for_it_were_evicted_unseen() {
+    let server = TestServer::start_with(|s| s.session.buffer_events = 3).await;
+    let ids = publish_numbered(&server, "edge-1", 0..5).await;
+    let mut stream = server.connect("edge-1").await;
+    stream.hello().await;
+    let reset = stream.next_event().await;
+    assert_eq!(
+        data_json(&reset),
+        json!({"reason": "evicted", "last_event_id": null})
+    );
+    expect_notes(&mut stream, &ids[2..], 2).await;
+}
+
+#[actix_web::test]
+async fn the_header_wins_over_the_query_and_an_empty_header_defers_to_it() {
+    let server = TestServer::start().await;
+    let last_seen = device_that_saw_one_event(&server, "edge-1").await;
+    let missed = publish_numbered(&server, "edge-1", 0..2).await;
+    let query = format!("?lastEventId={last_seen}");
+
+    let mut both = server
+        .open("edge-1", &[("Last-Event-ID", missed[0].as_str())], &query)
+        .await;
+    both.hello().await;
+    expect_notes(&mut both, &missed[1..], 1).await;
+
+    let mut empty_header = server
+        .open("edge-1", &[("Last-Event-ID", "")], &query)
+        .await;
+    assert_eq!(empty_header.hello().await["resumed"], true);
+    expect_notes(&mut empty_header, &missed, 0).await;
 }

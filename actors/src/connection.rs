@@ -16,7 +16,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 use crate::{
-    ConnectionId, DeviceId, Frame, Opening, Signal, Start, StoredEvent,
+    ConnectionId, DeviceId, Frame, Opening, Progress, Signal, Start, StoredEvent,
     heartbeat::{Activity, Heartbeat, Unwatch, Watch},
     registry::{DeviceRegistry, Unregister},
 };
@@ -87,6 +87,8 @@ pub struct ConnectionParams {
     pub heartbeat: Addr<Heartbeat>,
     /// Announced to the client in `hello`.
     pub heartbeat_timeout: Duration,
+    /// Where this stream reports what it wrote; its session reads it.
+    pub progress: Progress,
 }
 
 pub struct DeviceConnection {
@@ -115,8 +117,14 @@ impl DeviceConnection {
         if ctx.state() != ActorState::Running {
             return;
         }
+        let seq = frame.last_seq();
         match self.params.queue.try_send(frame) {
-            Ok(()) => self.activity.touch(),
+            Ok(()) => {
+                self.activity.touch();
+                if let Some(seq) = seq {
+                    self.params.progress.advance_to(seq);
+                }
+            }
             Err(TrySendError::Full(_)) => {
                 log::warn!(
                     "stream.slow_consumer device={} conn={} queue={}",
@@ -192,18 +200,24 @@ impl Handler<Begin> for DeviceConnection {
         } = start
         {
             log::info!(
-                "session.reset device={} conn={} reason={} last_event_id={last_event_id:?}",
+                "session.reset device={} conn={} reason={} last_event_id={}",
                 self.params.device,
                 self.params.connection_id,
-                reason.as_str()
+                reason.as_str(),
+                // Quoted and escaped: it comes from the client.
+                last_event_id
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), |id| format!("{id:?}"))
             );
-            self.write(Frame::Signal(Signal::reset(reason, &last_event_id)), ctx);
+            self.write(
+                Frame::Signal(Signal::reset(reason, last_event_id.as_deref())),
+                ctx,
+            );
         }
         if !replay.is_empty() {
             self.write(Frame::Replay(replay), ctx);
         }
         self.params.heartbeat.do_send(Watch {
-            device: self.params.device.clone(),
             connection_id: self.params.connection_id,
             connection: ctx.address(),
             activity: self.activity.clone(),

@@ -47,6 +47,17 @@ pub enum Frame {
     Signal(Signal),
 }
 
+impl Frame {
+    /// The sequence number of the last event this frame carries, if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        match self {
+            Self::Event(event) => Some(event.id.seq),
+            Self::Replay(events) => events.last().map(|e| e.id.seq),
+            Self::Signal(_) => None,
+        }
+    }
+}
+
 /// Why a client's resume position could not be honoured. Sent to the client in
 /// the `reset` event and logged; the names are part of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,8 +130,9 @@ impl Signal {
         }
     }
 
-    /// Tells the client its position is gone; what follows is the current state.
-    pub fn reset(reason: ResetReason, last_event_id: &str) -> Self {
+    /// Tells the client its position is gone; what follows is the current
+    /// state. `last_event_id` is what the client sent (`null` if nothing).
+    pub fn reset(reason: ResetReason, last_event_id: Option<&str>) -> Self {
         let data = json!({ "reason": reason.as_str(), "last_event_id": last_event_id });
         Self {
             name: RESET,

@@ -1,10 +1,11 @@
-//! Heartbeat: keeps idle streams visibly alive and finds dead ones.
+//! Heartbeat: keeps idle streams visibly alive.
 //!
 //! Every stream publishes the time of its last write in an [`Activity`] cell.
 //! On each tick the heartbeat reads those cells (no message per stream) and
 //! asks only the streams idle for `timeout - margin` to write a `heartbeat`
-//! event; a stream with traffic gets none. A connection that no longer takes
-//! messages is reported to the registry, which forgets it.
+//! event; a stream with traffic gets none. A heartbeat is also what finds a
+//! peer that vanished without closing its connection: writes to it back up
+//! until the stream's queue is full and the stream is ended as slow.
 //!
 //! Clients learn `timeout` in `hello` (`heartbeat_timeout_ms`): silence that
 //! long means the stream is dead. The margin covers tick granularity and
@@ -22,11 +23,7 @@ use std::{
 use actix::{dev::SendError, prelude::*};
 use serde::Deserialize;
 
-use crate::{
-    ConnectionId, DeviceConnection, DeviceId,
-    connection::SendHeartbeat,
-    registry::{DeviceRegistry, Unregister},
-};
+use crate::{ConnectionId, DeviceConnection, connection::SendHeartbeat};
 
 /// The `[heartbeat]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -78,7 +75,6 @@ impl Activity {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Watch {
-    pub device: DeviceId,
     pub connection_id: ConnectionId,
     pub connection: Addr<DeviceConnection>,
     pub activity: Activity,
@@ -97,22 +93,19 @@ pub struct Unwatch {
 struct Tick;
 
 struct Watched {
-    device: DeviceId,
     connection: Addr<DeviceConnection>,
     activity: Activity,
 }
 
 pub struct Heartbeat {
     config: HeartbeatConfig,
-    registry: Addr<DeviceRegistry>,
     watched: HashMap<ConnectionId, Watched>,
 }
 
 impl Heartbeat {
-    pub fn new(config: HeartbeatConfig, registry: Addr<DeviceRegistry>) -> Self {
+    pub fn new(config: HeartbeatConfig) -> Self {
         Self {
             config,
-            registry,
             watched: HashMap::new(),
         }
     }
@@ -126,21 +119,11 @@ impl Actor for Heartbeat {
     }
 }
 
-impl Supervised for Heartbeat {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        log::error!(
-            "actor.restarted actor=heartbeat watched={}",
-            self.watched.len()
-        );
-    }
-}
-
 impl Handler<Watch> for Heartbeat {
     type Result = ();
 
     fn handle(&mut self, msg: Watch, _: &mut Self::Context) {
         let watched = Watched {
-            device: msg.device,
             connection: msg.connection,
             activity: msg.activity,
         };
@@ -161,25 +144,19 @@ impl Handler<Tick> for Heartbeat {
 
     fn handle(&mut self, _: Tick, _: &mut Self::Context) {
         let idle_after = self.config.idle_after();
-        let registry = &self.registry;
-        self.watched.retain(|connection_id, watched| {
+        self.watched.retain(|_, watched| {
             if watched.activity.idle() < idle_after {
                 return true;
             }
             // Marked now, not when the connection gets to it, so a slow
             // connection is not asked twice.
             watched.activity.touch();
-            match watched.connection.try_send(SendHeartbeat) {
-                Ok(()) | Err(SendError::Full(_)) => true,
-                Err(SendError::Closed(_)) => {
-                    let device = watched.device.clone();
-                    registry.do_send(Unregister {
-                        device,
-                        connection_id: *connection_id,
-                    });
-                    false
-                }
-            }
+            // A closed mailbox means the connection is gone; it unregistered
+            // itself when it stopped.
+            !matches!(
+                watched.connection.try_send(SendHeartbeat),
+                Err(SendError::Closed(_))
+            )
         });
     }
 }

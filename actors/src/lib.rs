@@ -33,15 +33,20 @@
 //! is unbounded (so a send never waits and cannot overtake another), so a
 //! stream sees its replay and then exactly the events published after it.
 //!
-//! # Supervision
+//! # Failure
 //!
-//! The three stateful actors are started under [`actix::Supervisor`] by
-//! [`start`]; their handlers do not panic by construction (no indexing or
-//! unwrapping) and a restart is logged as `actor.restarted`. A connection actor
-//! that panics loses only its own stream: actix still runs its `stopped` while
-//! the actor is dropped, which unregisters it; should a connection vanish
-//! without that, the registry and the heartbeat find its mailbox closed on
-//! their next send and detach its session.
+//! A connection actor that panics loses only its own stream: actix still runs
+//! its `stopped` while dropping it, which unregisters it and starts its
+//! session's TTL; should a connection vanish otherwise, the registry finds its
+//! mailbox closed on the next send and does the same.
+//!
+//! The store, the registry and the heartbeat hold the server's state. actix's
+//! `Supervisor` restarts an actor that stops, not one that panics (its mailbox
+//! stays closed), and a restarted store would have lost every session anyway.
+//! So their handlers avoid panicking operations, and the server runs them on
+//! its main thread and exits when a panic happens there (`server.panicked`),
+//! for the process supervisor to restart it; clients then resume and get
+//! `reset` (`unknown_epoch`), never a silent gap.
 
 mod connection;
 mod event;
@@ -54,9 +59,7 @@ mod session_store;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-use std::{cell::Cell, rc::Rc};
-
-use actix::{Addr, AsyncContext, Supervisor};
+use actix::{Actor, Addr, AsyncContext};
 
 pub use connection::{ConnectionParams, DeviceConnection, DisconnectReason};
 pub use event::{Frame, RESERVED_EVENT_NAMES, ResetReason, Signal, StoredEvent};
@@ -64,7 +67,7 @@ pub use event_id::{Epoch, EventId, EventIdError};
 pub use heartbeat::{Heartbeat, HeartbeatConfig};
 pub use ids::{ConnectionId, DeviceId, EventName, MAX_NAME_LEN, NameError};
 pub use registry::{CloseAll, CountLive, DeviceRegistry};
-pub use session::{Opening, Session, Start};
+pub use session::{Opening, Progress, Session, Start};
 pub use session_store::{
     Attach, Broadcast, BroadcastReceipt, Publish, PublishReceipt, SessionConfig, SessionStore,
 };
@@ -80,27 +83,23 @@ pub struct Actors {
 /// Starts the store, the registry and the heartbeat under supervision, wired
 /// to each other. Must run inside an actix `System`.
 pub fn start(session: SessionConfig, heartbeat: HeartbeatConfig) -> Actors {
-    // The store and the registry address each other; the registry is started
-    // while the store's context (and so its address) already exists.
-    let registry_slot = Rc::new(Cell::new(None));
-    let slot = Rc::clone(&registry_slot);
-    let store = Supervisor::start(move |ctx: &mut actix::Context<SessionStore>| {
+    // The store and the registry address each other: the registry is created
+    // inside the store's constructor, where the store's address exists.
+    let mut registry = None;
+    let store = SessionStore::create(|ctx| {
         ctx.set_mailbox_capacity(0);
         let store = ctx.address();
-        let started = Supervisor::start(move |ctx: &mut actix::Context<DeviceRegistry>| {
+        let created = DeviceRegistry::create(move |ctx| {
             ctx.set_mailbox_capacity(0);
             DeviceRegistry::new(store)
         });
-        slot.set(Some(started.clone()));
-        SessionStore::new(session, started)
+        registry = Some(created.clone());
+        SessionStore::new(session, created)
     });
-    let registry = registry_slot
-        .take()
-        .expect("Supervisor::start runs the constructor at once");
-    let heartbeat_registry = registry.clone();
-    let heartbeat = Supervisor::start(move |ctx: &mut actix::Context<Heartbeat>| {
+    let registry = registry.expect("Actor::create runs the constructor at once");
+    let heartbeat = Heartbeat::create(move |ctx| {
         ctx.set_mailbox_capacity(0);
-        Heartbeat::new(heartbeat, heartbeat_registry)
+        Heartbeat::new(heartbeat)
     });
     Actors {
         store,

@@ -2,8 +2,9 @@
 //! routes events to it.
 //!
 //! Invariants:
-//! - at most one live connection per device: registering a second one kicks
-//!   the first (it writes `kicked` and ends) before the second begins;
+//! - at most one live connection per device: registering a second one makes
+//!   it the live one and kicks the first (which writes `kicked` and ends), so
+//!   no event is routed to the first after the second was registered;
 //! - a connection's `Begin` (hello and replay) is sent before any `Push` to it,
 //!   because both come from this actor in the order the store sent them;
 //! - a connection that is gone is forgotten and its session detached, so its
@@ -131,15 +132,6 @@ impl Actor for DeviceRegistry {
     type Context = Context<Self>;
 }
 
-impl Supervised for DeviceRegistry {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        log::error!(
-            "actor.restarted actor=device_registry live={}",
-            self.live.len()
-        );
-    }
-}
-
 impl Handler<Register> for DeviceRegistry {
     type Result = ();
 
@@ -149,6 +141,11 @@ impl Handler<Register> for DeviceRegistry {
             msg.connection.do_send(Close {
                 reason: DisconnectReason::Shutdown,
             });
+            return;
+        }
+        // A connection can be gone before the store's `Register` for it gets
+        // here (its client left at once); it must not kick a healthy one.
+        if !msg.connection.connected() {
             return;
         }
         let new = Live {

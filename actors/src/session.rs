@@ -5,26 +5,51 @@
 //!
 //! Invariants:
 //! - ids in the buffer are consecutive, oldest first, and end at `last_seq`;
-//! - `handed_out <= last_seq`: every event up to `handed_out` was handed to a
-//!   stream, so a fresh connect (no position) does not see it again.
+//! - every event up to [`Session::handed_out`] was written to some stream, so a
+//!   connect without a usable position gets only what follows it. "Written"
+//!   is a fact reported by the streams ([`Progress`]), not an assumption.
 
-use std::collections::VecDeque;
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use bytestring::ByteString;
 
 use crate::{ConnectionId, Epoch, EventId, EventName, ResetReason, StoredEvent};
 
+/// The highest sequence number a stream has written to its client's queue,
+/// shared between the stream's connection (writer) and its session (reader).
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<AtomicU64>);
+
+impl Progress {
+    pub fn advance_to(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Where a new stream starts, decided from the position the client claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
-    /// No position given: events never handed to a stream follow, then live.
+    /// No position given: the events no stream was given follow, then live.
     Fresh,
     /// The position is in the buffer: the events after it follow, then live.
     Resumed,
-    /// The position is gone: the client must drop its state and rebuild.
+    /// The position is gone — or, for a client that gave none, events meant
+    /// for it were evicted unseen. The client must drop its state; the events
+    /// no stream was given follow, then live.
     Reset {
         reason: ResetReason,
-        last_event_id: String,
+        /// What the client sent, if anything.
+        last_event_id: Option<String>,
     },
 }
 
@@ -36,12 +61,19 @@ pub struct Opening {
 }
 
 #[derive(Debug)]
+struct Attached {
+    connection: ConnectionId,
+    progress: Progress,
+}
+
+#[derive(Debug)]
 pub struct Session {
     epoch: Epoch,
     last_seq: u64,
     buffer: VecDeque<StoredEvent>,
-    handed_out: u64,
-    attached: Option<ConnectionId>,
+    /// Highest seq written by streams that are no longer attached.
+    written_before: u64,
+    attached: Option<Attached>,
 }
 
 impl Session {
@@ -50,7 +82,7 @@ impl Session {
             epoch,
             last_seq: 0,
             buffer: VecDeque::new(),
-            handed_out: 0,
+            written_before: 0,
             attached: None,
         }
     }
@@ -63,65 +95,74 @@ impl Session {
         self.buffer.len()
     }
 
+    /// The highest seq any stream of this session has written.
+    pub fn handed_out(&self) -> u64 {
+        let attached = self.attached.as_ref().map_or(0, |a| a.progress.get());
+        self.written_before.max(attached)
+    }
+
     /// Appends an event with the next id, dropping the oldest beyond
-    /// `max_events`. While a stream is attached the event counts as handed
-    /// out: the caller routes it to that stream.
+    /// `max_events`.
     pub fn append(&mut self, name: EventName, data: ByteString, max_events: usize) -> StoredEvent {
         self.last_seq += 1;
-        let event = StoredEvent {
-            id: EventId {
-                epoch: self.epoch,
-                seq: self.last_seq,
-            },
-            name,
-            data,
+        let id = EventId {
+            epoch: self.epoch,
+            seq: self.last_seq,
         };
+        let event = StoredEvent { id, name, data };
         self.buffer.push_back(event.clone());
         while self.buffer.len() > max_events {
             self.buffer.pop_front();
-        }
-        if self.attached.is_some() {
-            self.handed_out = self.last_seq;
         }
         event
     }
 
     /// Attaches a new stream (replacing any other) and decides how it starts.
     /// `last_event_id` is what the client sent, untrusted.
-    pub fn attach(&mut self, connection: ConnectionId, last_event_id: Option<&str>) -> Opening {
-        self.attached = Some(connection);
-        let opening = match last_event_id {
-            None => Opening {
-                start: Start::Fresh,
-                replay: self.after(self.handed_out),
-            },
-            Some(raw) => match self.locate(raw) {
-                Ok(seq) => Opening {
+    pub fn attach(
+        &mut self,
+        connection: ConnectionId,
+        progress: Progress,
+        last_event_id: Option<&str>,
+    ) -> Opening {
+        self.written_before = self.handed_out();
+        self.attached = Some(Attached {
+            connection,
+            progress,
+        });
+        let position = last_event_id.map(|raw| (raw, self.locate(raw)));
+        let start = match position {
+            Some((_, Ok(seq))) => {
+                return Opening {
                     start: Start::Resumed,
                     replay: self.after(seq),
-                },
-                Err(reason) => Opening {
-                    start: Start::Reset {
-                        reason,
-                        last_event_id: raw.to_owned(),
-                    },
-                    replay: Vec::new(),
-                },
+                };
+            }
+            Some((raw, Err(reason))) => Start::Reset {
+                reason,
+                last_event_id: Some(raw.to_owned()),
             },
+            None if self.written_before + 1 < self.oldest_kept() => Start::Reset {
+                reason: ResetReason::Evicted,
+                last_event_id: None,
+            },
+            None => Start::Fresh,
         };
-        self.handed_out = self.last_seq;
-        opening
+        Opening {
+            start,
+            replay: self.after(self.written_before),
+        }
     }
 
     /// Detaches `connection` if it is the attached one; a stream that was
     /// already replaced detaches nothing.
     pub fn detach(&mut self, connection: ConnectionId) -> bool {
-        if self.attached == Some(connection) {
-            self.attached = None;
-            true
-        } else {
-            false
+        if self.attached.as_ref().map(|a| a.connection) != Some(connection) {
+            return false;
         }
+        self.written_before = self.handed_out();
+        self.attached = None;
+        true
     }
 
     /// The sequence number a client's id points at, if this session can
@@ -138,17 +179,21 @@ impl Session {
         if id.seq > self.last_seq {
             return Err(ResetReason::Future);
         }
-        let oldest_kept = self.buffer.front().map_or(self.last_seq + 1, |e| e.id.seq);
-        if id.seq + 1 < oldest_kept {
+        if id.seq + 1 < self.oldest_kept() {
             return Err(ResetReason::Evicted);
         }
         Ok(id.seq)
     }
 
+    /// The seq of the oldest buffered event (one past the last when empty).
+    fn oldest_kept(&self) -> u64 {
+        self.buffer.front().map_or(self.last_seq + 1, |e| e.id.seq)
+    }
+
     /// The buffered events after `seq`, oldest first.
     fn after(&self, seq: u64) -> Vec<StoredEvent> {
-        let oldest_kept = self.buffer.front().map_or(self.last_seq + 1, |e| e.id.seq);
-        let skip = usize::try_from(seq.saturating_sub(oldest_kept - 1)).unwrap_or(usize::MAX);
+        let skip = seq.saturating_sub(self.oldest_kept() - 1);
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
         self.buffer.iter().skip(skip).cloned().collect()
     }
 }
@@ -171,6 +216,12 @@ mod tests {
         session
     }
 
+    fn attach(session: &mut Session, last_event_id: Option<&str>) -> (Opening, Progress) {
+        let progress = Progress::default();
+        let opening = session.attach(ConnectionId::new(), progress.clone(), last_event_id);
+        (opening, progress)
+    }
+
     fn seqs(opening: &Opening) -> Vec<u64> {
         opening.replay.iter().map(|e| e.id.seq).collect()
     }
@@ -183,34 +234,33 @@ mod tests {
         .to_string()
     }
 
-    fn reset_reason(opening: Opening) -> ResetReason {
-        match opening.start {
-            Start::Reset { reason, .. } => reason,
-            other => panic!("expected a reset, got {other:?}"),
-        }
-    }
-
     #[test]
     fn a_held_position_replays_what_follows_it() {
         let mut session = session_with(5, 10);
-        let opening = session.attach(ConnectionId::new(), Some(&id(1, 2)));
+        let (opening, _) = attach(&mut session, Some(&id(1, 2)));
         assert_eq!(opening.start, Start::Resumed);
         assert_eq!(seqs(&opening), [3, 4, 5]);
-        let at_end = session.attach(ConnectionId::new(), Some(&id(1, 5)));
+        let (at_end, _) = attach(&mut session, Some(&id(1, 5)));
         assert_eq!((at_end.start, at_end.replay.len()), (Start::Resumed, 0));
     }
 
     #[test]
     fn the_position_just_before_the_oldest_kept_event_is_still_held() {
         let mut session = session_with(8, 3);
-        let opening = session.attach(ConnectionId::new(), Some(&id(1, 5)));
+        let (opening, _) = attach(&mut session, Some(&id(1, 5)));
         assert_eq!(seqs(&opening), [6, 7, 8]);
-        let gone = session.attach(ConnectionId::new(), Some(&id(1, 4)));
-        assert_eq!(reset_reason(gone), ResetReason::Evicted);
+        let (gone, _) = attach(&mut session, Some(&id(1, 4)));
+        assert!(matches!(
+            gone.start,
+            Start::Reset {
+                reason: ResetReason::Evicted,
+                ..
+            }
+        ));
     }
 
     #[test]
-    fn lost_positions_name_their_reason() {
+    fn lost_positions_name_their_reason_and_still_get_what_no_stream_was_given() {
         let mut session = session_with(3, 10);
         let cases = [
             (id(1, 4), ResetReason::Future),
@@ -226,42 +276,59 @@ mod tests {
             ("garbage".to_owned(), ResetReason::Invalid),
         ];
         for (claimed, reason) in cases {
-            let opening = session.attach(ConnectionId::new(), Some(&claimed));
-            assert!(opening.replay.is_empty());
+            let (opening, _) = attach(&mut session, Some(&claimed));
+            let last_event_id = Some(claimed.clone());
             assert_eq!(
                 opening.start,
                 Start::Reset {
                     reason,
-                    last_event_id: claimed.clone()
+                    last_event_id
                 },
                 "{claimed}"
             );
+            // None of these streams wrote anything, so all three still wait.
+            assert_eq!(seqs(&opening), [1, 2, 3], "{claimed}");
         }
     }
 
     #[test]
-    fn a_fresh_connect_gets_only_what_no_stream_was_handed() {
-        let mut session = session_with(2, 10);
-        let first = session.attach(ConnectionId::new(), None);
-        assert_eq!(seqs(&first), [1, 2]);
-        let connection = ConnectionId::new();
-        session.attach(connection, None);
-        session.append(EventName::parse("e").unwrap(), "live".into(), 10);
-        assert!(session.detach(connection));
+    fn a_fresh_connect_gets_only_what_no_stream_wrote() {
+        let mut session = session_with(4, 10);
+        let (first, progress) = attach(&mut session, None);
+        assert_eq!(seqs(&first), [1, 2, 3, 4]);
+        // The stream wrote only the first two before it was replaced.
+        progress.advance_to(2);
+        let (second, progress) = attach(&mut session, None);
+        assert_eq!(seqs(&second), [3, 4]);
+        progress.advance_to(4);
         session.append(EventName::parse("e").unwrap(), "offline".into(), 10);
-        let again = session.attach(ConnectionId::new(), None);
-        assert_eq!(seqs(&again), [4]);
+        let (third, _) = attach(&mut session, None);
+        assert_eq!((seqs(&third), third.start), (vec![5], Start::Fresh));
     }
 
     #[test]
-    fn only_the_attached_stream_detaches() {
-        let mut session = session_with(0, 10);
+    fn a_fresh_connect_is_reset_when_events_meant_for_it_were_evicted() {
+        let mut session = session_with(8, 3);
+        let (opening, _) = attach(&mut session, None);
+        let reset = Start::Reset {
+            reason: ResetReason::Evicted,
+            last_event_id: None,
+        };
+        assert_eq!((seqs(&opening), opening.start), (vec![6, 7, 8], reset));
+    }
+
+    #[test]
+    fn only_the_attached_stream_detaches_and_its_progress_is_kept() {
+        let mut session = session_with(3, 10);
         let (old, new) = (ConnectionId::new(), ConnectionId::new());
-        session.attach(old, None);
-        session.attach(new, None);
+        session.attach(old, Progress::default(), None);
+        let progress = Progress::default();
+        session.attach(new, progress.clone(), None);
         assert!(!session.detach(old));
         assert!(session.is_attached());
+        progress.advance_to(3);
         assert!(session.detach(new));
         assert!(!session.is_attached());
+        assert_eq!(session.handed_out(), 3);
     }
 }

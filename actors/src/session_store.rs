@@ -21,7 +21,7 @@ use bytestring::ByteString;
 use serde::Deserialize;
 
 use crate::{
-    ConnectionId, DeviceConnection, DeviceId, Epoch, EventId, EventName, Session,
+    ConnectionId, DeviceConnection, DeviceId, Epoch, EventId, EventName, Progress, Session,
     registry::{Deliver, DeliverEach, DeviceRegistry, Register},
 };
 
@@ -45,6 +45,8 @@ pub struct Attach {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
     pub connection: Addr<DeviceConnection>,
+    /// Where the connection reports what it wrote.
+    pub progress: Progress,
     /// The client's claimed position, untrusted.
     pub last_event_id: Option<String>,
 }
@@ -148,18 +150,25 @@ impl SessionStore {
         data: ByteString,
     ) -> crate::StoredEvent {
         let max_events = self.config.buffer_events;
-        let now = Instant::now();
-        let ttl = self.config.ttl;
         let entry = self.session(device);
         let event = entry.session.append(name, data, max_events);
         // A session created by a publish has no stream yet: it lives for one
         // TTL waiting for its device, like a session whose stream ended.
-        let arm = !entry.session.is_attached() && entry.expires_at.is_none();
-        if arm {
-            entry.expires_at = Some(now + ttl);
-            self.expiries.insert((now + ttl, device.clone()));
+        if !entry.session.is_attached() {
+            self.start_ttl(device);
         }
         event
+    }
+
+    /// Starts the session's countdown, unless it is already counting down.
+    fn start_ttl(&mut self, device: &DeviceId) {
+        let at = Instant::now() + self.config.ttl;
+        if let Some(entry) = self.sessions.get_mut(device)
+            && entry.expires_at.is_none()
+        {
+            entry.expires_at = Some(at);
+            self.expiries.insert((at, device.clone()));
+        }
     }
 }
 
@@ -171,24 +180,17 @@ impl Actor for SessionStore {
     }
 }
 
-impl Supervised for SessionStore {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        log::error!(
-            "actor.restarted actor=session_store sessions={}",
-            self.sessions.len()
-        );
-    }
-}
-
 impl Handler<Attach> for SessionStore {
     type Result = ();
 
     fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
         let entry = self.session(&msg.device);
         let was_due = entry.expires_at.take();
-        let opening = entry
-            .session
-            .attach(msg.connection_id, msg.last_event_id.as_deref());
+        let opening = entry.session.attach(
+            msg.connection_id,
+            msg.progress,
+            msg.last_event_id.as_deref(),
+        );
         if let Some(at) = was_due {
             self.expiries.remove(&(at, msg.device.clone()));
         }
@@ -252,13 +254,12 @@ impl Handler<Detach> for SessionStore {
     type Result = ();
 
     fn handle(&mut self, msg: Detach, _: &mut Self::Context) {
-        let Some(entry) = self.sessions.get_mut(&msg.device) else {
-            return;
-        };
-        if entry.session.detach(msg.connection_id) {
-            let at = Instant::now() + self.config.ttl;
-            entry.expires_at = Some(at);
-            self.expiries.insert((at, msg.device));
+        let detached = self
+            .sessions
+            .get_mut(&msg.device)
+            .is_some_and(|entry| entry.session.detach(msg.connection_id));
+        if detached {
+            self.start_ttl(&msg.device);
         }
     }
 }

@@ -7,7 +7,7 @@ use tokio::sync::mpsc::{Receiver, channel};
 
 use crate::{
     Actors, Attach, ConnectionId, ConnectionParams, CountLive, DeviceConnection, DeviceId,
-    EventName, Frame, HeartbeatConfig, Publish, PublishReceipt, SessionConfig, Signal,
+    EventName, Frame, HeartbeatConfig, Progress, Publish, PublishReceipt, SessionConfig, Signal,
 };
 
 /// How long a test waits for something that should happen at once.
@@ -47,15 +47,18 @@ pub(crate) async fn publish_to(actors: &Actors, device: &DeviceId, data: &str) -
     actors.store.send(publish(device, data)).await.unwrap()
 }
 
-/// Spawns a connection for `device` whose queue holds `capacity` frames; the
-/// test holds the queue's receiving end, as the HTTP response would.
-pub(crate) fn spawn_connection(
+/// Spawns a connection for `device` whose queue holds `capacity` frames and
+/// attaches it through the store, as the stream route does; the test holds
+/// the queue's receiving end, as the HTTP response would.
+pub(crate) async fn connect(
     actors: &Actors,
     device: &DeviceId,
+    last_event_id: Option<String>,
     capacity: usize,
 ) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectionId) {
     let (queue, frames) = channel(capacity);
     let connection_id = ConnectionId::new();
+    let progress = Progress::default();
     let addr = DeviceConnection::spawn(ConnectionParams {
         device: device.clone(),
         connection_id,
@@ -64,23 +67,13 @@ pub(crate) fn spawn_connection(
         registry: actors.registry.clone(),
         heartbeat: actors.heartbeat.clone(),
         heartbeat_timeout: Duration::from_secs(60),
+        progress: progress.clone(),
     });
-    (addr, frames, connection_id)
-}
-
-/// Spawns a connection and attaches it through the store, as the stream
-/// route does.
-pub(crate) async fn connect(
-    actors: &Actors,
-    device: &DeviceId,
-    last_event_id: Option<String>,
-    capacity: usize,
-) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectionId) {
-    let (addr, frames, connection_id) = spawn_connection(actors, device, capacity);
     let attach = Attach {
         device: device.clone(),
         connection_id,
         connection: addr.clone(),
+        progress,
         last_event_id,
     };
     actors.store.send(attach).await.unwrap();

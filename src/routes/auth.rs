@@ -39,8 +39,9 @@ pub async fn require_admin(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let Some(token) = bearer.filter(|t| !t.is_empty()) else {
         return Err(ApiError::Unauthorized.into());
     };

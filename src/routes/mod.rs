@@ -6,7 +6,13 @@ mod auth;
 mod publish;
 mod stream;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use actix_web::{HttpRequest, HttpResponse, middleware::from_fn, web};
 use herald_actors::Actors;
@@ -19,13 +25,37 @@ pub struct AppState {
     pub actors: Actors,
     pub stream: crate::config::StreamSettings,
     pub heartbeat_timeout: Duration,
+    draining: Draining,
 }
 
-pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, actors: Actors) {
+impl AppState {
+    fn is_draining(&self) -> bool {
+        self.draining.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Set when shutdown begins; from then on publishes are refused and new
+/// streams end at once.
+#[derive(Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn configure_routes(
+    cfg: &mut web::ServiceConfig,
+    settings: &Settings,
+    actors: Actors,
+    draining: Draining,
+) {
     let state = AppState {
         actors,
         stream: settings.stream.clone(),
         heartbeat_timeout: settings.heartbeat.timeout,
+        draining,
     };
     let limit = settings.server.max_body_bytes;
     cfg.app_data(web::Data::new(state))

@@ -38,6 +38,7 @@ pub async fn publish(
 ) -> Result<HttpResponse, ApiError> {
     let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
     let (name, data) = body.into_inner().into_parts()?;
+    refuse_while_draining(&state)?;
     let receipt = state
         .actors
         .store
@@ -56,6 +57,7 @@ pub async fn broadcast(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, data) = body.into_inner().into_parts()?;
+    refuse_while_draining(&state)?;
     let receipt = state
         .actors
         .store
@@ -66,4 +68,14 @@ pub async fn broadcast(
         "delivered": receipt.delivered,
         "buffered": receipt.buffered,
     })))
+}
+
+/// Events accepted now would be lost with the process's memory: the publisher
+/// must send them to a server that stays.
+fn refuse_while_draining(state: &AppState) -> Result<(), ApiError> {
+    if state.is_draining() {
+        Err(ApiError::Unavailable)
+    } else {
+        Ok(())
+    }
 }

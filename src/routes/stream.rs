@@ -11,7 +11,8 @@ use actix_web::{HttpRequest, Responder, web};
 use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use herald_actors::{
-    Attach, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame, StoredEvent,
+    Attach, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame, Progress,
+    StoredEvent,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -36,7 +37,31 @@ pub async fn open_stream(
     let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
     let last_event_id = claimed_position(&req, query.into_inner());
     let (queue, frames) = mpsc::channel(state.stream.queue_frames);
+    if state.is_draining() {
+        // Not an error status: EventSource would stop reconnecting. The
+        // stream ends after `retry:`, and the client comes back after it.
+        drop(queue);
+    } else {
+        attach(&req, device, last_event_id, queue, &state).await?;
+    }
+    let events =
+        ReceiverStream::new(frames).flat_map(|frame| stream::iter(FrameEvents::from(frame)));
+    Ok(sse::Sse::from_infallible_stream(events)
+        .with_retry_duration(state.stream.jittered_retry())
+        .customize()
+        .insert_header(("X-Accel-Buffering", "no")))
+}
+
+/// Starts the stream's connection actor and has the store attach it.
+async fn attach(
+    req: &HttpRequest,
+    device: DeviceId,
+    last_event_id: Option<String>,
+    queue: mpsc::Sender<Frame>,
+    state: &AppState,
+) -> Result<(), ApiError> {
     let connection_id = ConnectionId::new();
+    let progress = Progress::default();
     let connection = DeviceConnection::spawn(ConnectionParams {
         device: device.clone(),
         connection_id,
@@ -47,6 +72,7 @@ pub async fn open_stream(
         registry: state.actors.registry.clone(),
         heartbeat: state.actors.heartbeat.clone(),
         heartbeat_timeout: state.heartbeat_timeout,
+        progress: progress.clone(),
     });
     state
         .actors
@@ -55,16 +81,11 @@ pub async fn open_stream(
             device,
             connection_id,
             connection,
+            progress,
             last_event_id,
         })
         .await
-        .map_err(|_| ApiError::Unavailable)?;
-    let events =
-        ReceiverStream::new(frames).flat_map(|frame| stream::iter(FrameEvents::from(frame)));
-    Ok(sse::Sse::from_infallible_stream(events)
-        .with_retry_duration(state.stream.jittered_retry())
-        .customize()
-        .insert_header(("X-Accel-Buffering", "no")))
+        .map_err(|_| ApiError::Unavailable)
 }
 
 /// The `Last-Event-ID` header, else the `lastEventId` query parameter. Empty
@@ -74,7 +95,8 @@ fn claimed_position(req: &HttpRequest, query: StreamQuery) -> Option<String> {
         .headers()
         .get("Last-Event-ID")
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-    header.or(query.last_event_id).filter(|id| !id.is_empty())
+    let given = |id: &String| !id.is_empty();
+    header.filter(given).or(query.last_event_id.filter(given))
 }
 
 /// The SSE events one queued frame becomes.

@@ -59,6 +59,11 @@ impl TestServer {
         self.shutdown.shut_down().await;
     }
 
+    /// The first step of shutdown only: the server keeps its connections.
+    pub async fn drain(&self) {
+        self.shutdown.drain().await;
+    }
+
     /// A fresh stream (no position).
     pub async fn connect(&self, device: &str) -> EventStream {
         self.open(device, &[], "").await
@@ -76,7 +81,8 @@ impl TestServer {
         self.open(device, &[], &query).await
     }
 
-    async fn open(&self, device: &str, headers: &[(&str, &str)], query: &str) -> EventStream {
+    /// A stream with the given request headers and query string (`?…` or "").
+    pub async fn open(&self, device: &str, headers: &[(&str, &str)], query: &str) -> EventStream {
         let mut request = self
             .http
             .get(format!("{}/v1/devices/{device}/events{query}", self.base));
