@@ -158,6 +158,19 @@ impl Settings {
         check(
             self.server.max_body_bytes > 0,
             "server.max_body_bytes must be above zero".into(),
+        )?;
+        let session = &self.session;
+        check(
+            session.buffer_bytes >= self.server.max_body_bytes,
+            "session.buffer_bytes must be at least server.max_body_bytes, so any event fits".into(),
+        )?;
+        check(
+            session.max_total_bytes >= session.buffer_bytes,
+            "session.max_total_bytes must be at least session.buffer_bytes".into(),
+        )?;
+        check(
+            session.max_sessions > 0,
+            "session.max_sessions must be above zero".into(),
         )
     }
 }

@@ -7,7 +7,7 @@ use actix_web::{
     error::{JsonPayloadError, QueryPayloadError},
     http::StatusCode,
 };
-use herald_actors::NameError;
+use herald_actors::{NameError, StoreError};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the server is shutting down or an internal component is unavailable")]
     Unavailable,
+    #[error("the server holds as many sessions as it may; try again later")]
+    ServerFull,
+    #[error("{0}")]
+    Bound(StoreError),
+    #[error("no such device")]
+    UnknownDevice,
 }
 
 impl ApiError {
@@ -55,6 +61,11 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "unavailable",
+            Self::ServerFull => "server_full",
+            Self::Bound(StoreError::TooManySessions(_)) => "too_many_sessions",
+            Self::Bound(StoreError::StorageFull(_)) => "storage_full",
+            Self::Bound(StoreError::RetainedLimit(_)) => "retained_limit",
+            Self::UnknownDevice => "unknown_device",
         }
     }
 
@@ -87,16 +98,24 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownDevice => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Bound(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, Self::Unauthorized) {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            Self::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            // Spread the retries of a full server's clients over a minute.
+            Self::ServerFull => {
+                response.insert_header(("Retry-After", fastrand::u32(10..=60).to_string()));
+            }
+            _ => {}
         }
         response.json(json!({ "error": { "code": self.code(), "message": self.to_string() } }))
     }

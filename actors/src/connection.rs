@@ -28,6 +28,8 @@ pub enum DisconnectReason {
     Kicked,
     Slow,
     Shutdown,
+    /// The device was deleted through the admin API.
+    Deleted,
 }
 
 impl DisconnectReason {
@@ -37,6 +39,7 @@ impl DisconnectReason {
             Self::Kicked => "kicked",
             Self::Slow => "slow",
             Self::Shutdown => "shutdown",
+            Self::Deleted => "deleted",
         }
     }
 }
@@ -64,7 +67,8 @@ pub struct Kick {
     pub by: ConnectionId,
 }
 
-/// End the stream without a kick. Sent by the registry (shutdown).
+/// End the stream without a kick. Sent by the registry (shutdown, device
+/// deleted).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Close {

@@ -164,13 +164,10 @@ impl Handler<Tick> for Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Frame, SessionConfig, Signal, test_support::*};
+    use crate::{Frame, Signal, test_support::*};
 
     fn start_with_fast_heartbeat() -> crate::Actors {
-        let session = SessionConfig {
-            buffer_events: 16,
-            ttl: Duration::from_secs(60),
-        };
+        let session = session_config(Duration::from_secs(60));
         let heartbeat = HeartbeatConfig {
             timeout: Duration::from_millis(200),
             margin: Duration::from_millis(100),

@@ -9,7 +9,8 @@
 //! | `event_id.rs`      | [`EventId`] `<epoch>-<seq>` and its strict parser        |
 //! | `event.rs`         | [`StoredEvent`], [`Frame`], protocol [`Signal`]s         |
 //! | `session.rs`       | one device's [`Session`]: buffer, ids, where a stream starts |
-//! | `session_store.rs` | [`SessionStore`] actor: all sessions, TTL sweep          |
+//! | `retained.rs`      | one device's retained events (latest per name)          |
+//! | `session_store.rs` | [`SessionStore`] actor: sessions, retained events, bounds, TTL sweep |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |
 //! | `heartbeat.rs`     | [`Heartbeat`] actor: heartbeats for idle streams         |
@@ -18,7 +19,7 @@
 //!
 //! ```text
 //!  stream route ──Attach──────────▶ SessionStore ──Register{opening}──▶ DeviceRegistry
-//!  admin routes ──Publish/Broadcast▶ SessionStore ──Deliver/DeliverEach─▶ DeviceRegistry
+//!  admin routes ──Publish/Broadcast/DeleteDevice▶ SessionStore ──Deliver/DeliverEach/CloseDevice─▶ DeviceRegistry
 //!                                   SessionStore ◀──Detach────────────  DeviceRegistry
 //!  DeviceRegistry ──Begin/Push/Kick/Close──▶ DeviceConnection ──Unregister──▶ DeviceRegistry
 //!  DeviceConnection ──Watch/Unwatch──▶ Heartbeat ──SendHeartbeat──▶ DeviceConnection
@@ -54,6 +55,7 @@ mod event_id;
 mod heartbeat;
 mod ids;
 mod registry;
+mod retained;
 mod session;
 mod session_store;
 #[cfg(test)]
@@ -67,9 +69,10 @@ pub use event_id::{Epoch, EventId, EventIdError};
 pub use heartbeat::{Heartbeat, HeartbeatConfig};
 pub use ids::{ConnectionId, DeviceId, EventName, MAX_NAME_LEN, NameError};
 pub use registry::{CloseAll, CountLive, DeviceRegistry};
-pub use session::{Opening, Progress, Session, Start};
+pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{
-    Attach, Broadcast, BroadcastReceipt, Publish, PublishReceipt, SessionConfig, SessionStore,
+    Attach, Broadcast, BroadcastReceipt, DeleteDevice, Publish, PublishReceipt, SessionConfig,
+    SessionStore, StoreError,
 };
 
 /// Addresses of the long-lived actors.

@@ -64,6 +64,13 @@ pub struct Unregister {
 #[rtype(result = "usize")]
 pub struct CloseAll;
 
+/// End a device's live stream (the device was deleted). Sent by the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseDevice {
+    pub device: DeviceId,
+}
+
 /// How many devices have a live connection. Sent by tests and stats.
 #[derive(Message)]
 #[rtype(result = "usize")]
@@ -205,6 +212,18 @@ impl Handler<CloseAll> for DeviceRegistry {
             });
         }
         self.live.len()
+    }
+}
+
+impl Handler<CloseDevice> for DeviceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseDevice, _: &mut Self::Context) {
+        if let Some(live) = self.live.remove(&msg.device) {
+            live.connection.do_send(Close {
+                reason: DisconnectReason::Deleted,
+            });
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::{
 
 use bytestring::ByteString;
 
-use crate::{ConnectionId, Epoch, EventId, EventName, ResetReason, StoredEvent};
+use crate::{ConnectionId, Epoch, EventId, EventName, ResetReason, StoredEvent, retained::signed};
 
 /// The highest sequence number a stream has written to its client's queue,
 /// shared between the stream's connection (writer) and its session (reader).
@@ -53,6 +53,21 @@ pub enum Start {
     },
 }
 
+/// How much one session's buffer may hold; the oldest events go first.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferLimits {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl BufferLimits {
+    /// Whether a buffer of `count` events and `bytes` bytes must shed its
+    /// oldest event. The newest event always stays, whatever its size.
+    fn exceeded_by(self, count: usize, bytes: usize) -> bool {
+        count > 1 && (count > self.events || bytes > self.bytes)
+    }
+}
+
 /// A decided start and the events to write before live ones.
 #[derive(Debug)]
 pub struct Opening {
@@ -71,6 +86,8 @@ pub struct Session {
     epoch: Epoch,
     last_seq: u64,
     buffer: VecDeque<StoredEvent>,
+    /// Sum of [`StoredEvent::size`] over the buffer.
+    bytes: usize,
     /// Highest seq written by streams that are no longer attached.
     written_before: u64,
     attached: Option<Attached>,
@@ -82,6 +99,7 @@ impl Session {
             epoch,
             last_seq: 0,
             buffer: VecDeque::new(),
+            bytes: 0,
             written_before: 0,
             attached: None,
         }
@@ -95,6 +113,26 @@ impl Session {
         self.buffer.len()
     }
 
+    /// Bytes the buffer holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How many bytes the buffer would grow by (negative: shrink) if an event
+    /// of `size` bytes were appended under `limits`. Changes nothing, so a
+    /// caller can refuse a publish before anything happened.
+    pub fn growth_if_appended(&self, size: usize, limits: BufferLimits) -> isize {
+        let (mut count, mut bytes) = (self.buffer.len() + 1, self.bytes + size);
+        for oldest in &self.buffer {
+            if !limits.exceeded_by(count, bytes) {
+                break;
+            }
+            count -= 1;
+            bytes -= oldest.size();
+        }
+        signed(bytes) - signed(self.bytes)
+    }
+
     /// The highest seq any stream of this session has written.
     pub fn handed_out(&self) -> u64 {
         let attached = self.attached.as_ref().map_or(0, |a| a.progress.get());
@@ -102,28 +140,39 @@ impl Session {
     }
 
     /// Appends an event with the next id, dropping the oldest beyond
-    /// `max_events`.
-    pub fn append(&mut self, name: EventName, data: ByteString, max_events: usize) -> StoredEvent {
+    /// `limits` (never the new one: limits admit any single event).
+    pub fn append(
+        &mut self,
+        name: EventName,
+        data: ByteString,
+        limits: BufferLimits,
+    ) -> StoredEvent {
         self.last_seq += 1;
         let id = EventId {
             epoch: self.epoch,
             seq: self.last_seq,
         };
         let event = StoredEvent { id, name, data };
+        self.bytes += event.size();
         self.buffer.push_back(event.clone());
-        while self.buffer.len() > max_events {
-            self.buffer.pop_front();
+        while limits.exceeded_by(self.buffer.len(), self.bytes) {
+            let Some(oldest) = self.buffer.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.size();
         }
         event
     }
 
     /// Attaches a new stream (replacing any other) and decides how it starts.
-    /// `last_event_id` is what the client sent, untrusted.
+    /// `last_event_id` is what the client sent, untrusted; `retained` are the
+    /// device's retained events, sent to a stream that has no position.
     pub fn attach(
         &mut self,
         connection: ConnectionId,
         progress: Progress,
         last_event_id: Option<&str>,
+        retained: &[StoredEvent],
     ) -> Opening {
         self.written_before = self.handed_out();
         self.attached = Some(Attached {
@@ -150,8 +199,23 @@ impl Session {
         };
         Opening {
             start,
-            replay: self.after(self.written_before),
+            replay: self.catch_up(retained),
         }
+    }
+
+    /// For a stream without a position: the retained events older than what
+    /// no stream has written yet, then those unwritten events; in id order.
+    fn catch_up(&self, retained: &[StoredEvent]) -> Vec<StoredEvent> {
+        let unwritten = self.after(self.written_before);
+        let first_unwritten = unwritten.first().map_or(u64::MAX, |e| e.id.seq);
+        let mut events: Vec<_> = retained
+            .iter()
+            .filter(|e| e.id.epoch == self.epoch && e.id.seq < first_unwritten)
+            .cloned()
+            .collect();
+        events.sort_by_key(|e| e.id.seq);
+        events.extend(unwritten);
+        events
     }
 
     /// Detaches `connection` if it is the attached one; a stream that was
@@ -204,21 +268,41 @@ mod tests {
 
     const BOOT: u32 = 7;
 
+    fn at_most(events: usize) -> BufferLimits {
+        BufferLimits {
+            events,
+            bytes: usize::MAX,
+        }
+    }
+
+    fn append(session: &mut Session, data: &str, limits: BufferLimits) -> StoredEvent {
+        session.append(EventName::parse("e").unwrap(), data.into(), limits)
+    }
+
     fn session_with(events: u64, max_events: usize) -> Session {
         let mut session = Session::new(Epoch::new(BOOT, 1));
         for n in 1..=events {
-            session.append(
-                EventName::parse("e").unwrap(),
-                n.to_string().into(),
-                max_events,
-            );
+            append(&mut session, &n.to_string(), at_most(max_events));
         }
         session
     }
 
     fn attach(session: &mut Session, last_event_id: Option<&str>) -> (Opening, Progress) {
+        attach_retaining(session, last_event_id, &[])
+    }
+
+    fn attach_retaining(
+        session: &mut Session,
+        last_event_id: Option<&str>,
+        retained: &[StoredEvent],
+    ) -> (Opening, Progress) {
         let progress = Progress::default();
-        let opening = session.attach(ConnectionId::new(), progress.clone(), last_event_id);
+        let opening = session.attach(
+            ConnectionId::new(),
+            progress.clone(),
+            last_event_id,
+            retained,
+        );
         (opening, progress)
     }
 
@@ -301,7 +385,7 @@ mod tests {
         let (second, progress) = attach(&mut session, None);
         assert_eq!(seqs(&second), [3, 4]);
         progress.advance_to(4);
-        session.append(EventName::parse("e").unwrap(), "offline".into(), 10);
+        append(&mut session, "offline", at_most(10));
         let (third, _) = attach(&mut session, None);
         assert_eq!((seqs(&third), third.start), (vec![5], Start::Fresh));
     }
@@ -321,14 +405,82 @@ mod tests {
     fn only_the_attached_stream_detaches_and_its_progress_is_kept() {
         let mut session = session_with(3, 10);
         let (old, new) = (ConnectionId::new(), ConnectionId::new());
-        session.attach(old, Progress::default(), None);
+        session.attach(old, Progress::default(), None, &[]);
         let progress = Progress::default();
-        session.attach(new, progress.clone(), None);
+        session.attach(new, progress.clone(), None, &[]);
         assert!(!session.detach(old));
         assert!(session.is_attached());
         progress.advance_to(3);
         assert!(session.detach(new));
         assert!(!session.is_attached());
         assert_eq!(session.handed_out(), 3);
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_oldest_first_but_always_keeps_the_newest() {
+        let limits = BufferLimits {
+            events: 100,
+            bytes: 10,
+        };
+        let mut session = Session::new(Epoch::new(BOOT, 1));
+        for data in ["aaaa", "bbbb", "cccc"] {
+            append(&mut session, data, limits);
+        }
+        // Each event is 5 bytes (name "e" + 4): only the last two fit.
+        assert_eq!((session.buffered(), session.bytes()), (2, 10));
+        let big = append(&mut session, &"x".repeat(40), limits);
+        assert_eq!((session.buffered(), session.bytes()), (1, big.size()));
+        let (opening, _) = attach(&mut session, Some(&id(1, 3)));
+        assert_eq!(seqs(&opening), [4]);
+    }
+
+    #[test]
+    fn the_growth_dry_run_agrees_with_the_append() {
+        let limits = BufferLimits {
+            events: 3,
+            bytes: 24,
+        };
+        let mut session = Session::new(Epoch::new(BOOT, 1));
+        for data in [
+            "a",
+            "bbbbbbb",
+            "cc",
+            "dddddddddd",
+            "",
+            "ffff",
+            "ggggggggggggggggggggg",
+        ] {
+            let predicted = session.growth_if_appended(1 + data.len(), limits);
+            let before = signed(session.bytes());
+            append(&mut session, data, limits);
+            assert_eq!(
+                signed(session.bytes()) - before,
+                predicted,
+                "appending {data:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stream_without_a_position_gets_older_retained_events_first_without_duplicates() {
+        let mut session = session_with(6, 3);
+        let retained: Vec<StoredEvent> = [2, 5]
+            .map(|seq| StoredEvent {
+                id: EventId {
+                    epoch: Epoch::new(BOOT, 1),
+                    seq,
+                },
+                name: EventName::parse(&format!("r{seq}")).unwrap(),
+                data: "state".into(),
+            })
+            .into();
+        let (opening, progress) = attach_retaining(&mut session, None, &retained);
+        // 1..3 were evicted unseen: a reset; 2 is retained; 4..6 are unwritten
+        // and include retained 5, which is not sent twice.
+        assert!(matches!(opening.start, Start::Reset { .. }));
+        assert_eq!(seqs(&opening), [2, 4, 5, 6]);
+        progress.advance_to(6);
+        let (again, _) = attach_retaining(&mut session, None, &retained);
+        assert_eq!((seqs(&again), again.start), (vec![2, 5], Start::Fresh));
     }
 }

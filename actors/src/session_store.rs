@@ -1,6 +1,6 @@
-//! SessionStore: owns every device's [`Session`] — its replay buffer and its
-//! id sequence — and is the single entry point for publishing and for
-//! attaching a stream.
+//! SessionStore: owns every device's [`Session`] (replay buffer and id
+//! sequence) and [`Retained`] events, and is the single entry point for
+//! publishing and for attaching a stream.
 //!
 //! Invariants:
 //! - every published event is appended here first and gets the next id of its
@@ -8,8 +8,11 @@
 //! - the store forwards to the [`DeviceRegistry`] with FIFO sends from this one
 //!   actor, so a stream's replay (sent in `Register`) always reaches it before
 //!   any event published after the replay was cut: nothing lost, nothing twice;
+//! - a publish that would break a bound (sessions, bytes, retained names) is
+//!   refused before anything changes;
 //! - a session with no attached stream is removed `ttl` after it detached; the
 //!   sweep visits only sessions that are due (an index ordered by expiry).
+//!   Retained events outlive it and are re-stamped into the next session.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -21,8 +24,10 @@ use bytestring::ByteString;
 use serde::Deserialize;
 
 use crate::{
-    ConnectionId, DeviceConnection, DeviceId, Epoch, EventId, EventName, Progress, Session,
-    registry::{Deliver, DeliverEach, DeviceRegistry, Register},
+    BufferLimits, ConnectionId, DeviceConnection, DeviceId, Epoch, EventId, EventName, Progress,
+    Session, StoredEvent,
+    registry::{CloseDevice, Deliver, DeliverEach, DeviceRegistry, Register},
+    retained::{Retained, signed},
 };
 
 /// The `[session]` config section.
@@ -31,16 +36,44 @@ use crate::{
 pub struct SessionConfig {
     /// Events each session's replay buffer holds; the oldest are evicted first.
     pub buffer_events: usize,
+    /// Bytes (names and data) each session's replay buffer holds.
+    pub buffer_bytes: usize,
+    /// Distinct event names a device may retain.
+    pub retained_per_device: usize,
+    /// Sessions the server holds at most.
+    pub max_sessions: usize,
+    /// Bytes all buffers and retained events hold together at most.
+    pub max_total_bytes: usize,
     /// How long a session is kept after its last stream ended.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+}
+
+impl SessionConfig {
+    fn limits(&self) -> BufferLimits {
+        BufferLimits {
+            events: self.buffer_events,
+            bytes: self.buffer_bytes,
+        }
+    }
+}
+
+/// A bound that refused a request; nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the server already holds its maximum of {0} sessions")]
+    TooManySessions(usize),
+    #[error("the server's buffers already hold their maximum of {0} bytes")]
+    StorageFull(usize),
+    #[error("the device already retains its maximum of {0} event names")]
+    RetainedLimit(usize),
 }
 
 /// Attach a new stream to its device's session (creating the session if
 /// needed). The store decides where the stream starts and hands the stream,
 /// with its replay, to the registry. Sent by the stream route.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), StoreError>")]
 pub struct Attach {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
@@ -53,11 +86,13 @@ pub struct Attach {
 
 /// Publish one event to one device. Sent by the admin publish route.
 #[derive(Message)]
-#[rtype(result = "PublishReceipt")]
+#[rtype(result = "Result<PublishReceipt, StoreError>")]
 pub struct Publish {
     pub device: DeviceId,
     pub name: EventName,
     pub data: ByteString,
+    /// Also keep it as the device's latest event of this name.
+    pub retain: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +105,11 @@ pub struct PublishReceipt {
 /// Publish one event to every device that has a session. Sent by the admin
 /// broadcast route.
 #[derive(Message)]
-#[rtype(result = "BroadcastReceipt")]
+#[rtype(result = "Result<BroadcastReceipt, StoreError>")]
 pub struct Broadcast {
     pub name: EventName,
     pub data: ByteString,
+    pub retain: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +127,15 @@ pub struct BroadcastReceipt {
 pub struct Detach {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
+}
+
+/// Forget a device: its session, buffer and retained events; its stream is
+/// ended. Answers whether there was anything to forget. Sent by the admin
+/// delete route.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct DeleteDevice {
+    pub device: DeviceId,
 }
 
 /// Ends sessions whose TTL has passed. Sent by the store to itself on a timer
@@ -111,7 +156,10 @@ pub struct SessionStore {
     boot: u32,
     sessions_created: u32,
     sessions: HashMap<DeviceId, Entry>,
+    retained: HashMap<DeviceId, Retained>,
     expiries: BTreeSet<(Instant, DeviceId)>,
+    /// Bytes held by all buffers and retained events.
+    total_bytes: usize,
 }
 
 impl SessionStore {
@@ -122,7 +170,9 @@ impl SessionStore {
             boot: fastrand::u32(..),
             sessions_created: 0,
             sessions: HashMap::new(),
+            retained: HashMap::new(),
             expiries: BTreeSet::new(),
+            total_bytes: 0,
         }
     }
 
@@ -130,31 +180,99 @@ impl SessionStore {
         (self.config.ttl / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
+    /// Refuses a publish of `size` bytes named `name` to `devices` that would
+    /// break a bound. A device without a session is charged its retained
+    /// events too (they move into the new session): an upper bound.
+    fn admit<'a>(
+        &self,
+        devices: impl Iterator<Item = &'a DeviceId>,
+        name: &EventName,
+        size: usize,
+        retain: bool,
+    ) -> Result<(), StoreError> {
+        let config = &self.config;
+        let mut growth: isize = 0;
+        let mut new_sessions = 0;
+        for device in devices {
+            let retained = self.retained.get(device);
+            growth += match self.sessions.get(device) {
+                Some(entry) => entry.session.growth_if_appended(size, config.limits()),
+                None => {
+                    new_sessions += 1;
+                    signed(size + retained.map_or(0, Retained::bytes))
+                }
+            };
+            if retain {
+                let room =
+                    retained.is_none_or(|r| r.has_room_for(name, config.retained_per_device));
+                if !room {
+                    return Err(StoreError::RetainedLimit(config.retained_per_device));
+                }
+                growth += retained.map_or(signed(size), |r| r.growth_if_kept(name, size));
+            }
+        }
+        if self.sessions.len() + new_sessions > config.max_sessions {
+            return Err(StoreError::TooManySessions(config.max_sessions));
+        }
+        if growth > 0 && self.total_bytes.saturating_add_signed(growth) > config.max_total_bytes {
+            return Err(StoreError::StorageFull(config.max_total_bytes));
+        }
+        Ok(())
+    }
+
+    /// The device's session, created (with its retained events re-stamped
+    /// into it) if it has none. Bounds are the caller's to check.
     fn session(&mut self, device: &DeviceId) -> &mut Entry {
-        let epoch = Epoch::new(self.boot, self.sessions_created);
-        let created = &mut self.sessions_created;
-        self.sessions.entry(device.clone()).or_insert_with(|| {
-            *created = created.wrapping_add(1);
+        let Self {
+            sessions,
+            retained,
+            config,
+            boot,
+            sessions_created,
+            total_bytes,
+            ..
+        } = self;
+        sessions.entry(device.clone()).or_insert_with(|| {
+            let mut session = Session::new(Epoch::new(*boot, *sessions_created));
+            *sessions_created = sessions_created.wrapping_add(1);
+            if let Some(retained) = retained.get_mut(device) {
+                let limits = config.limits();
+                retained.restamp(|e| session.append(e.name.clone(), e.data.clone(), limits));
+            }
+            *total_bytes += session.bytes();
             log::debug!("session.created device={device}");
             Entry {
-                session: Session::new(epoch),
+                session,
                 expires_at: None,
             }
         })
     }
 
+    /// Appends to the device's session (and retained events), keeping the
+    /// byte count; the caller has admitted it.
     fn append(
         &mut self,
         device: &DeviceId,
         name: EventName,
         data: ByteString,
-    ) -> crate::StoredEvent {
-        let max_events = self.config.buffer_events;
+        retain: bool,
+    ) -> StoredEvent {
+        let limits = self.config.limits();
         let entry = self.session(device);
-        let event = entry.session.append(name, data, max_events);
+        let before = entry.session.bytes();
+        let event = entry.session.append(name, data, limits);
+        let after = entry.session.bytes();
         // A session created by a publish has no stream yet: it lives for one
         // TTL waiting for its device, like a session whose stream ended.
-        if !entry.session.is_attached() {
+        let detached = !entry.session.is_attached();
+        self.total_bytes = self.total_bytes + after - before;
+        if retain {
+            let retained = self.retained.entry(device.clone()).or_default();
+            let before = retained.bytes();
+            retained.keep(event.clone());
+            self.total_bytes = self.total_bytes + retained.bytes() - before;
+        }
+        if detached {
             self.start_ttl(device);
         }
         event
@@ -170,6 +288,15 @@ impl SessionStore {
             self.expiries.insert((at, device.clone()));
         }
     }
+
+    fn remove_session(&mut self, device: &DeviceId) -> Option<Session> {
+        let entry = self.sessions.remove(device)?;
+        if let Some(at) = entry.expires_at {
+            self.expiries.remove(&(at, device.clone()));
+        }
+        self.total_bytes = self.total_bytes.saturating_sub(entry.session.bytes());
+        Some(entry.session)
+    }
 }
 
 impl Actor for SessionStore {
@@ -181,16 +308,25 @@ impl Actor for SessionStore {
 }
 
 impl Handler<Attach> for SessionStore {
-    type Result = ();
+    type Result = Result<(), StoreError>;
 
-    fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Attach, _: &mut Self::Context) -> Self::Result {
+        if !self.sessions.contains_key(&msg.device)
+            && self.sessions.len() >= self.config.max_sessions
+        {
+            return Err(StoreError::TooManySessions(self.config.max_sessions));
+        }
+        let retained = self
+            .retained
+            .get(&msg.device)
+            .map_or_else(Vec::new, |r| r.events().to_vec());
         let entry = self.session(&msg.device);
         let was_due = entry.expires_at.take();
-        let opening = entry.session.attach(
-            msg.connection_id,
-            msg.progress,
-            msg.last_event_id.as_deref(),
-        );
+        let last_event_id = msg.last_event_id.as_deref();
+        let opening =
+            entry
+                .session
+                .attach(msg.connection_id, msg.progress, last_event_id, &retained);
         if let Some(at) = was_due {
             self.expiries.remove(&(at, msg.device.clone()));
         }
@@ -200,14 +336,19 @@ impl Handler<Attach> for SessionStore {
             connection: msg.connection,
             opening,
         });
+        Ok(())
     }
 }
 
 impl Handler<Publish> for SessionStore {
-    type Result = ResponseFuture<PublishReceipt>;
+    type Result = ResponseFuture<Result<PublishReceipt, StoreError>>;
 
     fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> Self::Result {
-        let event = self.append(&msg.device, msg.name, msg.data);
+        let size = msg.name.as_str().len() + msg.data.len();
+        if let Err(refused) = self.admit([&msg.device].into_iter(), &msg.name, size, msg.retain) {
+            return Box::pin(async move { Err(refused) });
+        }
+        let event = self.append(&msg.device, msg.name, msg.data, msg.retain);
         let id = event.id;
         // `send` enqueues now (the registry's mailbox is unbounded), keeping
         // FIFO order with `Register`; only the answer is awaited.
@@ -216,36 +357,36 @@ impl Handler<Publish> for SessionStore {
             event,
         });
         Box::pin(async move {
-            PublishReceipt {
-                id,
-                delivered: delivery.await.unwrap_or(false),
-            }
+            let delivered = delivery.await.unwrap_or(false);
+            Ok(PublishReceipt { id, delivered })
         })
     }
 }
 
 impl Handler<Broadcast> for SessionStore {
-    type Result = ResponseFuture<BroadcastReceipt>;
+    type Result = ResponseFuture<Result<BroadcastReceipt, StoreError>>;
 
     fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> Self::Result {
-        let max_events = self.config.buffer_events;
-        let events: Vec<_> = self
-            .sessions
-            .iter_mut()
-            .map(|(device, entry)| {
-                let event = entry
-                    .session
-                    .append(msg.name.clone(), msg.data.clone(), max_events);
-                (device.clone(), event)
+        let size = msg.name.as_str().len() + msg.data.len();
+        if let Err(refused) = self.admit(self.sessions.keys(), &msg.name, size, msg.retain) {
+            return Box::pin(async move { Err(refused) });
+        }
+        let devices: Vec<DeviceId> = self.sessions.keys().cloned().collect();
+        let events: Vec<_> = devices
+            .into_iter()
+            .map(|device| {
+                let event = self.append(&device, msg.name.clone(), msg.data.clone(), msg.retain);
+                (device, event)
             })
             .collect();
         let buffered = events.len();
         let delivery = self.registry.send(DeliverEach { events });
         Box::pin(async move {
-            BroadcastReceipt {
+            let delivered = delivery.await.unwrap_or(0);
+            Ok(BroadcastReceipt {
                 buffered,
-                delivered: delivery.await.unwrap_or(0),
-            }
+                delivered,
+            })
         })
     }
 }
@@ -264,6 +405,24 @@ impl Handler<Detach> for SessionStore {
     }
 }
 
+impl Handler<DeleteDevice> for SessionStore {
+    type Result = bool;
+
+    fn handle(&mut self, msg: DeleteDevice, _: &mut Self::Context) -> bool {
+        let session = self.remove_session(&msg.device);
+        let retained = self.retained.remove(&msg.device);
+        if let Some(retained) = &retained {
+            self.total_bytes = self.total_bytes.saturating_sub(retained.bytes());
+        }
+        let existed = session.is_some() || retained.is_some();
+        if existed {
+            log::info!("device.deleted device={}", msg.device);
+            self.registry.do_send(CloseDevice { device: msg.device });
+        }
+        existed
+    }
+}
+
 impl Handler<SweepExpired> for SessionStore {
     type Result = ();
 
@@ -274,14 +433,15 @@ impl Handler<SweepExpired> for SessionStore {
                 break;
             }
             self.expiries.remove(&(at, device.clone()));
-            if let Some(entry) = self.sessions.get(&device)
-                && entry.expires_at == Some(at)
-            {
+            let due = self
+                .sessions
+                .get(&device)
+                .is_some_and(|e| e.expires_at == Some(at));
+            if due && let Some(session) = self.remove_session(&device) {
                 log::info!(
                     "session.expired device={device} buffered={}",
-                    entry.session.buffered()
+                    session.buffered()
                 );
-                self.sessions.remove(&device);
             }
         }
     }
@@ -356,8 +516,9 @@ mod tests {
         let broadcast = Broadcast {
             name: EventName::parse("all").unwrap(),
             data: "hi".into(),
+            retain: false,
         };
-        let receipt = actors.store.send(broadcast).await.unwrap();
+        let receipt = actors.store.send(broadcast).await.unwrap().unwrap();
         assert_eq!(
             receipt,
             BroadcastReceipt {

@@ -21,13 +21,21 @@ pub(crate) fn quiet_heartbeat() -> HeartbeatConfig {
     }
 }
 
+/// Roomy sessions kept for `ttl`.
+pub(crate) fn session_config(ttl: Duration) -> SessionConfig {
+    SessionConfig {
+        buffer_events: 16,
+        buffer_bytes: 1 << 20,
+        retained_per_device: 4,
+        max_sessions: 100,
+        max_total_bytes: 1 << 24,
+        ttl,
+    }
+}
+
 /// The store, registry and heartbeat with sessions kept for `ttl`.
 pub(crate) fn start_actors(ttl: Duration) -> Actors {
-    let session = SessionConfig {
-        buffer_events: 16,
-        ttl,
-    };
-    crate::start(session, quiet_heartbeat())
+    crate::start(session_config(ttl), quiet_heartbeat())
 }
 
 pub(crate) fn device(name: &str) -> DeviceId {
@@ -39,12 +47,18 @@ pub(crate) fn publish(device: &DeviceId, data: &str) -> Publish {
         device: device.clone(),
         name: EventName::parse("note").unwrap(),
         data: data.into(),
+        retain: false,
     }
 }
 
 /// Publishes through the store and answers its receipt.
 pub(crate) async fn publish_to(actors: &Actors, device: &DeviceId, data: &str) -> PublishReceipt {
-    actors.store.send(publish(device, data)).await.unwrap()
+    actors
+        .store
+        .send(publish(device, data))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// Spawns a connection for `device` whose queue holds `capacity` frames and
@@ -76,7 +90,7 @@ pub(crate) async fn connect(
         progress,
         last_event_id,
     };
-    actors.store.send(attach).await.unwrap();
+    actors.store.send(attach).await.unwrap().unwrap();
     (addr, frames, connection_id)
 }
 

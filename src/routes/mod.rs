@@ -3,6 +3,7 @@
 //! reply.
 
 mod auth;
+mod devices;
 mod publish;
 mod stream;
 
@@ -76,6 +77,15 @@ pub fn configure_routes(
                 .route(
                     web::post()
                         .to(publish::publish)
+                        .wrap(from_fn(require_admin)),
+                )
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/devices/{device_id}")
+                .route(
+                    web::delete()
+                        .to(devices::delete_device)
                         .wrap(from_fn(require_admin)),
                 )
                 .default_service(web::to(method_not_allowed)),

@@ -16,10 +16,13 @@ pub struct PublishRequest {
     event: String,
     /// A string is sent as is; any other JSON value as compact JSON.
     data: Value,
+    /// Keep it as the device's latest event of this name.
+    #[serde(default)]
+    retain: bool,
 }
 
 impl PublishRequest {
-    fn into_parts(self) -> Result<(EventName, ByteString), ApiError> {
+    fn into_parts(self) -> Result<(EventName, ByteString, bool), ApiError> {
         let name = EventName::parse(&self.event).map_err(ApiError::InvalidEventName)?;
         let data = match self.data {
             // SSE turns a CR into a line break, so it could not arrive intact.
@@ -27,7 +30,7 @@ impl PublishRequest {
             Value::String(text) => text,
             other => other.to_string(),
         };
-        Ok((name, data.into()))
+        Ok((name, data.into(), self.retain))
     }
 }
 
@@ -37,14 +40,21 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
-    let (name, data) = body.into_inner().into_parts()?;
+    let (name, data, retain) = body.into_inner().into_parts()?;
     refuse_while_draining(&state)?;
+    let publish = Publish {
+        device,
+        name,
+        data,
+        retain,
+    };
     let receipt = state
         .actors
         .store
-        .send(Publish { device, name, data })
+        .send(publish)
         .await
         .map_err(|_| ApiError::Unavailable)?;
+    let receipt = receipt.map_err(ApiError::Bound)?;
     Ok(HttpResponse::Accepted().json(json!({
         "id": receipt.id.to_string(),
         "delivered": receipt.delivered,
@@ -56,14 +66,16 @@ pub async fn broadcast(
     body: web::Json<PublishRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (name, data) = body.into_inner().into_parts()?;
+    let (name, data, retain) = body.into_inner().into_parts()?;
     refuse_while_draining(&state)?;
+    let broadcast = Broadcast { name, data, retain };
     let receipt = state
         .actors
         .store
-        .send(Broadcast { name, data })
+        .send(broadcast)
         .await
         .map_err(|_| ApiError::Unavailable)?;
+    let receipt = receipt.map_err(ApiError::Bound)?;
     Ok(HttpResponse::Accepted().json(json!({
         "delivered": receipt.delivered,
         "buffered": receipt.buffered,

@@ -85,7 +85,10 @@ async fn attach(
             last_event_id,
         })
         .await
-        .map_err(|_| ApiError::Unavailable)
+        .map_err(|_| ApiError::Unavailable)?
+        // A stream only ever needs a new session; the other bounds guard
+        // publishes. A full server is a passing state: 503 with Retry-After.
+        .map_err(|_| ApiError::ServerFull)
 }
 
 /// The `Last-Event-ID` header, else the `lastEventId` query parameter. Empty
