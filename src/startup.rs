@@ -7,7 +7,7 @@ use std::{
     net::{SocketAddr, TcpListener, ToSocketAddrs as _},
 };
 
-use actix_web::{App, HttpServer, dev::Server, dev::ServerHandle};
+use actix_web::{App, HttpServer, dev::Server, dev::ServerHandle, rt::net::TcpStream};
 use herald_actors::{Actors, CloseAll};
 use socket2::{Domain, Socket, Type};
 
@@ -39,6 +39,13 @@ impl Application {
         // End a stream as soon as its client closes the connection, rather
         // than at the next failed write.
         .h1_allow_half_closed(false)
+        // Events are small writes that must leave at once; Nagle's algorithm
+        // would hold one back until the previous write is acknowledged.
+        .on_connect(|connection, _| {
+            if let Some(tcp) = connection.downcast_ref::<TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         // Shutdown is ours: streams must be ended before the server waits
         // for in-flight responses, or it waits for the timeout.
         .disable_signals()
