@@ -1,13 +1,16 @@
-//! The command line: `herald [--config PATH] [--bind ADDR]`.
+//! The command line: `herald [--config PATH] [--bind ADDR]` serves;
+//! `herald token --device ID --ttl 1h` mints a device token.
 
-use std::{io, path::PathBuf};
+use std::{io, path::PathBuf, time::Duration};
 
 use actix_web::rt::signal;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use herald_actors::{DeviceId, NameError};
 
 use crate::{
     config::{ConfigError, Settings},
     startup::{Application, Shutdown},
+    tokens::DeviceTokens,
 };
 
 /// Server-Sent Events push server.
@@ -15,27 +18,57 @@ use crate::{
 #[command(version, about)]
 pub struct Cli {
     /// Configuration file (TOML); HERALD_SECTION__KEY variables override it.
-    #[arg(long, value_name = "PATH", default_value = "config.toml")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "config.toml"
+    )]
     pub config: PathBuf,
     /// Listen address, overriding server.bind.
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a device token signed with the configured auth.secret.
+    Token {
+        /// The device the token opens.
+        #[arg(long)]
+        device: String,
+        /// How long the token is valid, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("invalid --device: {0}")]
+    Device(NameError),
     #[error("cannot listen on {bind}: {source}")]
     Bind { bind: String, source: io::Error },
     #[error("server failed: {0}")]
     Serve(io::Error),
 }
 
-/// Loads the configuration, serves until SIGTERM or SIGINT, shuts down
-/// gracefully.
+/// Loads the configuration, then serves (until SIGTERM or SIGINT, then shuts
+/// down gracefully) or runs the subcommand.
 pub async fn run(cli: Cli) -> Result<(), RunError> {
     let mut settings = Settings::load(&cli.config)?;
+    if let Some(Command::Token { device, ttl }) = cli.command {
+        let device = DeviceId::parse(&device).map_err(RunError::Device)?;
+        println!(
+            "{}",
+            DeviceTokens::new(&settings.auth.secret).mint(&device, ttl)
+        );
+        return Ok(());
+    }
     if let Some(bind) = cli.bind {
         settings.server.bind = bind;
     }

@@ -13,6 +13,9 @@ use serde::Deserialize;
 pub struct Settings {
     pub server: ServerSettings,
     pub admin: AdminSettings,
+    pub auth: AuthSettings,
+    pub cors: CorsSettings,
+    pub limits: LimitSettings,
     pub stream: StreamSettings,
     pub session: SessionConfig,
     pub heartbeat: HeartbeatConfig,
@@ -36,6 +39,49 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     pub tokens: Vec<String>,
+}
+
+/// Who may open a device's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceAuth {
+    /// Anyone: for local use only.
+    Open,
+    /// A device token for that device.
+    Token,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub devices: DeviceAuth,
+    /// HS256 secret of device tokens.
+    pub secret: String,
+    /// Cookie that may carry a device token.
+    pub cookie: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Exact origins (`https://app.example.com`) allowed cross-origin access.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Open streams, server-wide.
+    pub max_streams: usize,
+    /// Open streams from one remote address.
+    pub max_streams_per_address: usize,
+    /// Bytes of one event (name and data).
+    pub max_event_bytes: usize,
+    /// Devices one multi-device publish may name.
+    pub max_devices_per_publish: usize,
+    /// Time a client has to send its request headers.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +125,7 @@ pub enum ConfigError {
 const MIN_QUEUE_FRAMES: usize = 4;
 const MAX_QUEUE_FRAMES: usize = 65_536;
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
+const MIN_DEVICE_SECRET_LEN: usize = 32;
 const MAX_BUFFER_EVENTS: usize = 1_000_000;
 /// Upper bound for every duration: far beyond any sensible value, and far
 /// below what would overflow a clock computation.
@@ -95,7 +142,8 @@ impl Settings {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("admin.tokens"),
+                    .with_list_parse_key("admin.tokens")
+                    .with_list_parse_key("cors.allowed_origins"),
             )
             .build()?
             .try_deserialize()?;
@@ -121,7 +169,32 @@ impl Settings {
             tokens.iter().all(|t| t.len() >= MIN_ADMIN_TOKEN_LEN),
             format!("every admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
         )?;
+        check(
+            self.auth.devices == DeviceAuth::Open
+                || self.auth.secret.len() >= MIN_DEVICE_SECRET_LEN,
+            format!(
+                "auth.secret must be at least {MIN_DEVICE_SECRET_LEN} bytes when auth.devices = \"token\""
+            ),
+        )?;
+        check(
+            self.cors
+                .allowed_origins
+                .iter()
+                .all(|o| o != "*" && o.contains("://")),
+            "cors.allowed_origins must list exact origins like https://app.example.com (no *)"
+                .into(),
+        )?;
+        let limits = &self.limits;
+        check(
+            limits.max_streams > 0 && limits.max_streams_per_address > 0 && limits.max_devices_per_publish > 0,
+            "limits.max_streams, max_streams_per_address and max_devices_per_publish must be above zero".into(),
+        )?;
+        check(
+            limits.max_event_bytes > 0 && limits.max_event_bytes <= self.session.buffer_bytes,
+            "limits.max_event_bytes must be above zero and at most session.buffer_bytes".into(),
+        )?;
         let durations = [
+            ("limits.request_timeout", limits.request_timeout),
             ("session.ttl", self.session.ttl),
             ("heartbeat.timeout", self.heartbeat.timeout),
             ("stream.retry", self.stream.retry),
@@ -160,10 +233,7 @@ impl Settings {
             "server.max_body_bytes must be above zero".into(),
         )?;
         let session = &self.session;
-        check(
-            session.buffer_bytes >= self.server.max_body_bytes,
-            "session.buffer_bytes must be at least server.max_body_bytes, so any event fits".into(),
-        )?;
+
         check(
             session.max_total_bytes >= session.buffer_bytes,
             "session.max_total_bytes must be at least session.buffer_bytes".into(),

@@ -32,13 +32,21 @@ pub enum ApiError {
     Unauthorized,
     #[error("the bearer token is not an admin token")]
     Forbidden,
+    #[error("this stream needs a valid device token (Authorization: Bearer, cookie, or ?token=)")]
+    DeviceUnauthorized,
+    #[error("the device token is for another device")]
+    WrongDevice,
+    #[error("too many streams are open from this address")]
+    TooManyStreamsFromAddress,
+    #[error("the event is larger than {limit} bytes (name and data)")]
+    EventTooLarge { limit: usize },
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error("the server is shutting down or an internal component is unavailable")]
     Unavailable,
-    #[error("the server holds as many sessions as it may; try again later")]
+    #[error("the server holds as many streams or sessions as it may; try again later")]
     ServerFull,
     #[error("{0}")]
     Bound(StoreError),
@@ -58,6 +66,10 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::DeviceUnauthorized => "unauthorized",
+            Self::WrongDevice => "wrong_device",
+            Self::TooManyStreamsFromAddress => "too_many_streams",
+            Self::EventTooLarge { .. } => "event_too_large",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "unavailable",
@@ -94,10 +106,11 @@ impl ResponseError for ApiError {
             | Self::InvalidBody(_)
             | Self::InvalidData
             | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge { .. } | Self::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unauthorized | Self::DeviceUnauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden | Self::WrongDevice => StatusCode::FORBIDDEN,
+            Self::TooManyStreamsFromAddress => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound | Self::UnknownDevice => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable | Self::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,11 +121,11 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            Self::Unauthorized => {
+            Self::Unauthorized | Self::DeviceUnauthorized => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));
             }
             // Spread the retries of a full server's clients over a minute.
-            Self::ServerFull => {
+            Self::ServerFull | Self::TooManyStreamsFromAddress => {
                 response.insert_header(("Retry-After", fastrand::u32(10..=60).to_string()));
             }
             _ => {}

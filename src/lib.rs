@@ -11,7 +11,10 @@
 //! | `routes/mod.rs`      | [`routes::configure_routes`], shared by server and tests |
 //! | `routes/stream.rs`   | `GET /v1/devices/{id}/events`: the SSE stream            |
 //! | `routes/publish.rs`  | admin publish and broadcast                              |
-//! | `routes/auth.rs`     | admin bearer-token middleware                            |
+//! | `routes/auth.rs`     | admin bearer tokens; device tokens on streams            |
+//! | `routes/devices.rs`  | admin device management                                  |
+//! | `tokens.rs`          | device tokens (JWT): mint and check                      |
+//! | `slots.rs`           | open-stream counts, in all and per address               |
 //! | `error.rs`           | [`error::ApiError`]: every HTTP error, status and JSON   |
 //!
 //! The actors, the event model and the delivery guarantees live in the
@@ -21,4 +24,6 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod routes;
+pub mod slots;
 pub mod startup;
+pub mod tokens;

@@ -7,13 +7,19 @@ use std::{
     net::{SocketAddr, TcpListener, ToSocketAddrs as _},
 };
 
-use actix_web::{App, HttpServer, dev::Server, dev::ServerHandle, rt::net::TcpStream};
+use actix_cors::Cors;
+use actix_web::{
+    App, HttpServer,
+    dev::{Server, ServerHandle},
+    http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
+    rt::net::TcpStream,
+};
 use herald_actors::{Actors, CloseAll};
 use socket2::{Domain, Socket, Type};
 
 use crate::{
-    config::Settings,
-    routes::{Draining, configure_routes},
+    config::{CorsSettings, Settings},
+    routes::{Draining, Shared, configure_routes},
 };
 
 pub struct Application {
@@ -27,15 +33,17 @@ impl Application {
         let listener = listen(&settings.server.bind, settings.server.backlog)?;
         let port = listener.local_addr()?.port();
         let actors = herald_actors::start(settings.session.clone(), settings.heartbeat.clone());
-        let draining = Draining::default();
-        let (routes_actors, routes_settings, routes_draining) =
-            (actors.clone(), settings.clone(), draining.clone());
+        let shared = Shared::new(&settings, actors.clone());
+        let draining = shared.draining.clone();
+        let routes_settings = settings.clone();
         let mut server = HttpServer::new(move || {
-            App::new().configure(|cfg| {
-                let (actors, draining) = (routes_actors.clone(), routes_draining.clone());
-                configure_routes(cfg, &routes_settings, actors, draining)
-            })
+            App::new()
+                .wrap(cors(&routes_settings.cors))
+                .configure(|cfg| configure_routes(cfg, &routes_settings, shared.clone()))
         })
+        // A client that does not finish its request headers in time is cut
+        // off, so slow (or slowloris) clients cannot hold connections.
+        .client_request_timeout(settings.limits.request_timeout)
         // End a stream as soon as its client closes the connection, rather
         // than at the next failed write.
         .h1_allow_half_closed(false)
@@ -80,6 +88,24 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         self.server.await
     }
+}
+
+/// Cross-origin access for the configured origins only, with credentials
+/// (cookies for `withCredentials` EventSource); never a wildcard.
+fn cors(settings: &CorsSettings) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST", "DELETE"])
+        .allowed_headers([
+            AUTHORIZATION,
+            CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .supports_credentials()
+        .max_age(3600);
+    for origin in &settings.allowed_origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
 }
 
 /// Binds `bind` with an accept backlog of `backlog`: the standard library's

@@ -23,7 +23,7 @@ async fn try_publish(server: &TestServer, device: &str, data: Value) -> (StatusC
 async fn a_buffer_over_its_byte_bound_evicts_its_oldest_events_first() {
     // Each event is 4 bytes of name + 100 of data: three fit in 350 bytes.
     let server = TestServer::start_with(|s| {
-        s.server.max_body_bytes = 350;
+        s.limits.max_event_bytes = 350;
         s.session.buffer_bytes = 350;
     })
     .await;
@@ -54,7 +54,7 @@ async fn a_buffer_over_its_byte_bound_evicts_its_oldest_events_first() {
 #[actix_web::test]
 async fn a_publish_over_the_server_wide_byte_bound_gets_507_and_changes_nothing() {
     let server = TestServer::start_with(|s| {
-        s.server.max_body_bytes = 1024;
+        s.limits.max_event_bytes = 1024;
         s.session.buffer_bytes = 4096;
         s.session.max_total_bytes = 4096;
     })

@@ -184,7 +184,11 @@ impl Handler<Begin> for DeviceConnection {
     type Result = ();
 
     fn handle(&mut self, msg: Begin, ctx: &mut Self::Context) {
-        let Opening { start, replay } = msg.opening;
+        let Opening {
+            start,
+            state,
+            replay,
+        } = msg.opening;
         let p = &self.params;
         let resumed = start == Start::Resumed;
         log::info!(
@@ -217,6 +221,9 @@ impl Handler<Begin> for DeviceConnection {
                 Frame::Signal(Signal::reset(reason, last_event_id.as_deref())),
                 ctx,
             );
+        }
+        if !state.is_empty() {
+            self.write(Frame::State(state), ctx);
         }
         if !replay.is_empty() {
             self.write(Frame::Replay(replay), ctx);

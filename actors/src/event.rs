@@ -43,6 +43,8 @@ pub enum Frame {
     /// A replay: written as one queue slot, so a long replay never trips the
     /// slow-consumer bound on its own.
     Replay(Vec<StoredEvent>),
+    /// Retained events, written without ids (state, not a position).
+    State(Vec<StoredEvent>),
     /// A protocol event without id.
     Signal(Signal),
 }
@@ -53,7 +55,7 @@ impl Frame {
         match self {
             Self::Event(event) => Some(event.id.seq),
             Self::Replay(events) => events.last().map(|e| e.id.seq),
-            Self::Signal(_) => None,
+            Self::State(_) | Self::Signal(_) => None,
         }
     }
 }

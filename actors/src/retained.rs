@@ -3,8 +3,11 @@
 //! device that lost its position gets the current state instead of a hole.
 //! Owned by the [`SessionStore`](crate::SessionStore).
 //!
-//! Invariant: at most one event per name, and every event carries an id of
-//! the device's current session (the store re-stamps them into a new session).
+//! They are state, not history: a stream sends them without an id, so they
+//! never become a client's position. Each keeps the id it was published with,
+//! only to recognise it among the buffered events.
+//!
+//! Invariant: at most one event per name, in the order they were published.
 
 use crate::{EventName, StoredEvent};
 
@@ -33,10 +36,8 @@ impl Retained {
 
     /// Keeps `event` as the latest of its name.
     pub fn keep(&mut self, event: StoredEvent) {
-        match self.events.iter_mut().find(|e| e.name == event.name) {
-            Some(slot) => *slot = event,
-            None => self.events.push(event),
-        }
+        self.events.retain(|e| e.name != event.name);
+        self.events.push(event);
     }
 
     pub fn events(&self) -> &[StoredEvent] {
@@ -45,15 +46,6 @@ impl Retained {
 
     pub fn bytes(&self) -> usize {
         self.events.iter().map(StoredEvent::size).sum()
-    }
-
-    /// Gives every event a place in a new history, oldest first: `publish`
-    /// appends a copy to the new session and answers it with its new id.
-    pub fn restamp(&mut self, mut publish: impl FnMut(&StoredEvent) -> StoredEvent) {
-        self.events.sort_by_key(|e| e.id.seq);
-        for event in &mut self.events {
-            *event = publish(event);
-        }
     }
 }
 

@@ -72,6 +72,9 @@ impl BufferLimits {
 #[derive(Debug)]
 pub struct Opening {
     pub start: Start,
+    /// Retained events, sent without id (state, not a position).
+    pub state: Vec<StoredEvent>,
+    /// Events sent with their ids.
     pub replay: Vec<StoredEvent>,
 }
 
@@ -166,7 +169,8 @@ impl Session {
 
     /// Attaches a new stream (replacing any other) and decides how it starts.
     /// `last_event_id` is what the client sent, untrusted; `retained` are the
-    /// device's retained events, sent to a stream that has no position.
+    /// device's retained events (in publish order), sent to a stream that has
+    /// no usable position.
     pub fn attach(
         &mut self,
         connection: ConnectionId,
@@ -184,6 +188,7 @@ impl Session {
             Some((_, Ok(seq))) => {
                 return Opening {
                     start: Start::Resumed,
+                    state: Vec::new(),
                     replay: self.after(seq),
                 };
             }
@@ -197,25 +202,17 @@ impl Session {
             },
             None => Start::Fresh,
         };
+        let replay = self.after(self.written_before);
+        // A retained event still waiting to be written goes out once, as
+        // history with its id; the others are the state before it.
+        let first_unwritten = replay.first().map_or(u64::MAX, |e| e.id.seq);
+        let waiting = |e: &&StoredEvent| e.id.epoch == self.epoch && e.id.seq >= first_unwritten;
+        let state = retained.iter().filter(|e| !waiting(e)).cloned().collect();
         Opening {
             start,
-            replay: self.catch_up(retained),
+            state,
+            replay,
         }
-    }
-
-    /// For a stream without a position: the retained events older than what
-    /// no stream has written yet, then those unwritten events; in id order.
-    fn catch_up(&self, retained: &[StoredEvent]) -> Vec<StoredEvent> {
-        let unwritten = self.after(self.written_before);
-        let first_unwritten = unwritten.first().map_or(u64::MAX, |e| e.id.seq);
-        let mut events: Vec<_> = retained
-            .iter()
-            .filter(|e| e.id.epoch == self.epoch && e.id.seq < first_unwritten)
-            .cloned()
-            .collect();
-        events.sort_by_key(|e| e.id.seq);
-        events.extend(unwritten);
-        events
     }
 
     /// Detaches `connection` if it is the attached one; a stream that was
@@ -462,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_without_a_position_gets_older_retained_events_first_without_duplicates() {
+    fn a_stream_without_a_position_gets_retained_state_and_never_an_event_twice() {
         let mut session = session_with(6, 3);
         let retained: Vec<StoredEvent> = [2, 5]
             .map(|seq| StoredEvent {
@@ -474,13 +471,18 @@ mod tests {
                 data: "state".into(),
             })
             .into();
+        let state_seqs = |o: &Opening| o.state.iter().map(|e| e.id.seq).collect::<Vec<_>>();
         let (opening, progress) = attach_retaining(&mut session, None, &retained);
-        // 1..3 were evicted unseen: a reset; 2 is retained; 4..6 are unwritten
-        // and include retained 5, which is not sent twice.
+        // 1..3 were evicted unseen: a reset. Retained 2 is state; retained 5
+        // is still unwritten, so it goes out once, as history.
         assert!(matches!(opening.start, Start::Reset { .. }));
-        assert_eq!(seqs(&opening), [2, 4, 5, 6]);
+        assert_eq!(
+            (state_seqs(&opening), seqs(&opening)),
+            (vec![2], vec![4, 5, 6])
+        );
         progress.advance_to(6);
         let (again, _) = attach_retaining(&mut session, None, &retained);
-        assert_eq!((seqs(&again), again.start), (vec![2, 5], Start::Fresh));
+        assert_eq!((state_seqs(&again), seqs(&again)), (vec![2, 5], vec![]));
+        assert_eq!(again.start, Start::Fresh);
     }
 }

@@ -12,7 +12,7 @@
 //!   refused before anything changes;
 //! - a session with no attached stream is removed `ttl` after it detached; the
 //!   sweep visits only sessions that are due (an index ordered by expiry).
-//!   Retained events outlive it and are re-stamped into the next session.
+//!   Retained events outlive it.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -181,8 +181,7 @@ impl SessionStore {
     }
 
     /// Refuses a publish of `size` bytes named `name` to `devices` that would
-    /// break a bound. A device without a session is charged its retained
-    /// events too (they move into the new session): an upper bound.
+    /// break a bound.
     fn admit<'a>(
         &self,
         devices: impl Iterator<Item = &'a DeviceId>,
@@ -199,7 +198,7 @@ impl SessionStore {
                 Some(entry) => entry.session.growth_if_appended(size, config.limits()),
                 None => {
                     new_sessions += 1;
-                    signed(size + retained.map_or(0, Retained::bytes))
+                    signed(size)
                 }
             };
             if retain {
@@ -220,26 +219,19 @@ impl SessionStore {
         Ok(())
     }
 
-    /// The device's session, created (with its retained events re-stamped
-    /// into it) if it has none. Bounds are the caller's to check.
+    /// The device's session, created if it has none. Bounds are the caller's
+    /// to check.
     fn session(&mut self, device: &DeviceId) -> &mut Entry {
         let Self {
             sessions,
-            retained,
-            config,
             boot,
             sessions_created,
-            total_bytes,
             ..
         } = self;
         sessions.entry(device.clone()).or_insert_with(|| {
-            let mut session = Session::new(Epoch::new(*boot, *sessions_created));
+            // Epochs repeat only after 2^32 sessions in one boot.
+            let session = Session::new(Epoch::new(*boot, *sessions_created));
             *sessions_created = sessions_created.wrapping_add(1);
-            if let Some(retained) = retained.get_mut(device) {
-                let limits = config.limits();
-                retained.restamp(|e| session.append(e.name.clone(), e.data.clone(), limits));
-            }
-            *total_bytes += session.bytes();
             log::debug!("session.created device={device}");
             Entry {
                 session,

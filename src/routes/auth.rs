@@ -1,8 +1,9 @@
-//! Admin authentication: a middleware on every admin route, so a request is
-//! refused before its body is even read.
+//! Authentication. Admin routes: a middleware, so a request is refused before
+//! its body is even read. Device streams: a device token from the header, a
+//! cookie or the query, checked against the device in the path.
 
 use actix_web::{
-    Error,
+    Error, HttpRequest,
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
     http::header::AUTHORIZATION,
@@ -11,7 +12,10 @@ use actix_web::{
 };
 use constant_time_eq::constant_time_eq;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    tokens::{DeviceTokens, TokenRefusal},
+};
 
 /// The admin tokens from config.
 pub struct AdminTokens(Vec<String>);
@@ -30,18 +34,23 @@ impl AdminTokens {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (scheme matched
+/// case-insensitively).
+fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
 /// `401` without a bearer token, `403` with one that is not an admin token.
 pub async fn require_admin(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let bearer = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+    let bearer = bearer(req.headers());
     let Some(token) = bearer.filter(|t| !t.is_empty()) else {
         return Err(ApiError::Unauthorized.into());
     };
@@ -52,4 +61,47 @@ pub async fn require_admin(
         return Err(ApiError::Forbidden.into());
     }
     next.call(req).await
+}
+
+/// How device streams are authorized: `None` when `auth.devices = "open"`.
+pub struct DeviceAuthorizer {
+    pub tokens: Option<DeviceTokens>,
+    pub cookie: String,
+}
+
+impl DeviceAuthorizer {
+    /// `Ok` if the request may open `device`'s stream. The token comes from
+    /// `Authorization: Bearer`, else the cookie, else the `token` query
+    /// parameter. A refusal is logged with its reason, never with the token.
+    pub fn authorize(
+        &self,
+        req: &HttpRequest,
+        device: &herald_actors::DeviceId,
+        query_token: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(());
+        };
+        let cookie = req.cookie(&self.cookie);
+        let token = bearer(req.headers())
+            .or(cookie.as_ref().map(|c| c.value()))
+            .or(query_token)
+            .filter(|t| !t.is_empty());
+        let checked = token
+            .ok_or(TokenRefusal::Missing)
+            .and_then(|t| tokens.check(t, device));
+        checked.map_err(|refusal| {
+            let addr = req
+                .peer_addr()
+                .map_or_else(|| "-".to_owned(), |a| a.to_string());
+            log::info!(
+                "auth.refused device={device} addr={addr} reason={}",
+                refusal.as_str()
+            );
+            match refusal {
+                TokenRefusal::WrongDevice => ApiError::WrongDevice,
+                _ => ApiError::DeviceUnauthorized,
+            }
+        })
+    }
 }

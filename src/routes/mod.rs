@@ -18,14 +18,41 @@ use std::{
 use actix_web::{HttpRequest, HttpResponse, middleware::from_fn, web};
 use herald_actors::Actors;
 
-use crate::{config::Settings, error::ApiError};
-use auth::{AdminTokens, require_admin};
+use crate::{
+    config::{DeviceAuth, Settings},
+    error::ApiError,
+    slots::StreamSlots,
+    tokens::DeviceTokens,
+};
+use auth::{AdminTokens, DeviceAuthorizer, require_admin};
 
-/// What the routes share.
+/// What every worker's routes share: created once per server.
+#[derive(Clone)]
+pub struct Shared {
+    pub actors: Actors,
+    pub draining: Draining,
+    pub slots: Arc<StreamSlots>,
+}
+
+impl Shared {
+    pub fn new(settings: &Settings, actors: Actors) -> Self {
+        let limits = &settings.limits;
+        Self {
+            actors,
+            draining: Draining::default(),
+            slots: StreamSlots::new(limits.max_streams, limits.max_streams_per_address),
+        }
+    }
+}
+
+/// What the routes of one worker see.
 pub struct AppState {
     pub actors: Actors,
     pub stream: crate::config::StreamSettings,
     pub heartbeat_timeout: Duration,
+    pub max_event_bytes: usize,
+    authorizer: DeviceAuthorizer,
+    slots: Arc<StreamSlots>,
     draining: Draining,
 }
 
@@ -46,17 +73,20 @@ impl Draining {
     }
 }
 
-pub fn configure_routes(
-    cfg: &mut web::ServiceConfig,
-    settings: &Settings,
-    actors: Actors,
-    draining: Draining,
-) {
+pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, shared: Shared) {
+    let tokens = (settings.auth.devices == DeviceAuth::Token)
+        .then(|| DeviceTokens::new(&settings.auth.secret));
     let state = AppState {
-        actors,
+        actors: shared.actors,
         stream: settings.stream.clone(),
         heartbeat_timeout: settings.heartbeat.timeout,
-        draining,
+        max_event_bytes: settings.limits.max_event_bytes,
+        authorizer: DeviceAuthorizer {
+            tokens,
+            cookie: settings.auth.cookie.clone(),
+        },
+        slots: shared.slots,
+        draining: shared.draining,
     };
     let limit = settings.server.max_body_bytes;
     cfg.app_data(web::Data::new(state))

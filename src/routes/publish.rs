@@ -22,7 +22,7 @@ pub struct PublishRequest {
 }
 
 impl PublishRequest {
-    fn into_parts(self) -> Result<(EventName, ByteString, bool), ApiError> {
+    fn into_parts(self, max_event_bytes: usize) -> Result<(EventName, ByteString, bool), ApiError> {
         let name = EventName::parse(&self.event).map_err(ApiError::InvalidEventName)?;
         let data = match self.data {
             // SSE turns a CR into a line break, so it could not arrive intact.
@@ -30,6 +30,11 @@ impl PublishRequest {
             Value::String(text) => text,
             other => other.to_string(),
         };
+        if name.as_str().len() + data.len() > max_event_bytes {
+            return Err(ApiError::EventTooLarge {
+                limit: max_event_bytes,
+            });
+        }
         Ok((name, data.into(), self.retain))
     }
 }
@@ -40,7 +45,7 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
-    let (name, data, retain) = body.into_inner().into_parts()?;
+    let (name, data, retain) = body.into_inner().into_parts(state.max_event_bytes)?;
     refuse_while_draining(&state)?;
     let publish = Publish {
         device,
@@ -66,7 +71,7 @@ pub async fn broadcast(
     body: web::Json<PublishRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (name, data, retain) = body.into_inner().into_parts()?;
+    let (name, data, retain) = body.into_inner().into_parts(state.max_event_bytes)?;
     refuse_while_draining(&state)?;
     let broadcast = Broadcast { name, data, retain };
     let receipt = state

@@ -5,7 +5,7 @@
 //! written by that actor into the stream's queue, which this module turns
 //! into SSE (framing by actix-web-lab).
 
-use std::vec;
+use std::{net::IpAddr, vec};
 
 use actix_web::{HttpRequest, Responder, web};
 use actix_web_lab::sse;
@@ -19,13 +19,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::AppState;
-use crate::error::ApiError;
+use crate::{error::ApiError, slots::SlotRefusal};
 
 #[derive(Deserialize)]
 pub struct StreamQuery {
     /// For clients that cannot set the `Last-Event-ID` header.
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
+    /// A device token, for clients that cannot set headers.
+    token: Option<String>,
 }
 
 pub async fn open_stream(
@@ -35,7 +37,21 @@ pub async fn open_stream(
     state: web::Data<AppState>,
 ) -> Result<impl Responder, ApiError> {
     let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
-    let last_event_id = claimed_position(&req, query.into_inner());
+    let query = query.into_inner();
+    state
+        .authorizer
+        .authorize(&req, &device, query.token.as_deref())?;
+    let address = req
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let slot = state
+        .slots
+        .claim(address)
+        .map_err(|refusal| match refusal {
+            SlotRefusal::ServerFull => ApiError::ServerFull,
+            SlotRefusal::AddressFull => ApiError::TooManyStreamsFromAddress,
+        })?;
+    let last_event_id = claimed_position(&req, query.last_event_id);
     let (queue, frames) = mpsc::channel(state.stream.queue_frames);
     if state.is_draining() {
         // Not an error status: EventSource would stop reconnecting. The
@@ -44,8 +60,11 @@ pub async fn open_stream(
     } else {
         attach(&req, device, last_event_id, queue, &state).await?;
     }
-    let events =
-        ReceiverStream::new(frames).flat_map(|frame| stream::iter(FrameEvents::from(frame)));
+    // The response holds the slot: it is released when the response ends.
+    let events = ReceiverStream::new(frames).flat_map(move |frame| {
+        let _held = &slot;
+        stream::iter(FrameEvents::from(frame))
+    });
     Ok(sse::Sse::from_infallible_stream(events)
         .with_retry_duration(state.stream.jittered_retry())
         .customize()
@@ -93,26 +112,28 @@ async fn attach(
 
 /// The `Last-Event-ID` header, else the `lastEventId` query parameter. Empty
 /// means none (EventSource sends no header before it has seen an id).
-fn claimed_position(req: &HttpRequest, query: StreamQuery) -> Option<String> {
+fn claimed_position(req: &HttpRequest, query: Option<String>) -> Option<String> {
     let header = req
         .headers()
         .get("Last-Event-ID")
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let given = |id: &String| !id.is_empty();
-    header.filter(given).or(query.last_event_id.filter(given))
+    header.filter(given).or(query.filter(given))
 }
 
 /// The SSE events one queued frame becomes.
 enum FrameEvents {
     One(Option<sse::Event>),
-    Replay(vec::IntoIter<StoredEvent>),
+    History(vec::IntoIter<StoredEvent>),
+    State(vec::IntoIter<StoredEvent>),
 }
 
 impl From<Frame> for FrameEvents {
     fn from(frame: Frame) -> Self {
         match frame {
             Frame::Event(event) => Self::One(Some(with_id(event))),
-            Frame::Replay(events) => Self::Replay(events.into_iter()),
+            Frame::Replay(events) => Self::History(events.into_iter()),
+            Frame::State(events) => Self::State(events.into_iter()),
             Frame::Signal(signal) => {
                 Self::One(Some(sse::Data::new(signal.data).event(signal.name).into()))
             }
@@ -126,14 +147,17 @@ impl Iterator for FrameEvents {
     fn next(&mut self) -> Option<sse::Event> {
         match self {
             Self::One(event) => event.take(),
-            Self::Replay(events) => events.next().map(with_id),
+            Self::History(events) => events.next().map(with_id),
+            Self::State(events) => events.next().map(|e| without_id(e).into()),
         }
     }
 }
 
+fn without_id(event: StoredEvent) -> sse::Data {
+    sse::Data::new(event.data).event(event.name.to_bytestring())
+}
+
 fn with_id(event: StoredEvent) -> sse::Event {
-    sse::Data::new(event.data)
-        .event(event.name.to_bytestring())
-        .id(event.id.to_string())
-        .into()
+    let id = event.id.to_string();
+    without_id(event).id(id).into()
 }
