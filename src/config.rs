@@ -5,7 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use config::{Config, Environment, File, FileFormat};
-use herald_actors::{HeartbeatConfig, SessionConfig};
+use herald_actors::{HeartbeatConfig, KickConfig, SessionConfig};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -19,6 +19,7 @@ pub struct Settings {
     pub stream: StreamSettings,
     pub session: SessionConfig,
     pub heartbeat: HeartbeatConfig,
+    pub kicks: KickConfig,
     pub log: LogSettings,
 }
 
@@ -193,7 +194,14 @@ impl Settings {
             limits.max_event_bytes > 0 && limits.max_event_bytes <= self.session.buffer_bytes,
             "limits.max_event_bytes must be above zero and at most session.buffer_bytes".into(),
         )?;
+        check(
+            self.kicks.flapping_kicks >= 2,
+            "kicks.flapping_kicks must be at least 2".into(),
+        )?;
         let durations = [
+            ("kicks.instance_window", self.kicks.instance_window),
+            ("kicks.flapping_window", self.kicks.flapping_window),
+            ("kicks.flapping_cooldown", self.kicks.flapping_cooldown),
             ("limits.request_timeout", limits.request_timeout),
             ("session.ttl", self.session.ttl),
             ("heartbeat.timeout", self.heartbeat.timeout),

@@ -7,7 +7,7 @@ use actix_web::{
     error::{JsonPayloadError, QueryPayloadError},
     http::StatusCode,
 };
-use herald_actors::{NameError, StoreError};
+use herald_actors::{NameError, Refusal, StoreError};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,10 @@ pub enum ApiError {
     Bound(StoreError),
     #[error("no such device")]
     UnknownDevice,
+    #[error("invalid instance: {0}")]
+    InvalidInstance(NameError),
+    #[error("{0}")]
+    Refused(Refusal),
 }
 
 impl ApiError {
@@ -78,6 +82,8 @@ impl ApiError {
             Self::Bound(StoreError::StorageFull(_)) => "storage_full",
             Self::Bound(StoreError::RetainedLimit(_)) => "retained_limit",
             Self::UnknownDevice => "unknown_device",
+            Self::InvalidInstance(_) => "invalid_instance",
+            Self::Refused(refusal) => refusal.as_str(),
         }
     }
 
@@ -105,7 +111,9 @@ impl ResponseError for ApiError {
             | Self::InvalidEventName(_)
             | Self::InvalidBody(_)
             | Self::InvalidData
-            | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidQuery(_)
+            | Self::InvalidInstance(_) => StatusCode::BAD_REQUEST,
+            Self::Refused(_) => StatusCode::CONFLICT,
             Self::BodyTooLarge { .. } | Self::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized | Self::DeviceUnauthorized => StatusCode::UNAUTHORIZED,

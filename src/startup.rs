@@ -32,7 +32,11 @@ impl Application {
     pub fn build(settings: Settings) -> io::Result<Self> {
         let listener = listen(&settings.server.bind, settings.server.backlog)?;
         let port = listener.local_addr()?.port();
-        let actors = herald_actors::start(settings.session.clone(), settings.heartbeat.clone());
+        let actors = herald_actors::start(
+            settings.session.clone(),
+            settings.heartbeat.clone(),
+            settings.kicks.clone(),
+        );
         let shared = Shared::new(&settings, actors.clone());
         let draining = shared.draining.clone();
         let routes_settings = settings.clone();

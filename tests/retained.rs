@@ -101,7 +101,10 @@ async fn every_reset_is_followed_by_the_retained_events_then_live() {
             (Some("reset"), json!(reason))
         );
         let config = stream.next_event().await;
-        assert_eq!(config.id, None, "retained events are state: no id, never a position");
+        assert_eq!(
+            config.id, None,
+            "retained events are state: no id, never a position"
+        );
         assert_eq!(
             (config.event.as_deref(), config.data.as_deref()),
             (Some("config"), Some(r#"{"v":1}"#))
@@ -141,7 +144,11 @@ async fn retained_events_outlive_their_session() {
     stream.hello().await;
     assert_eq!(data_json(&stream.next_event().await)["reason"], "expired");
     let config = stream.next_event().await;
-    let config = (config.event.as_deref(), config.data.as_deref(), config.id.as_deref());
+    let config = (
+        config.event.as_deref(),
+        config.data.as_deref(),
+        config.id.as_deref(),
+    );
     assert_eq!(config, (Some("config"), Some(r#"{"v":1}"#), None));
     expect_live_next(&server, &mut stream, "edge-1").await;
 }

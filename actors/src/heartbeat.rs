@@ -172,7 +172,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             margin: Duration::from_millis(100),
         };
-        crate::start(session, heartbeat)
+        crate::start(session, heartbeat, lenient_kicks())
     }
 
     #[actix::test]

@@ -26,10 +26,10 @@ pub enum NameError {
     Reserved(&'static str),
 }
 
-/// The shared character rule for device ids and event names: 1–128 of
-/// `A-Z a-z 0-9 . _ : -`. It keeps both safe to put in URLs, log lines and
-/// SSE fields without escaping.
-fn check_name(raw: &str) -> Result<(), NameError> {
+/// The shared character rule for device ids, event names and client instance
+/// names: 1–128 of `A-Z a-z 0-9 . _ : -`. It keeps them safe to put in URLs,
+/// log lines and SSE fields without escaping.
+pub fn check_name(raw: &str) -> Result<(), NameError> {
     if raw.is_empty() {
         return Err(NameError::Empty);
     }

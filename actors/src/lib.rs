@@ -12,12 +12,14 @@
 //! | `retained.rs`      | one device's retained events (latest per name)          |
 //! | `session_store.rs` | [`SessionStore`] actor: sessions, retained events, bounds, TTL sweep |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
+//! | `kicks.rs`         | [`KickConfig`]: ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |
 //! | `heartbeat.rs`     | [`Heartbeat`] actor: heartbeats for idle streams         |
 //!
 //! # Who sends what to whom
 //!
 //! ```text
+//!  stream route ──Admit──────────▶ DeviceRegistry (may refuse: kick ping-pong)
 //!  stream route ──Attach──────────▶ SessionStore ──Register{opening}──▶ DeviceRegistry
 //!  admin routes ──Publish/Broadcast/DeleteDevice▶ SessionStore ──Deliver/DeliverEach/CloseDevice─▶ DeviceRegistry
 //!                                   SessionStore ◀──Detach────────────  DeviceRegistry
@@ -54,6 +56,7 @@ mod event;
 mod event_id;
 mod heartbeat;
 mod ids;
+mod kicks;
 mod registry;
 mod retained;
 mod session;
@@ -67,8 +70,9 @@ pub use connection::{ConnectionParams, DeviceConnection, DisconnectReason};
 pub use event::{Frame, RESERVED_EVENT_NAMES, ResetReason, Signal, StoredEvent};
 pub use event_id::{Epoch, EventId, EventIdError};
 pub use heartbeat::{Heartbeat, HeartbeatConfig};
-pub use ids::{ConnectionId, DeviceId, EventName, MAX_NAME_LEN, NameError};
-pub use registry::{CloseAll, CountLive, DeviceRegistry};
+pub use ids::{ConnectionId, DeviceId, EventName, MAX_NAME_LEN, NameError, check_name};
+pub use kicks::{FlappingPolicy, KickConfig, Refusal};
+pub use registry::{Admit, CloseAll, CountLive, DeviceRegistry};
 pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{
     Attach, Broadcast, BroadcastReceipt, DeleteDevice, Publish, PublishReceipt, SessionConfig,
@@ -85,7 +89,7 @@ pub struct Actors {
 
 /// Starts the store, the registry and the heartbeat under supervision, wired
 /// to each other. Must run inside an actix `System`.
-pub fn start(session: SessionConfig, heartbeat: HeartbeatConfig) -> Actors {
+pub fn start(session: SessionConfig, heartbeat: HeartbeatConfig, kicks: KickConfig) -> Actors {
     // The store and the registry address each other: the registry is created
     // inside the store's constructor, where the store's address exists.
     let mut registry = None;
@@ -94,7 +98,7 @@ pub fn start(session: SessionConfig, heartbeat: HeartbeatConfig) -> Actors {
         let store = ctx.address();
         let created = DeviceRegistry::create(move |ctx| {
             ctx.set_mailbox_capacity(0);
-            DeviceRegistry::new(store)
+            DeviceRegistry::new(store, kicks)
         });
         registry = Some(created.clone());
         SessionStore::new(session, created)

@@ -11,15 +11,27 @@
 //!   TTL starts: it says so itself when it stops (also after a panic), and a
 //!   send that finds its mailbox closed covers any other way of vanishing.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Instant};
 
 use actix::{dev::SendError, prelude::*};
 
 use crate::{
     ConnectionId, DeviceConnection, DeviceId, Opening, StoredEvent,
     connection::{Begin, Close, DisconnectReason, Kick, Push},
+    kicks::{KickConfig, KickPolicy, Refusal},
     session_store::{Detach, SessionStore},
 };
+
+/// May a new stream of this device start? Refuses one side of a kick
+/// ping-pong (see [`KickPolicy`]). Sent by the stream route.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct Admit {
+    pub device: DeviceId,
+    /// The client's own name for itself, if it gave one.
+    pub instance: Option<String>,
+    pub peer: String,
+}
 
 /// Make a connection its device's live one, kicking the previous one. Sent by
 /// the store after it attached the connection to the session.
@@ -29,6 +41,8 @@ pub struct Register {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
     pub connection: Addr<DeviceConnection>,
+    pub instance: Option<String>,
+    pub peer: String,
     pub opening: Opening,
 }
 
@@ -79,20 +93,24 @@ pub struct CountLive;
 struct Live {
     connection_id: ConnectionId,
     connection: Addr<DeviceConnection>,
+    instance: Option<String>,
+    peer: String,
 }
 
 pub struct DeviceRegistry {
     store: Addr<SessionStore>,
     live: HashMap<DeviceId, Live>,
+    kicks: KickPolicy,
     /// Set by `CloseAll`: streams that arrive later are ended at once.
     closing: bool,
 }
 
 impl DeviceRegistry {
-    pub fn new(store: Addr<SessionStore>) -> Self {
+    pub fn new(store: Addr<SessionStore>, kicks: KickConfig) -> Self {
         Self {
             store,
             live: HashMap::new(),
+            kicks: KickPolicy::new(kicks),
             closing: false,
         }
     }
@@ -137,6 +155,31 @@ impl DeviceRegistry {
 
 impl Actor for DeviceRegistry {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.kicks.forget_interval(), |act, _| {
+            act.kicks.forget_old(Instant::now())
+        });
+    }
+}
+
+impl Handler<Admit> for DeviceRegistry {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, msg: Admit, _: &mut Self::Context) -> Self::Result {
+        let instance = msg.instance.as_deref();
+        self.kicks
+            .admit(&msg.device, instance, Instant::now())
+            .inspect_err(|refusal| {
+                log::info!(
+                    "device.refused device={} addr={} instance={} reason={}",
+                    msg.device,
+                    msg.peer,
+                    instance.unwrap_or("-"),
+                    refusal.as_str()
+                );
+            })
+    }
 }
 
 impl Handler<Register> for DeviceRegistry {
@@ -158,11 +201,27 @@ impl Handler<Register> for DeviceRegistry {
         let new = Live {
             connection_id: msg.connection_id,
             connection: msg.connection,
+            instance: msg.instance,
+            peer: msg.peer,
         };
+        let (new_instance, new_peer) = (new.instance.clone(), new.peer.clone());
         if let Some(old) = self.live.insert(msg.device.clone(), new) {
             old.connection.do_send(Kick {
                 by: msg.connection_id,
             });
+            let now = Instant::now();
+            let (old_instance, new_instance) = (old.instance.as_deref(), new_instance.as_deref());
+            if self
+                .kicks
+                .record_kick(&msg.device, old_instance, new_instance, now)
+            {
+                log::warn!(
+                    "device.flapping device={} addrs={},{new_peer} policy={}",
+                    msg.device,
+                    old.peer,
+                    self.kicks.policy_name()
+                );
+            }
         }
         self.send_live(
             &msg.device,

@@ -82,6 +82,10 @@ pub struct Attach {
     pub progress: Progress,
     /// The client's claimed position, untrusted.
     pub last_event_id: Option<String>,
+    /// The client's own name for itself, if it gave one.
+    pub instance: Option<String>,
+    /// The client's address, for logs.
+    pub peer: String,
 }
 
 /// Publish one event to one device. Sent by the admin publish route.
@@ -326,6 +330,8 @@ impl Handler<Attach> for SessionStore {
             device: msg.device,
             connection_id: msg.connection_id,
             connection: msg.connection,
+            instance: msg.instance,
+            peer: msg.peer,
             opening,
         });
         Ok(())

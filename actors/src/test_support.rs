@@ -7,7 +7,8 @@ use tokio::sync::mpsc::{Receiver, channel};
 
 use crate::{
     Actors, Attach, ConnectionId, ConnectionParams, CountLive, DeviceConnection, DeviceId,
-    EventName, Frame, HeartbeatConfig, Progress, Publish, PublishReceipt, SessionConfig, Signal,
+    EventName, FlappingPolicy, Frame, HeartbeatConfig, KickConfig, Progress, Publish,
+    PublishReceipt, SessionConfig, Signal,
 };
 
 /// How long a test waits for something that should happen at once.
@@ -33,9 +34,20 @@ pub(crate) fn session_config(ttl: Duration) -> SessionConfig {
     }
 }
 
+/// Kick rules that never refuse during a test.
+pub(crate) fn lenient_kicks() -> KickConfig {
+    KickConfig {
+        instance_window: Duration::from_secs(30),
+        flapping_kicks: 1000,
+        flapping_window: Duration::from_secs(10),
+        flapping_cooldown: Duration::from_secs(30),
+        flapping_policy: FlappingPolicy::Allow,
+    }
+}
+
 /// The store, registry and heartbeat with sessions kept for `ttl`.
 pub(crate) fn start_actors(ttl: Duration) -> Actors {
-    crate::start(session_config(ttl), quiet_heartbeat())
+    crate::start(session_config(ttl), quiet_heartbeat(), lenient_kicks())
 }
 
 pub(crate) fn device(name: &str) -> DeviceId {
@@ -89,6 +101,8 @@ pub(crate) async fn connect(
         connection: addr.clone(),
         progress,
         last_event_id,
+        instance: None,
+        peer: "test".to_owned(),
     };
     actors.store.send(attach).await.unwrap().unwrap();
     (addr, frames, connection_id)

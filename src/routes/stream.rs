@@ -11,8 +11,8 @@ use actix_web::{HttpRequest, Responder, web};
 use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use herald_actors::{
-    Attach, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame, Progress,
-    StoredEvent,
+    Admit, Attach, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame, Progress,
+    StoredEvent, check_name,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -28,7 +28,13 @@ pub struct StreamQuery {
     last_event_id: Option<String>,
     /// A device token, for clients that cannot set headers.
     token: Option<String>,
+    /// The client's own name for itself, picked once (e.g. per browser tab).
+    instance: Option<String>,
 }
+
+/// The most of a client's claimed position that is used, echoed in `reset`
+/// and logged; a real id is at most 37 characters.
+const MAX_ECHOED_POSITION: usize = 128;
 
 pub async fn open_stream(
     req: HttpRequest,
@@ -41,24 +47,33 @@ pub async fn open_stream(
     state
         .authorizer
         .authorize(&req, &device, query.token.as_deref())?;
-    let address = req
-        .peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let client = Client::of(&req, query)?;
+    let admit = Admit {
+        device: device.clone(),
+        instance: client.instance.clone(),
+        peer: client.peer.clone(),
+    };
+    let admitted = state
+        .actors
+        .registry
+        .send(admit)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    admitted.map_err(ApiError::Refused)?;
     let slot = state
         .slots
-        .claim(address)
+        .claim(client.address)
         .map_err(|refusal| match refusal {
             SlotRefusal::ServerFull => ApiError::ServerFull,
             SlotRefusal::AddressFull => ApiError::TooManyStreamsFromAddress,
         })?;
-    let last_event_id = claimed_position(&req, query.last_event_id);
     let (queue, frames) = mpsc::channel(state.stream.queue_frames);
     if state.is_draining() {
         // Not an error status: EventSource would stop reconnecting. The
         // stream ends after `retry:`, and the client comes back after it.
         drop(queue);
     } else {
-        attach(&req, device, last_event_id, queue, &state).await?;
+        attach(&state, device, client, queue).await?;
     }
     // The response holds the slot: it is released when the response ends.
     let events = ReceiverStream::new(frames).flat_map(move |frame| {
@@ -71,38 +86,63 @@ pub async fn open_stream(
         .insert_header(("X-Accel-Buffering", "no")))
 }
 
+/// What a stream request says about its client.
+struct Client {
+    peer: String,
+    address: IpAddr,
+    instance: Option<String>,
+    /// The claimed position, untrusted (capped at [`MAX_ECHOED_POSITION`]).
+    last_event_id: Option<String>,
+}
+
+impl Client {
+    fn of(req: &HttpRequest, query: StreamQuery) -> Result<Self, ApiError> {
+        let instance = query.instance.filter(|i| !i.is_empty());
+        if let Some(instance) = &instance {
+            check_name(instance).map_err(ApiError::InvalidInstance)?;
+        }
+        let peer_addr = req.peer_addr();
+        Ok(Self {
+            peer: peer_addr.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            address: peer_addr.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip()),
+            instance,
+            last_event_id: claimed_position(req, query.last_event_id),
+        })
+    }
+}
+
 /// Starts the stream's connection actor and has the store attach it.
 async fn attach(
-    req: &HttpRequest,
-    device: DeviceId,
-    last_event_id: Option<String>,
-    queue: mpsc::Sender<Frame>,
     state: &AppState,
+    device: DeviceId,
+    client: Client,
+    queue: mpsc::Sender<Frame>,
 ) -> Result<(), ApiError> {
     let connection_id = ConnectionId::new();
     let progress = Progress::default();
     let connection = DeviceConnection::spawn(ConnectionParams {
         device: device.clone(),
         connection_id,
-        peer: req
-            .peer_addr()
-            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        peer: client.peer.clone(),
         queue,
         registry: state.actors.registry.clone(),
         heartbeat: state.actors.heartbeat.clone(),
         heartbeat_timeout: state.heartbeat_timeout,
         progress: progress.clone(),
     });
+    let attach = Attach {
+        device,
+        connection_id,
+        connection,
+        progress,
+        last_event_id: client.last_event_id,
+        instance: client.instance,
+        peer: client.peer,
+    };
     state
         .actors
         .store
-        .send(Attach {
-            device,
-            connection_id,
-            connection,
-            progress,
-            last_event_id,
-        })
+        .send(attach)
         .await
         .map_err(|_| ApiError::Unavailable)?
         // A stream only ever needs a new session; the other bounds guard
@@ -118,7 +158,15 @@ fn claimed_position(req: &HttpRequest, query: Option<String>) -> Option<String> 
         .get("Last-Event-ID")
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let given = |id: &String| !id.is_empty();
-    header.filter(given).or(query.filter(given))
+    let mut position = header.filter(given).or(query.filter(given))?;
+    if position.len() > MAX_ECHOED_POSITION {
+        let cut = (0..=MAX_ECHOED_POSITION)
+            .rev()
+            .find(|&i| position.is_char_boundary(i))
+            .unwrap_or(0);
+        position.truncate(cut);
+    }
+    Some(position)
 }
 
 /// The SSE events one queued frame becomes.
