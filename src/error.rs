@@ -52,6 +52,8 @@ pub enum ApiError {
     Bound(StoreError),
     #[error("no such device")]
     UnknownDevice,
+    #[error("a multi-device publish names 1 to {limit} devices")]
+    DeviceCount { limit: usize },
     #[error("invalid instance: {0}")]
     InvalidInstance(NameError),
     #[error("{0}")]
@@ -83,6 +85,7 @@ impl ApiError {
             Self::Bound(StoreError::RetainedLimit(_)) => "retained_limit",
             Self::UnknownDevice => "unknown_device",
             Self::InvalidInstance(_) => "invalid_instance",
+            Self::DeviceCount { .. } => "invalid_device_count",
             Self::Refused(refusal) => refusal.as_str(),
         }
     }
@@ -112,7 +115,8 @@ impl ResponseError for ApiError {
             | Self::InvalidBody(_)
             | Self::InvalidData
             | Self::InvalidQuery(_)
-            | Self::InvalidInstance(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidInstance(_)
+            | Self::DeviceCount { .. } => StatusCode::BAD_REQUEST,
             Self::Refused(_) => StatusCode::CONFLICT,
             Self::BodyTooLarge { .. } | Self::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

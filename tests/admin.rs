@@ -223,3 +223,78 @@ async fn rejected_requests_leave_buffered_events_untouched() {
         "rejected requests consumed no id: {next}"
     );
 }
+
+#[actix_web::test]
+async fn a_multi_device_publish_reaches_each_listed_device_once() {
+    let server = TestServer::start().await;
+    let mut online = server.connect("online").await;
+    online.hello().await;
+    let body =
+        json!({"devices": ["online", "offline", "online"], "event": "config", "data": {"v": 3}});
+    let (status, reply) = server.admin_post("/v1/publish", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    let results = reply["results"].as_array().unwrap();
+    let devices: Vec<_> = results
+        .iter()
+        .map(|r| (r["device"].clone(), r["delivered"].clone()))
+        .collect();
+    assert_eq!(
+        devices,
+        [
+            (json!("online"), json!(true)),
+            (json!("offline"), json!(false))
+        ]
+    );
+    let event = online.next_event().await;
+    assert_eq!(
+        (event.id.as_ref(), event.data.as_deref()),
+        (
+            results[0]["id"].as_str().map(str::to_owned).as_ref(),
+            Some(r#"{"v":3}"#)
+        )
+    );
+    let mut later = server.connect("offline").await;
+    later.hello().await;
+    assert_eq!(
+        later.next_event().await.id.as_deref(),
+        results[1]["id"].as_str()
+    );
+}
+
+#[actix_web::test]
+async fn a_multi_device_publish_is_all_or_nothing_and_bounded_in_devices() {
+    let server = TestServer::start_with(|s| s.limits.max_devices_per_publish = 2).await;
+    let cases = [
+        (
+            json!({"devices": [], "event": "e", "data": 1}),
+            "invalid_device_count",
+        ),
+        (
+            json!({"devices": ["a", "b", "c"], "event": "e", "data": 1}),
+            "invalid_device_count",
+        ),
+        (
+            json!({"devices": ["a", "bad id"], "event": "e", "data": 1}),
+            "invalid_device_id",
+        ),
+        (
+            json!({"devices": ["a"], "event": "reset", "data": 1}),
+            "invalid_event_name",
+        ),
+        (
+            json!({"devices": ["a"], "event": "e", "data": 1, "extra": 1}),
+            "invalid_body",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, reply) = server.admin_post("/v1/publish", &body).await;
+        assert_eq!(
+            (status, error_code(&reply)),
+            (StatusCode::BAD_REQUEST, code),
+            "{body}"
+        );
+    }
+    // Nothing above was published: "a" gets only what follows.
+    let first = server.publish("a", "e", json!("first")).await;
+    assert!(first["id"].as_str().unwrap().ends_with("-1"), "{first}");
+}

@@ -46,19 +46,10 @@ pub struct Register {
     pub opening: Opening,
 }
 
-/// Route one event to its device's live connection; answers whether there was
-/// one that took it. Sent by the store.
+/// Route each event to its device's live connection; answers, per event,
+/// whether a live connection took it. Sent by the store.
 #[derive(Message)]
-#[rtype(result = "bool")]
-pub struct Deliver {
-    pub device: DeviceId,
-    pub event: StoredEvent,
-}
-
-/// Route one event per device (a broadcast); answers how many live
-/// connections took theirs. Sent by the store.
-#[derive(Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Vec<bool>")]
 pub struct DeliverEach {
     pub events: Vec<(DeviceId, StoredEvent)>,
 }
@@ -232,23 +223,14 @@ impl Handler<Register> for DeviceRegistry {
     }
 }
 
-impl Handler<Deliver> for DeviceRegistry {
-    type Result = bool;
-
-    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> bool {
-        self.send_live(&msg.device, Push { event: msg.event })
-    }
-}
-
 impl Handler<DeliverEach> for DeviceRegistry {
-    type Result = usize;
+    type Result = Vec<bool>;
 
-    fn handle(&mut self, msg: DeliverEach, _: &mut Self::Context) -> usize {
+    fn handle(&mut self, msg: DeliverEach, _: &mut Self::Context) -> Vec<bool> {
         msg.events
             .into_iter()
             .map(|(device, event)| self.send_live(&device, Push { event }))
-            .filter(|taken| *taken)
-            .count()
+            .collect()
     }
 }
 

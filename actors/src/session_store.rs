@@ -26,7 +26,7 @@ use serde::Deserialize;
 use crate::{
     BufferLimits, ConnectionId, DeviceConnection, DeviceId, Epoch, EventId, EventName, Progress,
     Session, StoredEvent,
-    registry::{CloseDevice, Deliver, DeliverEach, DeviceRegistry, Register},
+    registry::{CloseDevice, DeliverEach, DeviceRegistry, Register},
     retained::{Retained, signed},
 };
 
@@ -88,11 +88,14 @@ pub struct Attach {
     pub peer: String,
 }
 
-/// Publish one event to one device. Sent by the admin publish route.
+/// Publish one event to each of these devices: all or, if a bound refuses,
+/// none. Answers one receipt per device, in order. Sent by the admin publish
+/// routes.
 #[derive(Message)]
-#[rtype(result = "Result<PublishReceipt, StoreError>")]
+#[rtype(result = "Result<Vec<PublishReceipt>, StoreError>")]
 pub struct Publish {
-    pub device: DeviceId,
+    /// Distinct devices (a device named twice would get the event twice).
+    pub devices: Vec<DeviceId>,
     pub name: EventName,
     pub data: ByteString,
     /// Also keep it as the device's latest event of this name.
@@ -274,6 +277,41 @@ impl SessionStore {
         event
     }
 
+    /// Publishes one event to each of `devices` — all of them or, if a bound
+    /// refuses, none — and routes each to its live stream. `send` enqueues at
+    /// once (the registry's mailbox is unbounded), keeping FIFO order with
+    /// `Register`; only the answer is awaited.
+    fn publish(
+        &mut self,
+        devices: Vec<DeviceId>,
+        name: EventName,
+        data: ByteString,
+        retain: bool,
+    ) -> ResponseFuture<Result<Vec<PublishReceipt>, StoreError>> {
+        let size = name.as_str().len() + data.len();
+        if let Err(refused) = self.admit(devices.iter(), &name, size, retain) {
+            return Box::pin(async move { Err(refused) });
+        }
+        let events: Vec<_> = devices
+            .into_iter()
+            .map(|device| {
+                let event = self.append(&device, name.clone(), data.clone(), retain);
+                (device, event)
+            })
+            .collect();
+        let ids: Vec<_> = events.iter().map(|(_, event)| event.id).collect();
+        let delivery = self.registry.send(DeliverEach { events });
+        Box::pin(async move {
+            let delivered = delivery.await.unwrap_or_default();
+            let delivered = delivered.into_iter().chain(std::iter::repeat(false));
+            Ok(ids
+                .into_iter()
+                .zip(delivered)
+                .map(|(id, delivered)| PublishReceipt { id, delivered })
+                .collect())
+        })
+    }
+
     /// Starts the session's countdown, unless it is already counting down.
     fn start_ttl(&mut self, device: &DeviceId) {
         let at = Instant::now() + self.config.ttl;
@@ -339,25 +377,10 @@ impl Handler<Attach> for SessionStore {
 }
 
 impl Handler<Publish> for SessionStore {
-    type Result = ResponseFuture<Result<PublishReceipt, StoreError>>;
+    type Result = ResponseFuture<Result<Vec<PublishReceipt>, StoreError>>;
 
     fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> Self::Result {
-        let size = msg.name.as_str().len() + msg.data.len();
-        if let Err(refused) = self.admit([&msg.device].into_iter(), &msg.name, size, msg.retain) {
-            return Box::pin(async move { Err(refused) });
-        }
-        let event = self.append(&msg.device, msg.name, msg.data, msg.retain);
-        let id = event.id;
-        // `send` enqueues now (the registry's mailbox is unbounded), keeping
-        // FIFO order with `Register`; only the answer is awaited.
-        let delivery = self.registry.send(Deliver {
-            device: msg.device,
-            event,
-        });
-        Box::pin(async move {
-            let delivered = delivery.await.unwrap_or(false);
-            Ok(PublishReceipt { id, delivered })
-        })
+        self.publish(msg.devices, msg.name, msg.data, msg.retain)
     }
 }
 
@@ -365,25 +388,13 @@ impl Handler<Broadcast> for SessionStore {
     type Result = ResponseFuture<Result<BroadcastReceipt, StoreError>>;
 
     fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> Self::Result {
-        let size = msg.name.as_str().len() + msg.data.len();
-        if let Err(refused) = self.admit(self.sessions.keys(), &msg.name, size, msg.retain) {
-            return Box::pin(async move { Err(refused) });
-        }
-        let devices: Vec<DeviceId> = self.sessions.keys().cloned().collect();
-        let events: Vec<_> = devices
-            .into_iter()
-            .map(|device| {
-                let event = self.append(&device, msg.name.clone(), msg.data.clone(), msg.retain);
-                (device, event)
-            })
-            .collect();
-        let buffered = events.len();
-        let delivery = self.registry.send(DeliverEach { events });
+        let devices = self.sessions.keys().cloned().collect();
+        let published = self.publish(devices, msg.name, msg.data, msg.retain);
         Box::pin(async move {
-            let delivered = delivery.await.unwrap_or(0);
+            let receipts = published.await?;
             Ok(BroadcastReceipt {
-                buffered,
-                delivered,
+                buffered: receipts.len(),
+                delivered: receipts.iter().filter(|r| r.delivered).count(),
             })
         })
     }

@@ -56,7 +56,7 @@ pub(crate) fn device(name: &str) -> DeviceId {
 
 pub(crate) fn publish(device: &DeviceId, data: &str) -> Publish {
     Publish {
-        device: device.clone(),
+        devices: vec![device.clone()],
         name: EventName::parse("note").unwrap(),
         data: data.into(),
         retain: false,
@@ -65,12 +65,8 @@ pub(crate) fn publish(device: &DeviceId, data: &str) -> Publish {
 
 /// Publishes through the store and answers its receipt.
 pub(crate) async fn publish_to(actors: &Actors, device: &DeviceId, data: &str) -> PublishReceipt {
-    actors
-        .store
-        .send(publish(device, data))
-        .await
-        .unwrap()
-        .unwrap()
+    let receipts = actors.store.send(publish(device, data)).await.unwrap();
+    receipts.unwrap()[0]
 }
 
 /// Spawns a connection for `device` whose queue holds `capacity` frames and

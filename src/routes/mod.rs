@@ -51,6 +51,7 @@ pub struct AppState {
     pub stream: crate::config::StreamSettings,
     pub heartbeat_timeout: Duration,
     pub max_event_bytes: usize,
+    pub max_devices_per_publish: usize,
     authorizer: DeviceAuthorizer,
     slots: Arc<StreamSlots>,
     draining: Draining,
@@ -81,6 +82,7 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
         stream: settings.stream.clone(),
         heartbeat_timeout: settings.heartbeat.timeout,
         max_event_bytes: settings.limits.max_event_bytes,
+        max_devices_per_publish: settings.limits.max_devices_per_publish,
         authorizer: DeviceAuthorizer {
             tokens,
             cookie: settings.auth.cookie.clone(),
@@ -116,6 +118,15 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
                 .route(
                     web::delete()
                         .to(devices::delete_device)
+                        .wrap(from_fn(require_admin)),
+                )
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/publish")
+                .route(
+                    web::post()
+                        .to(publish::publish_many)
                         .wrap(from_fn(require_admin)),
                 )
                 .default_service(web::to(method_not_allowed)),

@@ -1,9 +1,12 @@
-//! Admin publishing: `POST /v1/devices/{device_id}/events` and
-//! `POST /v1/broadcast`. Both take `{"event": "<name>", "data": <JSON>}`.
+//! Admin publishing: `POST /v1/devices/{device_id}/events`,
+//! `POST /v1/publish` (to a list of devices) and `POST /v1/broadcast`. All
+//! take `{"event": "<name>", "data": <JSON>, "retain": <bool, optional>}`.
+
+use std::collections::HashSet;
 
 use actix_web::{HttpResponse, web};
 use bytestring::ByteString;
-use herald_actors::{Broadcast, DeviceId, EventName, Publish};
+use herald_actors::{Broadcast, DeviceId, EventName, Publish, PublishReceipt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -45,26 +48,87 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
-    let (name, data, retain) = body.into_inner().into_parts(state.max_event_bytes)?;
-    refuse_while_draining(&state)?;
-    let publish = Publish {
-        device,
-        name,
-        data,
-        retain,
-    };
-    let receipt = state
-        .actors
-        .store
-        .send(publish)
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
-    let receipt = receipt.map_err(ApiError::Bound)?;
+    let receipts = publish_to(vec![device], body.into_inner(), &state).await?;
+    let receipt = receipts.first().ok_or(ApiError::Unavailable)?;
     Ok(HttpResponse::Accepted().json(json!({
         "id": receipt.id.to_string(),
         "delivered": receipt.delivered,
         "buffered": true,
     })))
+}
+
+/// `POST /v1/publish`: a [`PublishRequest`] plus the devices to send it to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishManyRequest {
+    devices: Vec<String>,
+    event: String,
+    data: Value,
+    #[serde(default)]
+    retain: bool,
+}
+
+/// The same event to each listed device (one named twice gets it once), all
+/// or none; one receipt per device, in the order listed.
+pub async fn publish_many(
+    body: web::Json<PublishManyRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let PublishManyRequest {
+        devices,
+        event,
+        data,
+        retain,
+    } = body.into_inner();
+    let limit = state.max_devices_per_publish;
+    if devices.is_empty() || devices.len() > limit {
+        return Err(ApiError::DeviceCount { limit });
+    }
+    let mut seen = HashSet::with_capacity(devices.len());
+    let mut distinct = Vec::with_capacity(devices.len());
+    for device in &devices {
+        let device = DeviceId::parse(device).map_err(ApiError::InvalidDeviceId)?;
+        if seen.insert(device.clone()) {
+            distinct.push(device);
+        }
+    }
+    let request = PublishRequest {
+        event,
+        data,
+        retain,
+    };
+    let receipts = publish_to(distinct.clone(), request, &state).await?;
+    let results: Vec<_> = distinct
+        .iter()
+        .zip(&receipts)
+        .map(|(device, receipt)| {
+            let id = receipt.id.to_string();
+            json!({"device": device.as_str(), "id": id, "delivered": receipt.delivered})
+        })
+        .collect();
+    Ok(HttpResponse::Accepted().json(json!({ "results": results })))
+}
+
+async fn publish_to(
+    devices: Vec<DeviceId>,
+    request: PublishRequest,
+    state: &AppState,
+) -> Result<Vec<PublishReceipt>, ApiError> {
+    let (name, data, retain) = request.into_parts(state.max_event_bytes)?;
+    refuse_while_draining(state)?;
+    let publish = Publish {
+        devices,
+        name,
+        data,
+        retain,
+    };
+    let receipts = state
+        .actors
+        .store
+        .send(publish)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    receipts.map_err(ApiError::Bound)
 }
 
 pub async fn broadcast(
