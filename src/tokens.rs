@@ -134,4 +134,31 @@ mod tests {
             );
         }
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+            #[test]
+            fn no_text_is_accepted_as_a_token_unless_it_was_minted(raw in "\\PC{0,300}|[A-Za-z0-9_-]{10,60}\\.[A-Za-z0-9_-]{10,80}\\.[A-Za-z0-9_-]{0,50}") {
+                let tokens = DeviceTokens::new("a-secret-of-at-least-32-bytes-long!!");
+                prop_assert!(tokens.check(&raw, &device("edge-1")).is_err());
+            }
+
+            #[test]
+            fn a_minted_token_with_any_one_character_changed_is_refused(position: prop::sample::Index, replacement in "[A-Za-z0-9_.-]") {
+                let tokens = DeviceTokens::new("a-secret-of-at-least-32-bytes-long!!");
+                let token = tokens.mint(&device("edge-1"), Duration::from_secs(60));
+                let at = position.index(token.len());
+                let mut changed = token.clone();
+                changed.replace_range(at..=at, &replacement);
+                prop_assume!(changed != token);
+                prop_assert!(tokens.check(&changed, &device("edge-1")).is_err(), "{changed}");
+            }
+        }
+    }
 }

@@ -115,4 +115,27 @@ mod tests {
             assert_eq!(EventId::parse(bad), Err(EventIdError), "{bad:?}");
         }
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+            #[test]
+            fn every_issued_id_parses_back_to_itself(epoch: u64, seq in 1..=u64::MAX) {
+                let id = EventId { epoch: Epoch(epoch), seq };
+                prop_assert_eq!(EventId::parse(&id.to_string()), Ok(id));
+            }
+
+            #[test]
+            fn any_text_either_is_refused_or_is_the_canonical_spelling(raw in "\\PC{0,48}|[0-9a-fA-F]{14,18}-[0-9+-]{0,22}") {
+                if let Ok(id) = EventId::parse(&raw) {
+                    prop_assert_eq!(id.to_string(), raw);
+                }
+            }
+        }
+    }
 }

@@ -156,4 +156,24 @@ mod tests {
         }
         assert_eq!(EventName::parse("con fig"), Err(NameError::BadCharacter));
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+            #[test]
+            fn a_name_is_accepted_exactly_when_it_follows_the_rule(raw in "\\PC{0,140}|[A-Za-z0-9._:-]{0,140}") {
+                let follows = !raw.is_empty()
+                    && raw.len() <= MAX_NAME_LEN
+                    && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b));
+                prop_assert_eq!(DeviceId::parse(&raw).is_ok(), follows);
+                let reserved = RESERVED_EVENT_NAMES.contains(&raw.as_str());
+                prop_assert_eq!(EventName::parse(&raw).is_ok(), follows && !reserved);
+            }
+        }
+    }
 }

@@ -160,3 +160,50 @@ fn refuse_while_draining(state: &AppState) -> Result<(), ApiError> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMIT: usize = 64;
+
+    fn parse(body: &[u8]) -> Result<(EventName, ByteString, bool), ApiError> {
+        let request: PublishRequest =
+            serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        request.into_parts(LIMIT)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn any_body_is_refused_or_yields_a_sendable_event(body in prop::collection::vec(any::<u8>(), 0..200)) {
+            check(&body)?;
+        }
+
+        #[test]
+        fn json_shaped_bodies_are_refused_or_yield_a_sendable_event(
+            event in "\\PC{0,12}|[a-z]{1,10}",
+            data in "\\PC{0,80}|\\\\[rn0]|-?[0-9]{1,30}(\\.[0-9]{1,5})?(e[+-]?[0-9]{1,4})?",
+            quoted: bool,
+            retain: bool,
+        ) {
+            let data = if quoted { serde_json::to_string(&data).unwrap() } else { data };
+            let body = format!(r#"{{"event":{},"data":{data},"retain":{retain}}}"#, serde_json::to_string(&event).unwrap());
+            check(body.as_bytes())?;
+        }
+    }
+
+    /// Whatever the body, parsing does not panic, and what it accepts can be
+    /// written to a stream intact.
+    fn check(body: &[u8]) -> Result<(), TestCaseError> {
+        if let Ok((name, data, _)) = parse(body) {
+            prop_assert!(EventName::parse(name.as_str()).is_ok());
+            prop_assert!(!data.contains('\r'));
+            prop_assert!(name.as_str().len() + data.len() <= LIMIT);
+        }
+        Ok(())
+    }
+}
