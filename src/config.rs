@@ -198,6 +198,11 @@ impl Settings {
             self.kicks.flapping_kicks >= 2,
             "kicks.flapping_kicks must be at least 2".into(),
         )?;
+        // actix-http reads its clock every 500 ms: shorter timeouts misfire.
+        check(
+            limits.request_timeout >= Duration::from_secs(1),
+            "limits.request_timeout must be at least 1s".into(),
+        )?;
         let durations = [
             ("kicks.instance_window", self.kicks.instance_window),
             ("kicks.flapping_window", self.kicks.flapping_window),

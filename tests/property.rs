@@ -22,6 +22,7 @@ use std::panic::AssertUnwindSafe;
 
 use common::{EventStream, TestServer, seq_of};
 use futures_util::{FutureExt as _, future::join_all};
+use herald_actors::FlappingPolicy;
 use serde_json::{Value, json};
 
 const SEEDS: [u64; 5] = [1, 2, 3, 0x5eed_cafe, 0xdead_beef];
@@ -448,7 +449,8 @@ fn pick_op(rng: &mut fastrand::Rng, connected: bool) -> Op {
 }
 
 async fn run_seed(seed: u64) -> Stats {
-    let server = TestServer::start().await;
+    // Kicks here test delivery, not ping-pong: no flapping cool-down.
+    let server = TestServer::start_with(|s| s.kicks.flapping_policy = FlappingPolicy::Allow).await;
     let mut run = Run {
         seed,
         server,

@@ -3,8 +3,8 @@
 //! cookie or the query, checked against the device in the path.
 
 use actix_web::{
-    Error, HttpRequest,
-    body::MessageBody,
+    Error, HttpRequest, ResponseError as _,
+    body::{EitherBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     http::header::AUTHORIZATION,
     middleware::Next,
@@ -46,21 +46,25 @@ fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
 }
 
 /// `401` without a bearer token, `403` with one that is not an admin token.
+/// A refusal is an ordinary response, not an `Err`, so the CORS middleware
+/// still decorates it and a browser console can read why.
 pub async fn require_admin(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let bearer = bearer(req.headers());
-    let Some(token) = bearer.filter(|t| !t.is_empty()) else {
-        return Err(ApiError::Unauthorized.into());
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let tokens = req.app_data::<web::Data<AdminTokens>>();
+    let refusal = match (bearer(req.headers()).filter(|t| !t.is_empty()), tokens) {
+        (None, _) => Some(ApiError::Unauthorized),
+        (Some(_), None) => Some(ApiError::Unavailable),
+        (Some(token), Some(tokens)) if !tokens.accepts(token) => Some(ApiError::Forbidden),
+        _ => None,
     };
-    let tokens = req
-        .app_data::<web::Data<AdminTokens>>()
-        .ok_or(ApiError::Unavailable)?;
-    if !tokens.accepts(token) {
-        return Err(ApiError::Forbidden.into());
+    match refusal {
+        Some(refusal) => Ok(req
+            .into_response(refusal.error_response())
+            .map_into_right_body()),
+        None => Ok(next.call(req).await?.map_into_left_body()),
     }
-    next.call(req).await
 }
 
 /// How device streams are authorized: `None` when `auth.devices = "open"`.

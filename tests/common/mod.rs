@@ -83,19 +83,36 @@ impl TestServer {
 
     /// A stream with the given request headers and query string (`?…` or "").
     pub async fn open(&self, device: &str, headers: &[(&str, &str)], query: &str) -> EventStream {
-        let mut request = self
-            .http
-            .get(format!("{}/v1/devices/{device}/events{query}", self.base));
+        match self.try_open(device, headers, query).await {
+            Ok(stream) => stream,
+            Err(refusal) => panic!("stream for {device}: {refusal:?}"),
+        }
+    }
+
+    /// Like [`open`](Self::open), but a refusal is an answer, not a failure.
+    pub async fn try_open(
+        &self,
+        device: &str,
+        headers: &[(&str, &str)],
+        query: &str,
+    ) -> Result<EventStream, Refusal> {
+        self.try_open_with(&self.http, device, headers, query).await
+    }
+
+    /// Like [`try_open`](Self::try_open), from a client the test built (e.g.
+    /// bound to another source address).
+    pub async fn try_open_with(
+        &self,
+        client: &reqwest::Client,
+        device: &str,
+        headers: &[(&str, &str)],
+        query: &str,
+    ) -> Result<EventStream, Refusal> {
+        let mut request = client.get(format!("{}/v1/devices/{device}/events{query}", self.base));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.expect("stream request");
-        assert_eq!(response.status(), StatusCode::OK, "stream for {device}");
-        let headers = response.headers().clone();
-        EventStream {
-            headers,
-            events: SseStream::from_bytes_stream(response.bytes_stream()).boxed(),
-        }
+        EventStream::from_response(request.send().await.expect("stream request")).await
     }
 
     /// Publishes and expects `202`; answers the reply body.
@@ -134,6 +151,71 @@ impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// `host:port`, for raw TCP.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+}
+
+/// A request the server answered with an error status instead of a stream.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Refusal {
+    pub fn code(&self) -> &str {
+        error_code(&self.body)
+    }
+
+    /// The `Retry-After` header, in seconds.
+    pub fn retry_after(&self) -> u64 {
+        self.headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("a Retry-After in seconds: {self:?}"))
+    }
+}
+
+/// The `code` of an error body `{"error":{"code":…}}`.
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error body: {body}"))
+}
+
+/// Sends `request` as raw bytes on a new connection and answers everything
+/// the server sent before it closed the connection (a reset counts as a
+/// close: the server may close before reading all of a hostile request).
+/// Fails the test if the connection is still open after [`PATIENCE`].
+pub async fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may refuse and close before taking all of it.
+    let _ = tcp.write_all(request).await;
+    let mut answer = Vec::new();
+    let read_to_close = async {
+        let mut buf = [0; 8192];
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(PATIENCE, read_to_close)
+        .await
+        .unwrap_or_else(|_| panic!("the server closes the connection within {PATIENCE:?}"));
+    answer
+}
+
+/// The status code of a raw HTTP/1.1 answer, if it holds one.
+pub fn raw_status(answer: &[u8]) -> Option<u16> {
+    let answer = String::from_utf8_lossy(answer);
+    let rest = answer.strip_prefix("HTTP/1.1 ")?;
+    rest.get(..3)?.parse().ok()
 }
 
 /// Sends and answers status and JSON body (`Null` when the body is empty).
@@ -168,6 +250,28 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// The stream of a `200` response to a stream request the test sent, or
+    /// the refusal.
+    pub async fn from_response(response: reqwest::Response) -> Result<Self, Refusal> {
+        let headers = response.headers().clone();
+        if response.status() != StatusCode::OK {
+            let status = response.status();
+            let bytes = response.bytes().await.expect("refusal body");
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!("refusal body is JSON: {}", String::from_utf8_lossy(&bytes))
+            });
+            return Err(Refusal {
+                status,
+                headers,
+                body,
+            });
+        }
+        Ok(Self {
+            headers,
+            events: SseStream::from_bytes_stream(response.bytes_stream()).boxed(),
+        })
+    }
+
     /// The next SSE event, or `None` when the stream ended. Fails the test
     /// if nothing comes within [`PATIENCE`].
     pub async fn next(&mut self) -> Option<Sse> {
@@ -241,4 +345,103 @@ pub fn seq_of(id: &str) -> u64 {
     id.rsplit_once('-')
         .and_then(|(_, seq)| seq.parse().ok())
         .expect("an event id")
+}
+
+/// The herald binary on the shipped config, logging at info (the caller may
+/// override `RUST_LOG` and any `HERALD_…` variable).
+pub fn herald_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"));
+    command.args(args).env("RUST_LOG", "info");
+    command
+}
+
+/// A running herald process on an ephemeral port, its stderr (the log)
+/// collected line by line.
+pub struct HeraldProcess {
+    /// `None` once waited for.
+    child: Option<std::process::Child>,
+    pub port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl HeraldProcess {
+    /// Starts herald with `--bind 127.0.0.1:0` and these environment
+    /// variables; answers once it has logged `server.started`.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead as _, BufReader};
+
+        let mut command = herald_command(&["--bind", "127.0.0.1:0"]);
+        command.envs(env.iter().copied());
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("herald binary starts");
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
+        std::thread::spawn(move || {
+            stderr
+                .lines()
+                .map_while(Result::ok)
+                .for_each(|line| drop(lines_tx.send(line)));
+        });
+        let mut log = Vec::new();
+        let port = loop {
+            let line = lines
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("server.started is logged:\n{}", log.join("\n")));
+            log.push(line.clone());
+            if let Some((_, rest)) = line.split_once("server.started ") {
+                let port = rest
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("port="));
+                break port.expect("port= field").parse::<u16>().expect("a port");
+            }
+        };
+        Self {
+            child: Some(child),
+            port,
+            lines,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends SIGTERM, expects exit status 0, and answers the whole log.
+    pub async fn terminate(mut self) -> String {
+        let mut child = self.child.take().expect("not yet waited for");
+        let pid = i32::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) on the pid of a child this test spawned and has
+        // not yet waited for, so the pid cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = tokio::task::spawn_blocking(move || child.wait());
+        let Ok(status) = tokio::time::timeout(PATIENCE, status).await else {
+            // SAFETY: as above; the child has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("herald did not exit within {PATIENCE:?} of SIGTERM");
+        };
+        let status = status.expect("wait task").expect("exit status");
+        // The child closed its stderr: the reader thread ends the channel.
+        self.log.extend(self.lines.iter());
+        let log = self.log.join("\n");
+        assert!(status.success(), "exit code 0: {status}\n{log}");
+        log
+    }
+}
+
+impl Drop for HeraldProcess {
+    /// A test that failed before [`terminate`](Self::terminate) leaves no
+    /// server behind.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
