@@ -2,15 +2,7 @@
 
 mod common;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    thread,
-};
-
-use common::{PATIENCE, TestServer, read_json};
+use common::{HeraldProcess, TestServer, error_code, read_json};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -91,84 +83,33 @@ async fn an_instance_name_follows_the_name_rule() {
     );
 }
 
-/// The herald binary on the shipped config with `env`, its stderr lines
-/// collected as they come.
-fn spawn_herald(env: &[(&str, &str)]) -> (Child, mpsc::Receiver<String>, u16) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-    command
-        .arg("--config")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"));
-    command
-        .args(["--bind", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied());
-    let mut child = command
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("herald starts");
-    let (lines_tx, lines) = mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    thread::spawn(move || {
-        stderr
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(lines_tx.send(l)))
-    });
-    let port = loop {
-        let line = lines
-            .recv_timeout(PATIENCE)
-            .expect("server.started is logged");
-        if let Some(port) = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("port="))
-        {
-            break port.parse().unwrap();
-        }
-    };
-    (child, lines, port)
-}
-
-/// Waits for a log line containing every one of `parts`.
-fn expect_log(lines: &mpsc::Receiver<String>, parts: &[&str]) -> String {
-    loop {
-        let line = lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("no log line with {parts:?}"));
-        if parts.iter().all(|part| line.contains(part)) {
-            return line;
-        }
-    }
-}
-
 #[actix_web::test]
 async fn the_log_says_why_a_client_was_refused_and_names_both_flapping_addresses() {
-    let (mut child, lines, port) = spawn_herald(&[("HERALD_KICKS__FLAPPING_KICKS", "2")]);
-    let url = |query: &str| format!("http://127.0.0.1:{port}/v1/devices/edge-1/events{query}");
+    let mut herald = HeraldProcess::start(&[("HERALD_KICKS__FLAPPING_KICKS", "2")]);
+    let base = herald.url("/v1/devices/edge-1/events");
+    let url = |query: &str| format!("{base}{query}");
     let mut open = Vec::new();
     for query in ["?instance=tab-a", "?instance=tab-b"] {
         let response = reqwest::get(url(query)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         open.push(response);
-        expect_log(&lines, &["device.connected", "device=edge-1"]);
+        herald.expect_log(&["device.connected", "device=edge-1"]);
     }
     let refused = reqwest::get(url("?instance=tab-a")).await.unwrap();
     assert_eq!(refused.status(), StatusCode::CONFLICT);
-    expect_log(
-        &lines,
-        &[
-            "device.refused",
-            "device=edge-1",
-            "instance=tab-a",
-            "reason=kicked_instance",
-        ],
-    );
+    herald.expect_log(&[
+        "device.refused",
+        "device=edge-1",
+        "instance=tab-a",
+        "reason=kicked_instance",
+    ]);
 
     // Two more kicks without instances: flapping, logged at warn with both
     // addresses.
     for _ in 0..2 {
         open.push(reqwest::get(url("")).await.unwrap());
     }
-    let flapping = expect_log(&lines, &["device.flapping", "device=edge-1"]);
+    let flapping = herald.expect_log(&["device.flapping", "device=edge-1"]);
     assert!(flapping.contains("WARN"), "{flapping}");
     let addrs = flapping
         .split_whitespace()
@@ -184,14 +125,6 @@ async fn the_log_says_why_a_client_was_refused_and_names_both_flapping_addresses
     );
     let refused = reqwest::get(url("")).await.unwrap();
     assert_eq!(refused.status(), StatusCode::CONFLICT);
-    assert_eq!(error_code(refused.json().await.unwrap()), "flapping");
-    expect_log(&lines, &["device.refused", "reason=flapping"]);
-    child.kill().unwrap();
-}
-
-fn error_code(body: Value) -> String {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    assert_eq!(error_code(&refused.json().await.unwrap()), "flapping");
+    herald.expect_log(&["device.refused", "reason=flapping"]);
 }

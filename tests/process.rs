@@ -4,34 +4,17 @@
 
 mod common;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    path::Path,
-    process::{Command, Stdio},
-    sync::mpsc,
-    thread,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use common::{PATIENCE, TestServer};
+use common::{HeraldProcess, PATIENCE, TestServer, herald_command};
 use futures_util::{StreamExt as _, future::join_all};
 use serde_json::json;
-
-/// The herald binary on the shipped config, logging at info.
-fn herald(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-    command
-        .arg("--config")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"));
-    command.args(args).env("RUST_LOG", "info");
-    command
-}
 
 #[test]
 fn a_taken_address_or_an_invalid_config_exits_non_zero_with_a_message() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
-    let output = herald(&["--bind", &taken]).output().unwrap();
+    let output = herald_command(&["--bind", &taken]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -39,7 +22,7 @@ fn a_taken_address_or_an_invalid_config_exits_non_zero_with_a_message() {
         "{stderr}"
     );
 
-    let output = herald(&[])
+    let output = herald_command(&[])
         .env("HERALD_HEARTBEAT__MARGIN", "30s")
         .output()
         .unwrap();
@@ -80,35 +63,9 @@ async fn shutting_down_ends_every_open_stream() {
 
 #[actix_web::test]
 async fn sigterm_ends_streams_and_the_process_exits_0() {
-    let mut child = herald(&["--bind", "127.0.0.1:0"])
-        .env("HERALD_SERVER__SHUTDOWN_TIMEOUT", "60s")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("herald binary starts");
-
-    let (lines_tx, lines) = mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    thread::spawn(move || {
-        stderr
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|line| drop(lines_tx.send(line)))
-    });
-    let mut log = Vec::new();
-    let port = loop {
-        let line = lines
-            .recv_timeout(PATIENCE)
-            .expect("server.started is logged");
-        log.push(line.clone());
-        if let Some((_, rest)) = line.split_once("server.started ") {
-            let port = rest
-                .split_whitespace()
-                .find_map(|field| field.strip_prefix("port="));
-            break port.expect("port= field").parse::<u16>().unwrap();
-        }
-    };
-
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/v1/devices/edge-1/events"))
+    // Were the streams not ended first, shutdown would wait the full 60 s.
+    let herald = HeraldProcess::start(&[("HERALD_SERVER__SHUTDOWN_TIMEOUT", "60s")]);
+    let response = reqwest::get(herald.url("/v1/devices/edge-1/events"))
         .await
         .unwrap();
     let mut body = response.bytes_stream();
@@ -117,13 +74,7 @@ async fn sigterm_ends_streams_and_the_process_exits_0() {
         opening.extend_from_slice(&body.next().await.expect("stream open").unwrap());
     }
 
-    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
-    let status = tokio::task::spawn_blocking(move || child.wait());
-    let status = tokio::time::timeout(PATIENCE, status)
-        .await
-        .expect("exits within the patience")
-        .unwrap();
-    assert!(status.unwrap().success(), "exit code 0");
+    let log = herald.terminate().await;
     while let Some(chunk) = tokio::time::timeout(PATIENCE, body.next())
         .await
         .expect("stream ends")
@@ -132,9 +83,6 @@ async fn sigterm_ends_streams_and_the_process_exits_0() {
             break;
         }
     }
-
-    log.extend(lines.iter());
-    let log = log.join("\n");
     for expected in [
         "server.signal signal=SIGTERM",
         "server.draining streams=1",

@@ -4,8 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, data_json, seq_of};
+use common::{EventStream, TestServer, data_json, seq_of};
 use futures_util::future::join_all;
+use herald_actors::FlappingPolicy;
 use serde_json::json;
 
 #[actix_web::test]
@@ -103,9 +104,44 @@ async fn a_second_connection_kicks_the_first_which_ends() {
     assert_eq!(second.next_event().await.data.as_deref(), Some("after"));
 }
 
+/// Each stream's next event name; a kicked stream must then end.
+async fn next_event_names(streams: Vec<EventStream>) -> Vec<String> {
+    join_all(streams.into_iter().map(|mut stream| async move {
+        let event = stream.next_event().await;
+        if event.event.as_deref() == Some("kicked") {
+            stream.expect_end().await;
+        }
+        event.event.unwrap_or_default()
+    }))
+    .await
+}
+
 #[actix_web::test]
 async fn a_burst_of_fifty_reconnects_leaves_exactly_one_live_stream() {
     let server = TestServer::start().await;
+    // A burst like this is flapping: once detected, newcomers are refused
+    // (409) instead of kicking. Either way one stream must end up live.
+    let attempts = join_all((0..50).map(|_| async {
+        let mut stream = server.try_open("edge-1", &[], "").await.ok()?;
+        stream.hello().await;
+        Some(stream)
+    }))
+    .await;
+    let streams: Vec<_> = attempts.into_iter().flatten().collect();
+    assert!(streams.len() >= 2, "the first reconnects get through");
+    server
+        .publish("edge-1", "config", json!("after the burst"))
+        .await;
+
+    let outcomes = next_event_names(streams).await;
+    let live = outcomes.iter().filter(|name| *name == "config").count();
+    let kicked = outcomes.iter().filter(|name| *name == "kicked").count();
+    assert_eq!((live, kicked), (1, outcomes.len() - 1), "{outcomes:?}");
+}
+
+#[actix_web::test]
+async fn fifty_rapid_reconnects_with_flapping_allowed_all_kick_and_one_stays_live() {
+    let server = TestServer::start_with(|s| s.kicks.flapping_policy = FlappingPolicy::Allow).await;
     let streams = join_all((0..50).map(|_| async {
         let mut stream = server.connect("edge-1").await;
         stream.hello().await;
@@ -115,18 +151,9 @@ async fn a_burst_of_fifty_reconnects_leaves_exactly_one_live_stream() {
     server
         .publish("edge-1", "config", json!("after the burst"))
         .await;
-
-    let outcomes = join_all(streams.into_iter().map(|mut stream| async move {
-        let event = stream.next_event().await;
-        if event.event.as_deref() == Some("kicked") {
-            stream.expect_end().await;
-        }
-        event.event.unwrap_or_default()
-    }))
-    .await;
+    let outcomes = next_event_names(streams).await;
     let live = outcomes.iter().filter(|name| *name == "config").count();
-    let kicked = outcomes.iter().filter(|name| *name == "kicked").count();
-    assert_eq!((live, kicked), (1, 49), "{outcomes:?}");
+    assert_eq!((live, outcomes.len()), (1, 50), "{outcomes:?}");
 }
 
 #[actix_web::test]

@@ -10,7 +10,8 @@
 //! | `event.rs`         | [`StoredEvent`], [`Frame`], protocol [`Signal`]s         |
 //! | `session.rs`       | one device's [`Session`]: buffer, ids, where a stream starts |
 //! | `retained.rs`      | one device's retained events (latest per name)          |
-//! | `session_store.rs` | [`SessionStore`] actor: sessions, retained events, bounds, TTL sweep |
+//! | `storage.rs`       | the store's in-memory storage: sessions, retained events, bounds, expiry index |
+//! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `kicks.rs`         | [`KickConfig`]: ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |
@@ -61,6 +62,7 @@ mod registry;
 mod retained;
 mod session;
 mod session_store;
+mod storage;
 #[cfg(test)]
 pub(crate) mod test_support;
 
@@ -75,9 +77,9 @@ pub use kicks::{FlappingPolicy, KickConfig, Refusal};
 pub use registry::{Admit, CloseAll, CountLive, DeviceRegistry};
 pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{
-    Attach, Broadcast, BroadcastReceipt, DeleteDevice, Publish, PublishReceipt, SessionConfig,
-    SessionStore, StoreError,
+    Attach, Broadcast, BroadcastReceipt, DeleteDevice, Publish, PublishReceipt, SessionStore,
 };
+pub use storage::{SessionConfig, StoreError};
 
 /// Addresses of the long-lived actors.
 #[derive(Clone)]

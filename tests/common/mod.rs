@@ -413,6 +413,20 @@ impl HeraldProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Waits for a log line containing every one of `parts`, and answers it.
+    pub fn expect_log(&mut self, parts: &[&str]) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("no log line with {parts:?}:\n{}", self.log.join("\n")));
+            self.log.push(line.clone());
+            if parts.iter().all(|part| line.contains(part)) {
+                return line;
+            }
+        }
+    }
+
     /// Sends SIGTERM, expects exit status 0, and answers the whole log.
     pub async fn terminate(mut self) -> String {
         let mut child = self.child.take().expect("not yet waited for");

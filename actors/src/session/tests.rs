@@ -1,0 +1,224 @@
+use super::*;
+
+const BOOT: u32 = 7;
+
+fn at_most(events: usize) -> BufferLimits {
+    BufferLimits {
+        events,
+        bytes: usize::MAX,
+    }
+}
+
+fn append(session: &mut Session, data: &str, limits: BufferLimits) -> StoredEvent {
+    session.append(EventName::parse("e").unwrap(), data.into(), limits)
+}
+
+fn session_with(events: u64, max_events: usize) -> Session {
+    let mut session = Session::new(Epoch::new(BOOT, 1));
+    for n in 1..=events {
+        append(&mut session, &n.to_string(), at_most(max_events));
+    }
+    session
+}
+
+fn attach(session: &mut Session, last_event_id: Option<&str>) -> (Opening, Progress) {
+    attach_retaining(session, last_event_id, &[])
+}
+
+fn attach_retaining(
+    session: &mut Session,
+    last_event_id: Option<&str>,
+    retained: &[StoredEvent],
+) -> (Opening, Progress) {
+    let progress = Progress::default();
+    let opening = session.attach(
+        ConnectionId::new(),
+        progress.clone(),
+        last_event_id,
+        retained,
+    );
+    (opening, progress)
+}
+
+fn seqs(opening: &Opening) -> Vec<u64> {
+    opening.replay.iter().map(|e| e.id.seq).collect()
+}
+
+fn id(session_no: u32, seq: u64) -> String {
+    EventId {
+        epoch: Epoch::new(BOOT, session_no),
+        seq,
+    }
+    .to_string()
+}
+
+#[test]
+fn a_held_position_replays_what_follows_it() {
+    let mut session = session_with(5, 10);
+    let (opening, _) = attach(&mut session, Some(&id(1, 2)));
+    assert_eq!(opening.start, Start::Resumed);
+    assert_eq!(seqs(&opening), [3, 4, 5]);
+    let (at_end, _) = attach(&mut session, Some(&id(1, 5)));
+    assert_eq!((at_end.start, at_end.replay.len()), (Start::Resumed, 0));
+}
+
+#[test]
+fn the_position_just_before_the_oldest_kept_event_is_still_held() {
+    let mut session = session_with(8, 3);
+    let (opening, _) = attach(&mut session, Some(&id(1, 5)));
+    assert_eq!(seqs(&opening), [6, 7, 8]);
+    let (gone, _) = attach(&mut session, Some(&id(1, 4)));
+    assert!(matches!(
+        gone.start,
+        Start::Reset {
+            reason: ResetReason::Evicted,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn lost_positions_name_their_reason_and_still_get_what_no_stream_was_given() {
+    let mut session = session_with(3, 10);
+    let cases = [
+        (id(1, 4), ResetReason::Future),
+        (id(0, 1), ResetReason::Expired),
+        (
+            EventId {
+                epoch: Epoch::new(BOOT + 1, 1),
+                seq: 1,
+            }
+            .to_string(),
+            ResetReason::UnknownEpoch,
+        ),
+        ("garbage".to_owned(), ResetReason::Invalid),
+    ];
+    for (claimed, reason) in cases {
+        let (opening, _) = attach(&mut session, Some(&claimed));
+        let last_event_id = Some(claimed.clone());
+        assert_eq!(
+            opening.start,
+            Start::Reset {
+                reason,
+                last_event_id
+            },
+            "{claimed}"
+        );
+        // None of these streams wrote anything, so all three still wait.
+        assert_eq!(seqs(&opening), [1, 2, 3], "{claimed}");
+    }
+}
+
+#[test]
+fn a_fresh_connect_gets_only_what_no_stream_wrote() {
+    let mut session = session_with(4, 10);
+    let (first, progress) = attach(&mut session, None);
+    assert_eq!(seqs(&first), [1, 2, 3, 4]);
+    // The stream wrote only the first two before it was replaced.
+    progress.advance_to(2);
+    let (second, progress) = attach(&mut session, None);
+    assert_eq!(seqs(&second), [3, 4]);
+    progress.advance_to(4);
+    append(&mut session, "offline", at_most(10));
+    let (third, _) = attach(&mut session, None);
+    assert_eq!((seqs(&third), third.start), (vec![5], Start::Fresh));
+}
+
+#[test]
+fn a_fresh_connect_is_reset_when_events_meant_for_it_were_evicted() {
+    let mut session = session_with(8, 3);
+    let (opening, _) = attach(&mut session, None);
+    let reset = Start::Reset {
+        reason: ResetReason::Evicted,
+        last_event_id: None,
+    };
+    assert_eq!((seqs(&opening), opening.start), (vec![6, 7, 8], reset));
+}
+
+#[test]
+fn only_the_attached_stream_detaches_and_its_progress_is_kept() {
+    let mut session = session_with(3, 10);
+    let (old, new) = (ConnectionId::new(), ConnectionId::new());
+    session.attach(old, Progress::default(), None, &[]);
+    let progress = Progress::default();
+    session.attach(new, progress.clone(), None, &[]);
+    assert!(!session.detach(old));
+    assert!(session.is_attached());
+    progress.advance_to(3);
+    assert!(session.detach(new));
+    assert!(!session.is_attached());
+    assert_eq!(session.handed_out(), 3);
+}
+
+#[test]
+fn the_byte_bound_evicts_oldest_first_but_always_keeps_the_newest() {
+    let limits = BufferLimits {
+        events: 100,
+        bytes: 10,
+    };
+    let mut session = Session::new(Epoch::new(BOOT, 1));
+    for data in ["aaaa", "bbbb", "cccc"] {
+        append(&mut session, data, limits);
+    }
+    // Each event is 5 bytes (name "e" + 4): only the last two fit.
+    assert_eq!((session.buffered(), session.bytes()), (2, 10));
+    let big = append(&mut session, &"x".repeat(40), limits);
+    assert_eq!((session.buffered(), session.bytes()), (1, big.size()));
+    let (opening, _) = attach(&mut session, Some(&id(1, 3)));
+    assert_eq!(seqs(&opening), [4]);
+}
+
+#[test]
+fn the_growth_dry_run_agrees_with_the_append() {
+    let limits = BufferLimits {
+        events: 3,
+        bytes: 24,
+    };
+    let mut session = Session::new(Epoch::new(BOOT, 1));
+    for data in [
+        "a",
+        "bbbbbbb",
+        "cc",
+        "dddddddddd",
+        "",
+        "ffff",
+        "ggggggggggggggggggggg",
+    ] {
+        let predicted = session.growth_if_appended(1 + data.len(), limits);
+        let before = signed(session.bytes());
+        append(&mut session, data, limits);
+        assert_eq!(
+            signed(session.bytes()) - before,
+            predicted,
+            "appending {data:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stream_without_a_position_gets_retained_state_and_never_an_event_twice() {
+    let mut session = session_with(6, 3);
+    let retained: Vec<StoredEvent> = [2, 5]
+        .map(|seq| StoredEvent {
+            id: EventId {
+                epoch: Epoch::new(BOOT, 1),
+                seq,
+            },
+            name: EventName::parse(&format!("r{seq}")).unwrap(),
+            data: "state".into(),
+        })
+        .into();
+    let state_seqs = |o: &Opening| o.state.iter().map(|e| e.id.seq).collect::<Vec<_>>();
+    let (opening, progress) = attach_retaining(&mut session, None, &retained);
+    // 1..3 were evicted unseen: a reset. Retained 2 is state; retained 5
+    // is still unwritten, so it goes out once, as history.
+    assert!(matches!(opening.start, Start::Reset { .. }));
+    assert_eq!(
+        (state_seqs(&opening), seqs(&opening)),
+        (vec![2], vec![4, 5, 6])
+    );
+    progress.advance_to(6);
+    let (again, _) = attach_retaining(&mut session, None, &retained);
+    assert_eq!((state_seqs(&again), seqs(&again)), (vec![2, 5], vec![]));
+    assert_eq!(again.start, Start::Fresh);
+}
