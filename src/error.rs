@@ -52,6 +52,8 @@ pub enum ApiError {
     Bound(StoreError),
     #[error("no such device")]
     UnknownDevice,
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
     #[error("a multi-device publish names 1 to {limit} devices")]
     DeviceCount { limit: usize },
     #[error("invalid instance: {0}")]
@@ -84,6 +86,7 @@ impl ApiError {
             Self::Bound(StoreError::StorageFull(_)) => "storage_full",
             Self::Bound(StoreError::RetainedLimit(_)) => "retained_limit",
             Self::UnknownDevice => "unknown_device",
+            Self::NotReady(_) => "not_ready",
             Self::InvalidInstance(_) => "invalid_instance",
             Self::DeviceCount { .. } => "invalid_device_count",
             Self::Refused(refusal) => refusal.as_str(),
@@ -125,7 +128,9 @@ impl ResponseError for ApiError {
             Self::TooManyStreamsFromAddress => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound | Self::UnknownDevice => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable | Self::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::ServerFull | Self::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Bound(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }

@@ -6,8 +6,9 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{HeraldProcess, PATIENCE, TestServer, herald_command};
+use common::{HeraldProcess, PATIENCE, TestServer, error_code, herald_command, read_json};
 use futures_util::{StreamExt as _, future::join_all};
+use reqwest::Method;
 use serde_json::json;
 
 #[test]
@@ -116,4 +117,21 @@ async fn while_draining_publishes_get_503_and_streams_end_after_retry() {
         stream.next().await.is_none(),
         "then the end, so EventSource reconnects"
     );
+}
+
+#[actix_web::test]
+async fn healthz_answers_and_readyz_turns_unready_while_draining() {
+    let server = TestServer::start().await;
+    let (status, body) = read_json(server.request(Method::GET, "/healthz")).await;
+    assert_eq!((status.as_u16(), body), (200, json!({"status": "ok"})));
+    server.publish("edge-1", "config", json!(1)).await;
+    let (status, body) = read_json(server.request(Method::GET, "/readyz")).await;
+    assert_eq!(
+        (status.as_u16(), &body["status"], &body["sessions"]),
+        (200, &json!("ready"), &json!(1))
+    );
+
+    server.drain().await;
+    let (status, body) = read_json(server.request(Method::GET, "/readyz")).await;
+    assert_eq!((status.as_u16(), error_code(&body)), (503, "not_ready"));
 }

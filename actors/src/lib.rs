@@ -77,7 +77,8 @@ pub use kicks::{FlappingPolicy, KickConfig, Refusal};
 pub use registry::{Admit, CloseAll, CountLive, DeviceRegistry};
 pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{
-    Attach, Broadcast, BroadcastReceipt, DeleteDevice, Publish, PublishReceipt, SessionStore,
+    Attach, Broadcast, BroadcastReceipt, CountSessions, DeleteDevice, Publish, PublishReceipt,
+    SessionStore,
 };
 pub use storage::{SessionConfig, StoreError};
 

@@ -102,6 +102,12 @@ pub struct DeleteDevice {
     pub device: DeviceId,
 }
 
+/// How many sessions the store holds. Sent by the readiness probe; that it
+/// is answered at all is what the probe checks.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountSessions;
+
 /// Ends sessions whose TTL has passed. Sent by the store to itself on a timer
 /// and by tests.
 #[derive(Message)]
@@ -230,6 +236,14 @@ impl Handler<DeleteDevice> for SessionStore {
             self.registry.do_send(CloseDevice { device: msg.device });
         }
         existed
+    }
+}
+
+impl Handler<CountSessions> for SessionStore {
+    type Result = usize;
+
+    fn handle(&mut self, _: CountSessions, _: &mut Self::Context) -> usize {
+        self.storage.len()
     }
 }
 

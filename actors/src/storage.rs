@@ -97,6 +97,11 @@ impl Storage {
         self.config.ttl
     }
 
+    /// How many sessions there are.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Every device that has a session.
     pub fn devices(&self) -> Vec<DeviceId> {
         self.sessions.keys().cloned().collect()

@@ -4,6 +4,7 @@
 
 mod auth;
 mod devices;
+mod health;
 mod publish;
 mod stream;
 
@@ -103,6 +104,8 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
         .app_data(
             web::QueryConfig::default().error_handler(|err, _| ApiError::from_query(err).into()),
         )
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
         .service(
             web::resource("/v1/devices/{device_id}/events")
                 .route(web::get().to(stream::open_stream))
