@@ -207,6 +207,7 @@ impl Settings {
             ("kicks.instance_window", self.kicks.instance_window),
             ("kicks.flapping_window", self.kicks.flapping_window),
             ("kicks.flapping_cooldown", self.kicks.flapping_cooldown),
+            ("kicks.reconnect_block", self.kicks.reconnect_block),
             ("limits.request_timeout", limits.request_timeout),
             ("session.ttl", self.session.ttl),
             ("heartbeat.timeout", self.heartbeat.timeout),

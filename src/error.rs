@@ -52,6 +52,8 @@ pub enum ApiError {
     Bound(StoreError),
     #[error("no such device")]
     UnknownDevice,
+    #[error("the device has no live stream")]
+    NotConnected,
     #[error("not ready: {0}")]
     NotReady(&'static str),
     #[error("a multi-device publish names 1 to {limit} devices")]
@@ -87,6 +89,7 @@ impl ApiError {
             Self::Bound(StoreError::RetainedLimit(_)) => "retained_limit",
             Self::UnknownDevice => "unknown_device",
             Self::NotReady(_) => "not_ready",
+            Self::NotConnected => "not_connected",
             Self::InvalidInstance(_) => "invalid_instance",
             Self::DeviceCount { .. } => "invalid_device_count",
             Self::Refused(refusal) => refusal.as_str(),
@@ -126,7 +129,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized | Self::DeviceUnauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::WrongDevice => StatusCode::FORBIDDEN,
             Self::TooManyStreamsFromAddress => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotFound | Self::UnknownDevice => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownDevice | Self::NotConnected => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable | Self::ServerFull | Self::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, read_json};
+use common::{TestServer, data_json, read_json};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -297,4 +297,64 @@ async fn a_multi_device_publish_is_all_or_nothing_and_bounded_in_devices() {
     // Nothing above was published: "a" gets only what follows.
     let first = server.publish("a", "e", json!("first")).await;
     assert!(first["id"].as_str().unwrap().ends_with("-1"), "{first}");
+}
+
+#[actix_web::test]
+async fn an_admin_disconnect_ends_the_stream_and_the_device_may_come_straight_back() {
+    let server = TestServer::start().await;
+    let mut stream = server.connect("edge-1").await;
+    stream.hello().await;
+    let disconnect = || server.request(Method::DELETE, "/v1/devices/edge-1/connection");
+    assert_eq!(read_json(disconnect()).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        read_json(disconnect().bearer_auth(server.admin_token()))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    stream.expect_end().await;
+    let mut again = server.connect("edge-1").await;
+    again.hello().await;
+}
+
+#[actix_web::test]
+async fn an_admin_disconnect_without_reconnect_kicks_and_answers_the_next_attempts_204() {
+    let server = TestServer::start().await;
+    let mut stream = server.connect("edge-1").await;
+    stream.hello().await;
+    let path = "/v1/devices/edge-1/connection?reconnect=false";
+    let answer = read_json(
+        server
+            .request(Method::DELETE, path)
+            .bearer_auth(server.admin_token()),
+    )
+    .await;
+    assert_eq!(answer.0, StatusCode::NO_CONTENT);
+    let kicked = stream.next_event().await;
+    assert_eq!(
+        (kicked.event.as_deref(), data_json(&kicked)),
+        (Some("kicked"), json!({"reason": "admin"}))
+    );
+    stream.expect_end().await;
+
+    for _ in 0..2 {
+        let (status, body) =
+            read_json(server.request(Method::GET, "/v1/devices/edge-1/events")).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::NO_CONTENT, Value::Null),
+            "EventSource stops on 204"
+        );
+    }
+    let mut other = server.connect("edge-2").await;
+    other.hello().await;
+
+    let unknown = server
+        .request(Method::DELETE, "/v1/devices/nobody/connection")
+        .bearer_auth(server.admin_token());
+    let (status, body) = read_json(unknown).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_connected")
+    );
 }

@@ -30,6 +30,8 @@ pub enum DisconnectReason {
     Shutdown,
     /// The device was deleted through the admin API.
     Deleted,
+    /// An operator ended the stream through the admin API.
+    Admin,
 }
 
 impl DisconnectReason {
@@ -40,6 +42,7 @@ impl DisconnectReason {
             Self::Slow => "slow",
             Self::Shutdown => "shutdown",
             Self::Deleted => "deleted",
+            Self::Admin => "admin",
         }
     }
 }
@@ -59,12 +62,13 @@ pub struct Push {
     pub event: StoredEvent,
 }
 
-/// Another connection of the same device replaced this one: write `kicked` and
-/// stop. Sent by the registry.
+/// Write `kicked` and stop: another connection of the same device replaced
+/// this one (`by`), or an operator ended it for good (`None`). Sent by the
+/// registry.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Kick {
-    pub by: ConnectionId,
+    pub by: Option<ConnectionId>,
 }
 
 /// End the stream without a kick. Sent by the registry (shutdown, device
@@ -248,11 +252,13 @@ impl Handler<Kick> for DeviceConnection {
     type Result = ();
 
     fn handle(&mut self, msg: Kick, ctx: &mut Self::Context) {
+        let by = msg
+            .by
+            .map_or_else(|| "admin".to_owned(), |by| by.to_string());
         log::info!(
-            "device.kicked device={} conn={} by={}",
+            "device.kicked device={} conn={} by={by}",
             self.params.device,
             self.params.connection_id,
-            msg.by
         );
         self.write(Frame::Signal(Signal::kicked(msg.by)), ctx);
         self.stop(DisconnectReason::Kicked, ctx);

@@ -123,9 +123,13 @@ impl Signal {
         }
     }
 
-    /// Last event of a stream replaced by a newer connection of its device.
-    pub fn kicked(by: ConnectionId) -> Self {
-        let data = json!({ "reason": "replaced", "connection_id": by.to_string() });
+    /// Last event of a stream replaced by a newer connection of its device
+    /// (`by`), or ended by an operator who wants it not to come back.
+    pub fn kicked(by: Option<ConnectionId>) -> Self {
+        let data = match by {
+            Some(by) => json!({ "reason": "replaced", "connection_id": by.to_string() }),
+            None => json!({ "reason": "admin" }),
+        };
         Self {
             name: KICKED,
             data: data.to_string(),

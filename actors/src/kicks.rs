@@ -33,6 +33,10 @@ pub struct KickConfig {
     #[serde(with = "humantime_serde")]
     pub flapping_cooldown: Duration,
     pub flapping_policy: FlappingPolicy,
+    /// After an operator's disconnect without reconnect: how long the
+    /// device's streams are answered `204`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_block: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -51,6 +55,9 @@ pub enum Refusal {
     KickedInstance,
     #[error("connections of this device keep replacing each other; try again later")]
     Flapping,
+    /// An operator ended this device's stream and asked it not to reconnect.
+    #[error("an operator asked this device not to reconnect for now")]
+    Blocked,
 }
 
 impl Refusal {
@@ -58,6 +65,7 @@ impl Refusal {
         match self {
             Self::KickedInstance => "kicked_instance",
             Self::Flapping => "flapping",
+            Self::Blocked => "blocked",
         }
     }
 }
@@ -69,6 +77,7 @@ struct DeviceKicks {
     /// Recent kicks, oldest first.
     recent: VecDeque<Instant>,
     cooldown_until: Option<Instant>,
+    blocked_until: Option<Instant>,
 }
 
 pub struct KickPolicy {
@@ -94,6 +103,9 @@ impl KickPolicy {
         let Some(kicks) = self.devices.get(device) else {
             return Ok(());
         };
+        if kicks.blocked_until.is_some_and(|until| now < until) {
+            return Err(Refusal::Blocked);
+        }
         match instance {
             Some(instance) => {
                 let window = self.config.instance_window;
@@ -148,6 +160,15 @@ impl KickPolicy {
         flapping
     }
 
+    /// Refuses every stream of `device` for `reconnect_block` from `now`.
+    pub fn block(&mut self, device: &DeviceId, now: Instant) {
+        let until = now + self.config.reconnect_block;
+        self.devices
+            .entry(device.clone())
+            .or_default()
+            .blocked_until = Some(until);
+    }
+
     /// Forgets what no rule can use any more, so memory follows activity.
     pub fn forget_old(&mut self, now: Instant) {
         let config = &self.config;
@@ -159,9 +180,9 @@ impl KickPolicy {
                 .recent
                 .retain(|at| now.duration_since(*at) < config.flapping_window);
             kicks.cooldown_until = kicks.cooldown_until.filter(|until| now < *until);
-            !(kicks.kicked_instances.is_empty()
-                && kicks.recent.is_empty()
-                && kicks.cooldown_until.is_none())
+            kicks.blocked_until = kicks.blocked_until.filter(|until| now < *until);
+            let nothing_left = kicks.kicked_instances.is_empty() && kicks.recent.is_empty();
+            !(nothing_left && kicks.cooldown_until.is_none() && kicks.blocked_until.is_none())
         });
     }
 
@@ -176,10 +197,14 @@ impl KickPolicy {
     /// How often [`forget_old`](Self::forget_old) is worth running.
     pub fn forget_interval(&self) -> Duration {
         let config = &self.config;
-        config
-            .instance_window
-            .max(config.flapping_window)
-            .max(config.flapping_cooldown)
+        let windows = [
+            config.instance_window,
+            config.flapping_window,
+            config.flapping_cooldown,
+        ];
+        windows
+            .into_iter()
+            .fold(config.reconnect_block, Duration::max)
     }
 }
 
@@ -194,6 +219,7 @@ mod tests {
             flapping_window: Duration::from_secs(10),
             flapping_cooldown: Duration::from_secs(60),
             flapping_policy,
+            reconnect_block: Duration::from_secs(300),
         })
     }
 
@@ -262,6 +288,20 @@ mod tests {
         }
         assert!(allow.record_kick(&device(), None, None, now));
         assert_eq!(allow.admit(&device(), None, now), Ok(()));
+    }
+
+    #[test]
+    fn a_blocked_device_is_refused_whatever_its_instance_until_the_block_ends() {
+        let mut policy = policy(FlappingPolicy::Allow);
+        let now = Instant::now();
+        policy.block(&device(), now);
+        assert_eq!(policy.admit(&device(), None, now), Err(Refusal::Blocked));
+        assert_eq!(
+            policy.admit(&device(), Some("tab-a"), now),
+            Err(Refusal::Blocked)
+        );
+        let later = now + Duration::from_secs(301);
+        assert_eq!(policy.admit(&device(), None, later), Ok(()));
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub use event_id::{Epoch, EventId, EventIdError};
 pub use heartbeat::{Heartbeat, HeartbeatConfig};
 pub use ids::{ConnectionId, DeviceId, EventName, MAX_NAME_LEN, NameError, check_name};
 pub use kicks::{FlappingPolicy, KickConfig, Refusal};
-pub use registry::{Admit, CloseAll, CountLive, DeviceRegistry};
+pub use registry::{Admit, CloseAll, CountLive, DeviceRegistry, Disconnect};
 pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{
     Attach, Broadcast, BroadcastReceipt, CountSessions, DeleteDevice, Publish, PublishReceipt,

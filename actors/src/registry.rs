@@ -69,6 +69,17 @@ pub struct Unregister {
 #[rtype(result = "usize")]
 pub struct CloseAll;
 
+/// End a device's live stream through the admin API. With `reconnect`, the
+/// stream just ends (the client comes back); without, it gets `kicked`
+/// (reason `admin`) and the device's reconnects are refused for a while.
+/// Answers whether there was a live stream. Sent by the admin route.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Disconnect {
+    pub device: DeviceId,
+    pub reconnect: bool,
+}
+
 /// End a device's live stream (the device was deleted). Sent by the store.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -198,7 +209,7 @@ impl Handler<Register> for DeviceRegistry {
         let (new_instance, new_peer) = (new.instance.clone(), new.peer.clone());
         if let Some(old) = self.live.insert(msg.device.clone(), new) {
             old.connection.do_send(Kick {
-                by: msg.connection_id,
+                by: Some(msg.connection_id),
             });
             let now = Instant::now();
             let (old_instance, new_instance) = (old.instance.as_deref(), new_instance.as_deref());
@@ -253,6 +264,25 @@ impl Handler<CloseAll> for DeviceRegistry {
             });
         }
         self.live.len()
+    }
+}
+
+impl Handler<Disconnect> for DeviceRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) -> bool {
+        let Some(live) = self.live.remove(&msg.device) else {
+            return false;
+        };
+        if msg.reconnect {
+            live.connection.do_send(Close {
+                reason: DisconnectReason::Admin,
+            });
+        } else {
+            live.connection.do_send(Kick { by: None });
+            self.kicks.block(&msg.device, Instant::now());
+        }
+        true
     }
 }
 

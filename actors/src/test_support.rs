@@ -42,6 +42,7 @@ pub(crate) fn lenient_kicks() -> KickConfig {
         flapping_window: Duration::from_secs(10),
         flapping_cooldown: Duration::from_secs(30),
         flapping_policy: FlappingPolicy::Allow,
+        reconnect_block: Duration::from_secs(60),
     }
 }
 

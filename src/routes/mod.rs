@@ -117,6 +117,15 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::resource("/v1/devices/{device_id}/connection")
+                .route(
+                    web::delete()
+                        .to(devices::disconnect)
+                        .wrap(from_fn(require_admin)),
+                )
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/v1/devices/{device_id}")
                 .route(
                     web::delete()

@@ -7,12 +7,12 @@
 
 use std::{net::IpAddr, vec};
 
-use actix_web::{HttpRequest, Responder, web};
+use actix_web::{Either, HttpRequest, HttpResponse, Responder, web};
 use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use herald_actors::{
     Admit, Attach, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame, Progress,
-    StoredEvent, check_name,
+    Refusal, StoredEvent, check_name,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -59,7 +59,12 @@ pub async fn open_stream(
         .send(admit)
         .await
         .map_err(|_| ApiError::Unavailable)?;
-    admitted.map_err(ApiError::Refused)?;
+    match admitted {
+        Ok(()) => {}
+        // The one answer that tells EventSource to stop without an error.
+        Err(Refusal::Blocked) => return Ok(Either::Left(HttpResponse::NoContent().finish())),
+        Err(refusal) => return Err(ApiError::Refused(refusal)),
+    }
     let slot = state
         .slots
         .claim(client.address)
@@ -80,10 +85,12 @@ pub async fn open_stream(
         let _held = &slot;
         stream::iter(FrameEvents::from(frame))
     });
-    Ok(sse::Sse::from_infallible_stream(events)
-        .with_retry_duration(state.stream.jittered_retry())
-        .customize()
-        .insert_header(("X-Accel-Buffering", "no")))
+    Ok(Either::Right(
+        sse::Sse::from_infallible_stream(events)
+            .with_retry_duration(state.stream.jittered_retry())
+            .customize()
+            .insert_header(("X-Accel-Buffering", "no")),
+    ))
 }
 
 /// What a stream request says about its client.
