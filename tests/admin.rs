@@ -358,3 +358,82 @@ async fn an_admin_disconnect_without_reconnect_kicks_and_answers_the_next_attemp
         (StatusCode::NOT_FOUND, "not_connected")
     );
 }
+
+#[actix_web::test]
+async fn the_device_views_show_connection_buffer_and_history_and_page_by_cursor() {
+    let server = TestServer::start().await;
+    let mut stream = server.connect("edge-1").await;
+    stream.hello().await;
+    let mut replacement = server.connect("edge-1").await;
+    replacement.hello().await;
+    let last = server.publish("edge-1", "config", json!("abc")).await;
+    for device in ["edge-2", "edge-3"] {
+        server.publish(device, "config", json!(1)).await;
+    }
+    let get = |path: &str| {
+        server
+            .request(Method::GET, path)
+            .bearer_auth(server.admin_token())
+    };
+
+    let (status, view) = read_json(get("/v1/devices/edge-1")).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(
+        (view["connected"].clone(), view["last_event_id"].clone()),
+        (json!(true), last["id"].clone())
+    );
+    assert_eq!(
+        (
+            view["buffered_events"].clone(),
+            view["buffered_bytes"].clone()
+        ),
+        (json!(1), json!(9))
+    );
+    assert_eq!(
+        (
+            view["reconnects"].clone(),
+            view["kicks"].clone(),
+            view["flapping"].clone()
+        ),
+        (json!(1), json!(1), json!(false))
+    );
+    assert!(view["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        view["connected_since"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+
+    let (_, page) = read_json(get("/v1/devices?limit=2")).await;
+    let names = |page: &Value| {
+        page["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["device"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        (names(&page), page["next"].clone()),
+        (vec![json!("edge-1"), json!("edge-2")], json!("edge-2"))
+    );
+    let (_, page) = read_json(get("/v1/devices?limit=2&after=edge-2")).await;
+    assert_eq!(
+        (names(&page), page["next"].clone()),
+        (vec![json!("edge-3")], Value::Null)
+    );
+    let (_, offline) = read_json(get("/v1/devices?connected=false")).await;
+    assert_eq!(names(&offline), [json!("edge-2"), json!("edge-3")]);
+
+    let (status, body) = read_json(get("/v1/devices/nobody")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "unknown_device")
+    );
+    assert_eq!(
+        read_json(server.request(Method::GET, "/v1/devices"))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -78,6 +78,8 @@ struct DeviceKicks {
     recent: VecDeque<Instant>,
     cooldown_until: Option<Instant>,
     blocked_until: Option<Instant>,
+    /// Shown as `flapping` in the admin view until then.
+    flagged_until: Option<Instant>,
 }
 
 pub struct KickPolicy {
@@ -153,11 +155,21 @@ impl KickPolicy {
         let flapping = kicks.recent.len() >= config.flapping_kicks && !cooling;
         if flapping {
             kicks.recent.clear();
+            kicks.flagged_until = Some(now + config.flapping_window.max(config.flapping_cooldown));
             if config.flapping_policy == FlappingPolicy::Refuse {
                 kicks.cooldown_until = Some(now + config.flapping_cooldown);
             }
         }
         flapping
+    }
+
+    /// Whether `device` was found flapping recently (the admin view's flag).
+    pub fn is_flapping(&self, device: &DeviceId, now: Instant) -> bool {
+        let flagged = self
+            .devices
+            .get(device)
+            .and_then(|kicks| kicks.flagged_until);
+        flagged.is_some_and(|until| now < until)
     }
 
     /// Refuses every stream of `device` for `reconnect_block` from `now`.
@@ -181,8 +193,14 @@ impl KickPolicy {
                 .retain(|at| now.duration_since(*at) < config.flapping_window);
             kicks.cooldown_until = kicks.cooldown_until.filter(|until| now < *until);
             kicks.blocked_until = kicks.blocked_until.filter(|until| now < *until);
+            kicks.flagged_until = kicks.flagged_until.filter(|until| now < *until);
+            let timers = [
+                kicks.cooldown_until,
+                kicks.blocked_until,
+                kicks.flagged_until,
+            ];
             let nothing_left = kicks.kicked_instances.is_empty() && kicks.recent.is_empty();
-            !(nothing_left && kicks.cooldown_until.is_none() && kicks.blocked_until.is_none())
+            !(nothing_left && timers.iter().all(Option::is_none))
         });
     }
 

@@ -74,13 +74,13 @@ pub use event_id::{Epoch, EventId, EventIdError};
 pub use heartbeat::{Heartbeat, HeartbeatConfig};
 pub use ids::{ConnectionId, DeviceId, EventName, MAX_NAME_LEN, NameError, check_name};
 pub use kicks::{FlappingPolicy, KickConfig, Refusal};
-pub use registry::{Admit, CloseAll, CountLive, DeviceRegistry, Disconnect};
+pub use registry::{Admit, CloseAll, CountLive, DeviceRegistry, Disconnect, Flapping};
 pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{
-    Attach, Broadcast, BroadcastReceipt, CountSessions, DeleteDevice, Publish, PublishReceipt,
-    SessionStore,
+    Attach, Broadcast, BroadcastReceipt, CountSessions, DeleteDevice, DescribeDevice, ListDevices,
+    Publish, PublishReceipt, SessionStore,
 };
-pub use storage::{SessionConfig, StoreError};
+pub use storage::{DeviceView, SessionConfig, StoreError};
 
 /// Addresses of the long-lived actors.
 #[derive(Clone)]

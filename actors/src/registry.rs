@@ -87,6 +87,14 @@ pub struct CloseDevice {
     pub device: DeviceId,
 }
 
+/// Which of these devices were found flapping recently, in order. Sent by
+/// the admin device views.
+#[derive(Message)]
+#[rtype(result = "Vec<bool>")]
+pub struct Flapping {
+    pub devices: Vec<DeviceId>,
+}
+
 /// How many devices have a live connection. Sent by tests and stats.
 #[derive(Message)]
 #[rtype(result = "usize")]
@@ -295,6 +303,18 @@ impl Handler<CloseDevice> for DeviceRegistry {
                 reason: DisconnectReason::Deleted,
             });
         }
+    }
+}
+
+impl Handler<Flapping> for DeviceRegistry {
+    type Result = Vec<bool>;
+
+    fn handle(&mut self, msg: Flapping, _: &mut Self::Context) -> Vec<bool> {
+        let now = Instant::now();
+        msg.devices
+            .iter()
+            .map(|device| self.kicks.is_flapping(device, now))
+            .collect()
     }
 }
 

@@ -136,6 +136,19 @@ impl Session {
         signed(bytes) - signed(self.bytes)
     }
 
+    /// The id of the last event published to this session.
+    pub fn last_event_id(&self) -> Option<EventId> {
+        (self.last_seq > 0).then_some(EventId {
+            epoch: self.epoch,
+            seq: self.last_seq,
+        })
+    }
+
+    /// The stream attached to this session, if any.
+    pub fn attached(&self) -> Option<ConnectionId> {
+        self.attached.as_ref().map(|a| a.connection)
+    }
+
     /// The highest seq any stream of this session has written.
     pub fn handed_out(&self) -> u64 {
         let attached = self.attached.as_ref().map_or(0, |a| a.progress.get());

@@ -23,7 +23,7 @@ use bytestring::ByteString;
 use crate::{
     ConnectionId, DeviceConnection, DeviceId, EventId, EventName, Progress,
     registry::{CloseDevice, DeliverEach, DeviceRegistry, Register},
-    storage::{SessionConfig, Storage, StoreError},
+    storage::{DeviceView, SessionConfig, Storage, StoreError},
 };
 
 /// Attach a new stream to its device's session (creating the session if
@@ -100,6 +100,25 @@ pub struct Detach {
 #[rtype(result = "bool")]
 pub struct DeleteDevice {
     pub device: DeviceId,
+}
+
+/// One device as the admin API shows it; `None` if herald holds nothing for
+/// it. Sent by the admin device route.
+#[derive(Message)]
+#[rtype(result = "Option<DeviceView>")]
+pub struct DescribeDevice {
+    pub device: DeviceId,
+}
+
+/// A page of devices that have a session, in device-id order after `after`.
+/// Sent by the admin device list route.
+#[derive(Message)]
+#[rtype(result = "Vec<DeviceView>")]
+pub struct ListDevices {
+    /// Only attached (`true`) or detached (`false`) sessions.
+    pub connected: Option<bool>,
+    pub after: Option<DeviceId>,
+    pub limit: usize,
 }
 
 /// How many sessions the store holds. Sent by the readiness probe; that it
@@ -180,9 +199,13 @@ impl Handler<Attach> for SessionStore {
 
     fn handle(&mut self, msg: Attach, _: &mut Self::Context) -> Self::Result {
         let last_event_id = msg.last_event_id.as_deref();
-        let opening =
-            self.storage
-                .attach(&msg.device, msg.connection_id, msg.progress, last_event_id)?;
+        let opening = self.storage.attach(
+            &msg.device,
+            msg.connection_id,
+            msg.progress,
+            last_event_id,
+            &msg.peer,
+        )?;
         self.registry.do_send(Register {
             device: msg.device,
             connection_id: msg.connection_id,
@@ -236,6 +259,23 @@ impl Handler<DeleteDevice> for SessionStore {
             self.registry.do_send(CloseDevice { device: msg.device });
         }
         existed
+    }
+}
+
+impl Handler<DescribeDevice> for SessionStore {
+    type Result = Option<DeviceView>;
+
+    fn handle(&mut self, msg: DescribeDevice, _: &mut Self::Context) -> Self::Result {
+        self.storage.view(&msg.device)
+    }
+}
+
+impl Handler<ListDevices> for SessionStore {
+    type Result = Vec<DeviceView>;
+
+    fn handle(&mut self, msg: ListDevices, _: &mut Self::Context) -> Self::Result {
+        self.storage
+            .page(msg.connected, msg.after.as_ref(), msg.limit)
     }
 }
 

@@ -12,16 +12,17 @@
 //!   visits only the entries that are due.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    time::{Duration, Instant},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    ops::Bound,
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytestring::ByteString;
 use serde::Deserialize;
 
 use crate::{
-    BufferLimits, ConnectionId, DeviceId, Epoch, EventName, Opening, Progress, Session,
-    StoredEvent,
+    BufferLimits, ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Session,
+    Start, StoredEvent,
     retained::{Retained, signed},
 };
 
@@ -68,13 +69,47 @@ struct Entry {
     session: Session,
     /// Set while detached: when the session ends.
     expires_at: Option<Instant>,
+    history: History,
+}
+
+/// What an operator sees of a session's streams.
+struct History {
+    peer: Option<String>,
+    connected_since: Option<SystemTime>,
+    last_seen: SystemTime,
+    attaches: u64,
+    kicks: u64,
+    resets: u64,
+}
+
+/// One device as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct DeviceView {
+    pub device: DeviceId,
+    pub connection_id: Option<ConnectionId>,
+    /// The address of the attached stream's client, or of the last one.
+    pub address: Option<String>,
+    pub connected_since: Option<SystemTime>,
+    /// When a stream last attached or detached (now, while attached).
+    pub last_seen: SystemTime,
+    pub last_event_id: Option<EventId>,
+    pub buffered_events: usize,
+    pub buffered_bytes: usize,
+    pub retained: usize,
+    /// Streams attached after the first.
+    pub reconnects: u64,
+    /// Streams replaced by a newer one.
+    pub kicks: u64,
+    /// Streams that started with `reset`.
+    pub resets: u64,
 }
 
 pub struct Storage {
     config: SessionConfig,
     boot: u32,
     sessions_created: u32,
-    sessions: HashMap<DeviceId, Entry>,
+    /// Ordered by device id, so the admin list pages by cursor.
+    sessions: BTreeMap<DeviceId, Entry>,
     retained: HashMap<DeviceId, Retained>,
     expiries: BTreeSet<(Instant, DeviceId)>,
     total_bytes: usize,
@@ -86,7 +121,7 @@ impl Storage {
             config,
             boot: fastrand::u32(..),
             sessions_created: 0,
-            sessions: HashMap::new(),
+            sessions: BTreeMap::new(),
             retained: HashMap::new(),
             expiries: BTreeSet::new(),
             total_bytes: 0,
@@ -163,6 +198,14 @@ impl Storage {
             Entry {
                 session,
                 expires_at: None,
+                history: History {
+                    peer: None,
+                    connected_since: None,
+                    last_seen: SystemTime::now(),
+                    attaches: 0,
+                    kicks: 0,
+                    resets: 0,
+                },
             }
         })
     }
@@ -225,6 +268,7 @@ impl Storage {
         connection: ConnectionId,
         progress: Progress,
         last_event_id: Option<&str>,
+        peer: &str,
     ) -> Result<Opening, StoreError> {
         if !self.sessions.contains_key(device) && self.sessions.len() >= self.config.max_sessions {
             return Err(StoreError::TooManySessions(self.config.max_sessions));
@@ -235,9 +279,17 @@ impl Storage {
             .map_or_else(Vec::new, |r| r.events().to_vec());
         let entry = self.session(device);
         let was_due = entry.expires_at.take();
+        let replaces = entry.session.is_attached();
         let opening = entry
             .session
             .attach(connection, progress, last_event_id, &retained);
+        let history = &mut entry.history;
+        let now = SystemTime::now();
+        (history.connected_since, history.last_seen) = (Some(now), now);
+        history.peer = Some(peer.to_owned());
+        history.attaches += 1;
+        history.kicks += u64::from(replaces);
+        history.resets += u64::from(matches!(opening.start, Start::Reset { .. }));
         if let Some(at) = was_due {
             self.expiries.remove(&(at, device.clone()));
         }
@@ -247,11 +299,11 @@ impl Storage {
     /// Detaches `connection` if it is the device's attached stream; the
     /// session's TTL starts.
     pub fn detach(&mut self, device: &DeviceId, connection: ConnectionId) {
-        let detached = self
-            .sessions
-            .get_mut(device)
-            .is_some_and(|entry| entry.session.detach(connection));
-        if detached {
+        let Some(entry) = self.sessions.get_mut(device) else {
+            return;
+        };
+        if entry.session.detach(connection) {
+            (entry.history.connected_since, entry.history.last_seen) = (None, SystemTime::now());
             self.start_ttl(device);
         }
     }
@@ -285,5 +337,71 @@ impl Storage {
             }
         }
         expired
+    }
+
+    /// The device as the admin API shows it, if herald holds anything for it.
+    pub fn view(&self, device: &DeviceId) -> Option<DeviceView> {
+        let retained = self.retained.get(device).map_or(0, |r| r.events().len());
+        match self.sessions.get(device) {
+            Some(entry) => Some(Self::describe(device, entry, retained)),
+            None if retained > 0 => Some(DeviceView {
+                device: device.clone(),
+                connection_id: None,
+                address: None,
+                connected_since: None,
+                last_seen: SystemTime::UNIX_EPOCH,
+                last_event_id: None,
+                buffered_events: 0,
+                buffered_bytes: 0,
+                retained,
+                reconnects: 0,
+                kicks: 0,
+                resets: 0,
+            }),
+            None => None,
+        }
+    }
+
+    /// Up to `limit` sessions after the device `after`, in device-id order;
+    /// `connected` keeps only attached (`true`) or detached (`false`) ones.
+    pub fn page(
+        &self,
+        connected: Option<bool>,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Vec<DeviceView> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.sessions
+            .range::<DeviceId, _>((start, Bound::Unbounded))
+            .filter(|(_, entry)| connected.is_none_or(|c| c == entry.session.is_attached()))
+            .take(limit)
+            .map(|(device, entry)| {
+                let retained = self.retained.get(device).map_or(0, |r| r.events().len());
+                Self::describe(device, entry, retained)
+            })
+            .collect()
+    }
+
+    fn describe(device: &DeviceId, entry: &Entry, retained: usize) -> DeviceView {
+        let (session, history) = (&entry.session, &entry.history);
+        let attached = session.attached();
+        DeviceView {
+            device: device.clone(),
+            connection_id: attached,
+            address: history.peer.clone(),
+            connected_since: history.connected_since,
+            last_seen: if attached.is_some() {
+                SystemTime::now()
+            } else {
+                history.last_seen
+            },
+            last_event_id: session.last_event_id(),
+            buffered_events: session.buffered(),
+            buffered_bytes: session.bytes(),
+            retained,
+            reconnects: history.attaches.saturating_sub(1),
+            kicks: history.kicks,
+            resets: history.resets,
+        }
     }
 }

@@ -1,9 +1,14 @@
-//! Admin device management: `DELETE /v1/devices/{device_id}` and
-//! `DELETE /v1/devices/{device_id}/connection`.
+//! Admin device views and actions: `GET /v1/devices`, `GET`/`DELETE
+//! /v1/devices/{device_id}`, `DELETE /v1/devices/{device_id}/connection`.
 
 use actix_web::{HttpResponse, web};
-use herald_actors::{DeleteDevice, DeviceId, Disconnect};
+use std::time::SystemTime;
+
+use herald_actors::{
+    DeleteDevice, DescribeDevice, DeviceId, DeviceView, Disconnect, Flapping, ListDevices,
+};
 use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -67,4 +72,100 @@ pub async fn disconnect(
     } else {
         Err(ApiError::NotConnected)
     }
+}
+
+/// Devices on one page of `GET /v1/devices`, unless `limit` says fewer.
+const PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    connected: Option<bool>,
+    /// The last device of the previous page (its `next`).
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/devices?connected=&after=&limit=`: devices that have a session,
+/// in device-id order; `next` is the cursor of the following page.
+pub async fn list_devices(
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let after = query
+        .after
+        .map(|a| DeviceId::parse(&a))
+        .transpose()
+        .map_err(ApiError::InvalidDeviceId)?;
+    let limit = query.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
+    let list = ListDevices {
+        connected: query.connected,
+        after,
+        limit,
+    };
+    let views = state
+        .actors
+        .store
+        .send(list)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    let next = (views.len() == limit)
+        .then(|| views.last().map(|v| v.device.to_string()))
+        .flatten();
+    let devices = with_flapping(views, &state).await?;
+    Ok(HttpResponse::Ok().json(json!({ "devices": devices, "next": next })))
+}
+
+/// `GET /v1/devices/{device_id}`: one device, or `404 unknown_device`.
+pub async fn get_device(
+    device: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
+    let view = state
+        .actors
+        .store
+        .send(DescribeDevice { device })
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    let view = view.ok_or(ApiError::UnknownDevice)?;
+    let mut devices = with_flapping(vec![view], &state).await?;
+    Ok(HttpResponse::Ok().json(devices.pop()))
+}
+
+/// The views as JSON, each with the registry's flapping flag.
+async fn with_flapping(views: Vec<DeviceView>, state: &AppState) -> Result<Vec<Value>, ApiError> {
+    let devices = views.iter().map(|v| v.device.clone()).collect();
+    let flapping = state
+        .actors
+        .registry
+        .send(Flapping { devices })
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    Ok(views
+        .iter()
+        .zip(flapping)
+        .map(|(view, flapping)| to_json(view, flapping))
+        .collect())
+}
+
+fn to_json(view: &DeviceView, flapping: bool) -> Value {
+    let time = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    json!({
+        "device": view.device.as_str(),
+        "connected": view.connection_id.is_some(),
+        "connection_id": view.connection_id.map(|c| c.to_string()),
+        "address": view.address,
+        "connected_since": view.connected_since.map(time),
+        "last_seen": (view.last_seen != SystemTime::UNIX_EPOCH).then(|| time(view.last_seen)),
+        "last_event_id": view.last_event_id.map(|id| id.to_string()),
+        "buffered_events": view.buffered_events,
+        "buffered_bytes": view.buffered_bytes,
+        "retained": view.retained,
+        "reconnects": view.reconnects,
+        "kicks": view.kicks,
+        "resets": view.resets,
+        "flapping": flapping,
+    })
 }

@@ -117,6 +117,15 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::resource("/v1/devices")
+                .route(
+                    web::get()
+                        .to(devices::list_devices)
+                        .wrap(from_fn(require_admin)),
+                )
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/v1/devices/{device_id}/connection")
                 .route(
                     web::delete()
@@ -127,6 +136,11 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
         )
         .service(
             web::resource("/v1/devices/{device_id}")
+                .route(
+                    web::get()
+                        .to(devices::get_device)
+                        .wrap(from_fn(require_admin)),
+                )
                 .route(
                     web::delete()
                         .to(devices::delete_device)
