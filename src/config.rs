@@ -135,7 +135,7 @@ const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 impl Settings {
     /// Reads `path` (it must exist), then the environment overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let settings: Self = Config::builder()
+        let mut settings: Self = Config::builder()
             .add_source(File::from(path).format(FileFormat::Toml).required(true))
             .add_source(
                 Environment::with_prefix("HERALD")
@@ -148,8 +148,21 @@ impl Settings {
             )
             .build()?
             .try_deserialize()?;
+        settings.take_secrets_verbatim();
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Environment values are parsed as numbers where they look like numbers,
+    /// which would turn an all-digit secret into a float: secrets are read
+    /// again, as they are.
+    fn take_secrets_verbatim(&mut self) {
+        if let Ok(secret) = std::env::var("HERALD_AUTH__SECRET") {
+            self.auth.secret = secret;
+        }
+        if let Ok(tokens) = std::env::var("HERALD_ADMIN__TOKENS") {
+            self.admin.tokens = tokens.split(',').map(str::to_owned).collect();
+        }
     }
 
     /// Rejects values that would make the server misbehave rather than fail.
@@ -181,8 +194,8 @@ impl Settings {
             self.cors
                 .allowed_origins
                 .iter()
-                .all(|o| o != "*" && o.contains("://")),
-            "cors.allowed_origins must list exact origins like https://app.example.com (no *)"
+                .all(|o| is_origin(o)),
+            "cors.allowed_origins must list exact origins like https://app.example.com (scheme and host, no path, no *)"
                 .into(),
         )?;
         let limits = &self.limits;
@@ -257,4 +270,13 @@ impl Settings {
             "session.max_sessions must be above zero".into(),
         )
     }
+}
+
+/// What a browser sends as `Origin`: `http(s)://host[:port]`, nothing after.
+fn is_origin(origin: &str) -> bool {
+    origin.split_once("://").is_some_and(|(scheme, host)| {
+        matches!(scheme, "http" | "https")
+            && !host.is_empty()
+            && !host.contains(['/', '*', '?', '#'])
+    })
 }

@@ -36,6 +36,8 @@ pub enum ApiError {
     DeviceUnauthorized,
     #[error("the device token is for another device")]
     WrongDevice,
+    #[error("the device cookie may only be used by pages of the allowed origins")]
+    OriginNotAllowed,
     #[error("too many streams are open from this address")]
     TooManyStreamsFromAddress,
     #[error("the event is larger than {limit} bytes (name and data)")]
@@ -78,6 +80,7 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::DeviceUnauthorized => "unauthorized",
             Self::WrongDevice => "wrong_device",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::TooManyStreamsFromAddress => "too_many_streams",
             Self::EventTooLarge { .. } => "event_too_large",
             Self::NotFound => "not_found",
@@ -127,7 +130,7 @@ impl ResponseError for ApiError {
             Self::BodyTooLarge { .. } | Self::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized | Self::DeviceUnauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden | Self::WrongDevice => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::WrongDevice | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::TooManyStreamsFromAddress => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound | Self::UnknownDevice | Self::NotConnected => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -11,9 +11,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    aud: String,
     exp: u64,
     iat: u64,
 }
+
+/// The audience herald mints and requires, so a JWT minted for another
+/// service with a shared secret does not open a stream.
+const AUDIENCE: &str = "herald-device";
 
 /// Why a token was not accepted. Logged as `reason=`; never logs the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +51,8 @@ pub struct DeviceTokens {
 impl DeviceTokens {
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        validation.set_audience(&[AUDIENCE]);
         validation.leeway = 0;
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
@@ -60,6 +66,7 @@ impl DeviceTokens {
         let now = unix_now();
         let claims = Claims {
             sub: device.as_str().to_owned(),
+            aud: AUDIENCE.to_owned(),
             iat: now,
             exp: now.saturating_add(ttl.as_secs()),
         };
@@ -114,6 +121,7 @@ mod tests {
         let other = DeviceTokens::new("another-secret-of-at-least-32-bytes!");
         let claims = Claims {
             sub: "edge-1".to_owned(),
+            aud: AUDIENCE.to_owned(),
             iat: unix_now() - 120,
             exp: unix_now() - 60,
         };

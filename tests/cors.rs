@@ -178,13 +178,13 @@ async fn other_origins_get_no_allow_header_on_preflights_streams_or_publishes() 
         assert_eq!(status, StatusCode::BAD_REQUEST, "{origin}");
         assert_no_allow_headers(&headers, &format!("preflight from {origin}"));
 
-        // The server still answers a simple request (a browser would not
-        // let the page read it), but without any allow header.
+        // A foreign page's stream with the device cookie is refused (it
+        // would kick the device's real stream), without any allow header.
         let cookie = cookie(&server, &device);
-        let stream = server
-            .open(&device, &[("Origin", origin), ("Cookie", &cookie)], "")
-            .await;
-        assert_no_allow_origin(&stream.headers, &format!("stream from {origin}"));
+        let headers = [("Origin", origin), ("Cookie", cookie.as_str())];
+        let refused = server.try_open(&device, &headers, "").await.err().unwrap();
+        assert_eq!(refused.code(), "origin_not_allowed", "{origin}");
+        assert_no_allow_origin(&refused.headers, &format!("stream from {origin}"));
 
         let refusal = server
             .try_open("edge-2", &[("Origin", origin)], "")
@@ -247,4 +247,35 @@ async fn an_admin_refusal_for_the_allowed_origin_is_readable_cross_origin() {
             response.headers()
         );
     }
+}
+
+#[actix_web::test]
+async fn only_pages_of_the_allowed_origins_may_use_the_device_cookie() {
+    let server = console_server().await;
+    let with_cookie = |origin: &str| {
+        let request = server.request(Method::GET, "/v1/devices/edge-1/events");
+        request
+            .header("Cookie", cookie(&server, "edge-1"))
+            .header("Origin", origin)
+    };
+    let (status, body) = common::read_json(with_cookie("https://evil.example")).await;
+    assert_eq!(
+        (status, common::error_code(&body)),
+        (StatusCode::FORBIDDEN, "origin_not_allowed")
+    );
+    let allowed = with_cookie(CONSOLE).send().await.unwrap();
+    assert_eq!(allowed.status(), StatusCode::OK);
+
+    // A bearer token is no ambient credential: any caller that has it may use it.
+    let token = DeviceTokens::new(&server.settings.auth.secret)
+        .mint(&DeviceId::parse("edge-2").unwrap(), Duration::from_secs(60));
+    let request = server
+        .request(Method::GET, "/v1/devices/edge-2/events")
+        .bearer_auth(token);
+    let response = request
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

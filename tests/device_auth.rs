@@ -38,7 +38,7 @@ fn unix_now() -> u64 {
 
 /// A correctly signed token for `device` whose `exp` passed a minute ago.
 fn expired(secret: &str, device: &str) -> String {
-    let claims = json!({"sub": device, "iat": unix_now() - 120, "exp": unix_now() - 60});
+    let claims = json!({"sub": device, "aud": "herald-device", "iat": unix_now() - 120, "exp": unix_now() - 60});
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -284,7 +284,8 @@ async fn herald_token_prints_a_token_for_that_device_only_valid_for_its_ttl() {
 
     // Its claims: the device and an hour.
     let mut validation = Validation::new(Algorithm::HS256);
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+    validation.set_audience(&["herald-device"]);
     let secret = server.settings.auth.secret.as_bytes();
     let claims: Value = jsonwebtoken::decode(token, &DecodingKey::from_secret(secret), &validation)
         .expect("signed with the shipped secret")
@@ -409,4 +410,24 @@ async fn a_refused_stream_does_not_take_over_the_devices_live_stream() {
         "not kicked: {event:?}"
     );
     assert_eq!(data_json(&event), json!({"v": 1}));
+}
+
+#[actix_web::test]
+async fn a_jwt_signed_with_the_secret_but_meant_for_another_audience_is_refused() {
+    let server = token_server().await;
+    let now = unix_now();
+    for claims in [
+        json!({"sub": "edge-1", "iat": now, "exp": now + 60}),
+        json!({"sub": "edge-1", "aud": "billing", "iat": now, "exp": now + 60}),
+    ] {
+        let key = EncodingKey::from_secret(server.settings.auth.secret.as_bytes());
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap();
+        let bearer = format!("Bearer {token}");
+        let auth = [("Authorization", bearer.as_str())];
+        assert_eq!(
+            refused(&server, "edge-1", &auth, "").await,
+            (StatusCode::UNAUTHORIZED, "unauthorized".to_owned()),
+            "{claims}"
+        );
+    }
 }

@@ -70,6 +70,9 @@ impl Refusal {
     }
 }
 
+/// Kicked instances remembered per device; the oldest is forgotten first.
+const MAX_KICKED_INSTANCES: usize = 16;
+
 #[derive(Default)]
 struct DeviceKicks {
     /// Instances kicked by another instance, and when.
@@ -140,8 +143,14 @@ impl KickPolicy {
         if let Some(old) = old
             && Some(old) != new
         {
-            kicks.kicked_instances.retain(|(kicked, _)| kicked != old);
-            kicks.kicked_instances.push((old.to_owned(), now));
+            // A client inventing instance names must not grow this list.
+            let window = config.instance_window;
+            let kicked = &mut kicks.kicked_instances;
+            kicked.retain(|(name, at)| name != old && now.duration_since(*at) < window);
+            if kicked.len() >= MAX_KICKED_INSTANCES {
+                kicked.remove(0);
+            }
+            kicked.push((old.to_owned(), now));
         }
         kicks.recent.push_back(now);
         while kicks
@@ -320,6 +329,23 @@ mod tests {
         );
         let later = now + Duration::from_secs(301);
         assert_eq!(policy.admit(&device(), None, later), Ok(()));
+    }
+
+    #[test]
+    fn the_kicked_instances_of_a_device_are_bounded() {
+        let mut policy = policy(FlappingPolicy::Allow);
+        let now = Instant::now();
+        for n in 0..1000 {
+            policy.record_kick(&device(), Some(&format!("tab-{n}")), Some("x"), now);
+        }
+        assert_eq!(
+            policy.devices[&device()].kicked_instances.len(),
+            MAX_KICKED_INSTANCES
+        );
+        assert_eq!(
+            policy.admit(&device(), Some("tab-999"), now),
+            Err(Refusal::KickedInstance)
+        );
     }
 
     #[test]

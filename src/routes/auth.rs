@@ -6,7 +6,7 @@ use actix_web::{
     Error, HttpRequest, ResponseError as _,
     body::{EitherBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
-    http::header::AUTHORIZATION,
+    http::header::{AUTHORIZATION, ORIGIN},
     middleware::Next,
     web,
 };
@@ -53,11 +53,12 @@ pub async fn require_admin(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let tokens = req.app_data::<web::Data<AdminTokens>>();
-    let refusal = match (bearer(req.headers()).filter(|t| !t.is_empty()), tokens) {
-        (None, _) => Some(ApiError::Unauthorized),
-        (Some(_), None) => Some(ApiError::Unavailable),
-        (Some(token), Some(tokens)) if !tokens.accepts(token) => Some(ApiError::Forbidden),
-        _ => None,
+    let refusal = match bearer(req.headers()).filter(|t| !t.is_empty()) {
+        None => Some(ApiError::Unauthorized),
+        Some(token) if !tokens.is_some_and(|tokens| tokens.accepts(token)) => {
+            Some(ApiError::Forbidden)
+        }
+        Some(_) => None,
     };
     match refusal {
         Some(refusal) => Ok(req
@@ -67,10 +68,13 @@ pub async fn require_admin(
     }
 }
 
-/// How device streams are authorized: `None` when `auth.devices = "open"`.
+/// How device streams are authorized: `tokens` is `None` when
+/// `auth.devices = "open"`.
 pub struct DeviceAuthorizer {
     pub tokens: Option<DeviceTokens>,
     pub cookie: String,
+    /// Origins whose pages may use the cookie (`cors.allowed_origins`).
+    pub allowed_origins: Vec<String>,
 }
 
 impl DeviceAuthorizer {
@@ -87,25 +91,40 @@ impl DeviceAuthorizer {
             return Ok(());
         };
         let cookie = req.cookie(&self.cookie);
-        let token = bearer(req.headers())
+        let header = bearer(req.headers());
+        let from_cookie = header.is_none() && cookie.is_some();
+        let token = header
             .or(cookie.as_ref().map(|c| c.value()))
             .or(query_token)
             .filter(|t| !t.is_empty());
         let checked = token
             .ok_or(TokenRefusal::Missing)
             .and_then(|t| tokens.check(t, device));
-        checked.map_err(|refusal| {
-            let addr = req
-                .peer_addr()
-                .map_or_else(|| "-".to_owned(), |a| a.to_string());
-            log::info!(
-                "auth.refused device={device} addr={addr} reason={}",
-                refusal.as_str()
-            );
-            match refusal {
-                TokenRefusal::WrongDevice => ApiError::WrongDevice,
-                _ => ApiError::DeviceUnauthorized,
-            }
+        let refusal = match checked {
+            // The browser attaches the cookie to any page's request; only
+            // listed origins' pages may use it (a foreign page would kick
+            // the device's real stream).
+            Ok(()) if from_cookie && !self.origin_allowed(req) => "foreign_origin",
+            Ok(()) => return Ok(()),
+            Err(refusal) => refusal.as_str(),
+        };
+        let addr = req
+            .peer_addr()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        log::info!("auth.refused device={device} addr={addr} reason={refusal}");
+        Err(match checked {
+            Ok(()) => ApiError::OriginNotAllowed,
+            Err(TokenRefusal::WrongDevice) => ApiError::WrongDevice,
+            Err(_) => ApiError::DeviceUnauthorized,
+        })
+    }
+
+    /// No `Origin` (not a cross-origin browser request) or a listed one.
+    fn origin_allowed(&self, req: &HttpRequest) -> bool {
+        req.headers().get(ORIGIN).is_none_or(|origin| {
+            self.allowed_origins
+                .iter()
+                .any(|o| o.as_bytes() == origin.as_bytes())
         })
     }
 }

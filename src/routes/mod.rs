@@ -87,6 +87,7 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
         authorizer: DeviceAuthorizer {
             tokens,
             cookie: settings.auth.cookie.clone(),
+            allowed_origins: settings.cors.allowed_origins.clone(),
         },
         slots: shared.slots,
         draining: shared.draining,
