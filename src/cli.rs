@@ -9,6 +9,7 @@ use herald_actors::{DeviceId, NameError};
 
 use crate::{
     config::{ConfigError, Settings},
+    logging,
     startup::{Application, Shutdown},
     tokens::DeviceTokens,
 };
@@ -73,10 +74,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         settings.server.bind = bind;
     }
     exit_on_core_panic();
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(&settings.log.level),
-    )
-    .init();
+    logging::init(&settings.log.level, settings.log.format);
 
     let bind = settings.server.bind.clone();
     let app = Application::build(settings).map_err(|source| RunError::Bind {

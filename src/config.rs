@@ -6,6 +6,8 @@ use std::{path::Path, time::Duration};
 
 use config::{Config, Environment, File, FileFormat};
 use herald_actors::{HeartbeatConfig, KickConfig, SessionConfig};
+
+use crate::logging::LogFormat;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +113,7 @@ impl StreamSettings {
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub level: String,
+    pub format: LogFormat,
 }
 
 /// A configuration that cannot be loaded or makes no sense.

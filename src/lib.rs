@@ -15,6 +15,7 @@
 //! | `routes/devices.rs`  | admin device management                                  |
 //! | `tokens.rs`          | device tokens (JWT): mint and check                      |
 //! | `slots.rs`           | open-stream counts, in all and per address               |
+//! | `logging.rs`         | log output: text, or one JSON object per line            |
 //! | `error.rs`           | [`error::ApiError`]: every HTTP error, status and JSON   |
 //!
 //! The actors, the event model and the delivery guarantees live in the
@@ -23,6 +24,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod routes;
 pub mod slots;
 pub mod startup;

@@ -301,7 +301,8 @@ async fn herald_token_prints_a_token_for_that_device_only_valid_for_its_ttl() {
 
 #[actix_web::test]
 async fn no_token_ever_appears_in_the_log_even_at_debug_level() {
-    let herald = HeraldProcess::start(&[("HERALD_AUTH__DEVICES", "token"), ("RUST_LOG", "debug")]);
+    let herald =
+        HeraldProcess::start(&[("HERALD_AUTH__DEVICES", "token"), ("RUST_LOG", "debug")]).await;
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
     let settings = herald::config::Settings::load(&config).unwrap();
     let (secret, cookie_name) = (&settings.auth.secret, &settings.auth.cookie);

@@ -306,7 +306,7 @@ async fn out_of_range_numbers_are_refused_and_edge_numbers_arrive_as_compact_jso
 
 #[actix_web::test]
 async fn a_hostile_position_is_logged_escaped_and_capped() {
-    let herald = HeraldProcess::start(&[]);
+    let herald = HeraldProcess::start(&[]).await;
     let http = reqwest::Client::new();
     let enormous = "x".repeat(8 * 1024);
     let injection = "\r\n[fake] session.reset device=edge-9 injected=true\n";

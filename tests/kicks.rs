@@ -85,7 +85,7 @@ async fn an_instance_name_follows_the_name_rule() {
 
 #[actix_web::test]
 async fn the_log_says_why_a_client_was_refused_and_names_both_flapping_addresses() {
-    let mut herald = HeraldProcess::start(&[("HERALD_KICKS__FLAPPING_KICKS", "2")]);
+    let mut herald = HeraldProcess::start(&[("HERALD_KICKS__FLAPPING_KICKS", "2")]).await;
     let base = herald.url("/v1/devices/edge-1/events");
     let url = |query: &str| format!("{base}{query}");
     let mut open = Vec::new();
@@ -93,23 +93,29 @@ async fn the_log_says_why_a_client_was_refused_and_names_both_flapping_addresses
         let response = reqwest::get(url(query)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         open.push(response);
-        herald.expect_log(&["device.connected", "device=edge-1"]);
+        herald
+            .expect_log(&["device.connected", "device=edge-1"])
+            .await;
     }
     let refused = reqwest::get(url("?instance=tab-a")).await.unwrap();
     assert_eq!(refused.status(), StatusCode::CONFLICT);
-    herald.expect_log(&[
-        "device.refused",
-        "device=edge-1",
-        "instance=tab-a",
-        "reason=kicked_instance",
-    ]);
+    herald
+        .expect_log(&[
+            "device.refused",
+            "device=edge-1",
+            "instance=tab-a",
+            "reason=kicked_instance",
+        ])
+        .await;
 
     // Two more kicks without instances: flapping, logged at warn with both
     // addresses.
     for _ in 0..2 {
         open.push(reqwest::get(url("")).await.unwrap());
     }
-    let flapping = herald.expect_log(&["device.flapping", "device=edge-1"]);
+    let flapping = herald
+        .expect_log(&["device.flapping", "device=edge-1"])
+        .await;
     assert!(flapping.contains("WARN"), "{flapping}");
     let addrs = flapping
         .split_whitespace()
@@ -126,5 +132,7 @@ async fn the_log_says_why_a_client_was_refused_and_names_both_flapping_addresses
     let refused = reqwest::get(url("")).await.unwrap();
     assert_eq!(refused.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(&refused.json().await.unwrap()), "flapping");
-    herald.expect_log(&["device.refused", "reason=flapping"]);
+    herald
+        .expect_log(&["device.refused", "reason=flapping"])
+        .await;
 }

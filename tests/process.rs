@@ -65,7 +65,7 @@ async fn shutting_down_ends_every_open_stream() {
 #[actix_web::test]
 async fn sigterm_ends_streams_and_the_process_exits_0() {
     // Were the streams not ended first, shutdown would wait the full 60 s.
-    let herald = HeraldProcess::start(&[("HERALD_SERVER__SHUTDOWN_TIMEOUT", "60s")]);
+    let herald = HeraldProcess::start(&[("HERALD_SERVER__SHUTDOWN_TIMEOUT", "60s")]).await;
     let response = reqwest::get(herald.url("/v1/devices/edge-1/events"))
         .await
         .unwrap();

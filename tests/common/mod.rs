@@ -364,14 +364,14 @@ pub struct HeraldProcess {
     /// `None` once waited for.
     child: Option<std::process::Child>,
     pub port: u16,
-    lines: std::sync::mpsc::Receiver<String>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     log: Vec<String>,
 }
 
 impl HeraldProcess {
     /// Starts herald with `--bind 127.0.0.1:0` and these environment
     /// variables; answers once it has logged `server.started`.
-    pub fn start(env: &[(&str, &str)]) -> Self {
+    pub async fn start(env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead as _, BufReader};
 
         let mut command = herald_command(&["--bind", "127.0.0.1:0"]);
@@ -380,7 +380,7 @@ impl HeraldProcess {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("herald binary starts");
-        let (lines_tx, lines) = std::sync::mpsc::channel();
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
         let stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
         std::thread::spawn(move || {
             stderr
@@ -390,15 +390,19 @@ impl HeraldProcess {
         });
         let mut log = Vec::new();
         let port = loop {
-            let line = lines
-                .recv_timeout(PATIENCE)
-                .unwrap_or_else(|_| panic!("server.started is logged:\n{}", log.join("\n")));
+            let line = tokio::time::timeout(PATIENCE, lines.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("server.started is logged:\n{}", log.join("\n")));
             log.push(line.clone());
-            if let Some((_, rest)) = line.split_once("server.started ") {
-                let port = rest
-                    .split_whitespace()
-                    .find_map(|field| field.strip_prefix("port="));
-                break port.expect("port= field").parse::<u16>().expect("a port");
+            if line.contains("server.started") {
+                // `port=N` in text format, `"port":N` in JSON.
+                let port = line
+                    .split(['=', ':', ' ', ',', '}'])
+                    .skip_while(|w| !w.ends_with("port") && *w != "\"port\"")
+                    .nth(1);
+                break port.expect("a port field").parse::<u16>().expect("a port");
             }
         };
         Self {
@@ -414,17 +418,23 @@ impl HeraldProcess {
     }
 
     /// Waits for a log line containing every one of `parts`, and answers it.
-    pub fn expect_log(&mut self, parts: &[&str]) -> String {
+    pub async fn expect_log(&mut self, parts: &[&str]) -> String {
         loop {
-            let line = self
-                .lines
-                .recv_timeout(PATIENCE)
-                .unwrap_or_else(|_| panic!("no log line with {parts:?}:\n{}", self.log.join("\n")));
+            let line = tokio::time::timeout(PATIENCE, self.lines.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("no log line with {parts:?}:\n{}", self.log.join("\n")));
             self.log.push(line.clone());
             if parts.iter().all(|part| line.contains(part)) {
                 return line;
             }
         }
+    }
+
+    /// The log lines read so far.
+    pub fn log_lines(&self) -> &[String] {
+        &self.log
     }
 
     /// Sends SIGTERM, expects exit status 0, and answers the whole log.
@@ -442,7 +452,9 @@ impl HeraldProcess {
         };
         let status = status.expect("wait task").expect("exit status");
         // The child closed its stderr: the reader thread ends the channel.
-        self.log.extend(self.lines.iter());
+        while let Some(line) = self.lines.recv().await {
+            self.log.push(line);
+        }
         let log = self.log.join("\n");
         assert!(status.success(), "exit code 0: {status}\n{log}");
         log

@@ -1,0 +1,121 @@
+//! Log lines are an API: stable event names and fields, in text and in JSON.
+
+mod common;
+
+use common::HeraldProcess;
+use serde_json::{Map, Value};
+
+/// A scenario that logs connect, reset, kick, disconnect and expiry, against
+/// a real herald writing `format`; answers the log lines.
+async fn scenario(format: &str) -> (HeraldProcess, Vec<String>) {
+    let mut herald = HeraldProcess::start(&[
+        ("HERALD_LOG__FORMAT", format),
+        ("HERALD_SESSION__TTL", "200ms"),
+    ])
+    .await;
+    let url = herald.url("/v1/devices/edge-1/events");
+    let client = reqwest::Client::new();
+    let first = client.get(&url).send().await.unwrap();
+    herald.expect_log(&["device.connected", "edge-1"]).await;
+    let second = client
+        .get(&url)
+        .header("Last-Event-ID", "garbage")
+        .send()
+        .await
+        .unwrap();
+    herald.expect_log(&["session.reset", "edge-1"]).await;
+    drop((first, second));
+    herald.expect_log(&["session.expired", "edge-1"]).await;
+    let events = [
+        "device.connected",
+        "session.reset",
+        "device.kicked",
+        "client_gone",
+        "session.expired",
+    ];
+    let lines = events
+        .iter()
+        .map(|event| {
+            let line = herald.log_lines().iter().find(|line| line.contains(event));
+            line.unwrap_or_else(|| panic!("no {event} line")).clone()
+        })
+        .collect();
+    (herald, lines)
+}
+
+/// The fields of a text line (`event key=value …`).
+fn text_fields(line: &str) -> Map<String, Value> {
+    let message = line.split_once("] ").map_or(line, |(_, m)| m);
+    let mut words = message.split(' ');
+    let mut fields = Map::new();
+    fields.insert("event".into(), words.next().unwrap_or_default().into());
+    for word in words {
+        if let Some((key, value)) = word.split_once('=') {
+            fields.insert(key.into(), value.trim_matches('"').into());
+        }
+    }
+    fields
+}
+
+fn json_fields(line: &str) -> Map<String, Value> {
+    match serde_json::from_str(line) {
+        Ok(Value::Object(fields)) => fields,
+        other => panic!("not a JSON object per line: {line} ({other:?})"),
+    }
+}
+
+/// Every scenario line has its event and the documented fields.
+fn check(lines: &[String], parse: fn(&str) -> Map<String, Value>) {
+    let expected: [(&str, &[&str]); 5] = [
+        (
+            "device.connected",
+            &["device", "conn", "addr", "resumed", "replayed"],
+        ),
+        (
+            "session.reset",
+            &["device", "conn", "reason", "last_event_id"],
+        ),
+        ("device.kicked", &["device", "conn", "by"]),
+        (
+            "device.disconnected",
+            &["device", "conn", "reason", "duration_ms"],
+        ),
+        ("session.expired", &["device", "buffered"]),
+    ];
+    for (line, (event, keys)) in lines.iter().zip(expected) {
+        let fields = parse(line);
+        assert_eq!(fields["event"], event, "{line}");
+        for key in keys {
+            assert!(fields.contains_key(*key), "{event} has {key}: {line}");
+        }
+    }
+    let reset = parse(&lines[1]);
+    assert_eq!(
+        (reset["reason"].as_str(), reset["last_event_id"].as_str()),
+        (Some("invalid"), Some("garbage"))
+    );
+}
+
+#[actix_web::test]
+async fn text_lines_carry_the_event_name_and_key_value_fields() {
+    let (herald, lines) = scenario("text").await;
+    check(&lines, text_fields);
+    herald.terminate().await;
+}
+
+#[actix_web::test]
+async fn json_lines_are_one_object_each_with_ts_level_event_and_typed_fields() {
+    let (herald, lines) = scenario("json").await;
+    check(&lines, json_fields);
+    let connected = json_fields(&lines[0]);
+    assert_eq!(
+        (connected["level"].as_str(), connected["resumed"].as_bool()),
+        (Some("INFO"), Some(false))
+    );
+    assert!(connected["ts"].as_str().is_some_and(|ts| ts.ends_with('Z')));
+    assert!(json_fields(&lines[3])["duration_ms"].is_u64());
+    let log = herald.terminate().await;
+    for line in log.lines() {
+        json_fields(line);
+    }
+}
