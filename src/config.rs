@@ -114,6 +114,9 @@ impl StreamSettings {
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
+    /// How often the `server.stats` line is logged.
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
 }
 
 /// A configuration that cannot be loaded or makes no sense.
@@ -225,6 +228,7 @@ impl Settings {
             ("kicks.flapping_cooldown", self.kicks.flapping_cooldown),
             ("kicks.reconnect_block", self.kicks.reconnect_block),
             ("limits.request_timeout", limits.request_timeout),
+            ("log.stats_interval", self.log.stats_interval),
             ("session.ttl", self.session.ttl),
             ("heartbeat.timeout", self.heartbeat.timeout),
             ("stream.retry", self.stream.retry),

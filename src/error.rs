@@ -7,7 +7,7 @@ use actix_web::{
     error::{JsonPayloadError, QueryPayloadError},
     http::StatusCode,
 };
-use herald_actors::{NameError, Refusal, StoreError};
+use herald_actors::{NameError, Refusal, StoreError, metrics};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +142,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        metrics().rejected.with_label_values(&[self.code()]).inc();
         let mut response = HttpResponse::build(self.status_code());
         match self {
             Self::Unauthorized | Self::DeviceUnauthorized => {

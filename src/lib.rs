@@ -14,6 +14,7 @@
 //! | `routes/auth.rs`     | admin bearer tokens; device tokens on streams            |
 //! | `routes/devices.rs`  | admin device management                                  |
 //! | `tokens.rs`          | device tokens (JWT): mint and check                      |
+//! | `stats.rs`           | totals for `/v1/stats` and the periodic `server.stats` line |
 //! | `slots.rs`           | open-stream counts, in all and per address               |
 //! | `logging.rs`         | log output: text, or one JSON object per line            |
 //! | `error.rs`           | [`error::ApiError`]: every HTTP error, status and JSON   |
@@ -28,4 +29,5 @@ pub mod logging;
 pub mod routes;
 pub mod slots;
 pub mod startup;
+pub mod stats;
 pub mod tokens;

@@ -2,6 +2,7 @@
 //! A stream claims a [`Slot`] before it starts and the response holds it, so
 //! it is released exactly when the HTTP response ends, however it ends.
 
+use herald_actors::metrics;
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -50,6 +51,7 @@ impl StreamSlots {
         }
         *from_address += 1;
         open.total += 1;
+        metrics().streams.inc();
         Ok(Slot {
             slots: Arc::clone(self),
             address,
@@ -71,6 +73,7 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         open.total = open.total.saturating_sub(1);
+        metrics().streams.dec();
         if let Some(count) = open.per_address.get_mut(&self.address) {
             *count -= 1;
             if *count == 0 {

@@ -20,6 +20,7 @@ use socket2::{Domain, Socket, Type};
 use crate::{
     config::{CorsSettings, Settings},
     routes::{Draining, Shared, configure_routes},
+    stats,
 };
 
 pub struct Application {
@@ -67,6 +68,7 @@ impl Application {
             server = server.workers(settings.server.workers);
         }
         let server = server.run();
+        actix_web::rt::spawn(stats::log_every(settings.log.stats_interval));
         let shutdown = Shutdown {
             server: server.handle(),
             actors,

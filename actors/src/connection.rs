@@ -17,7 +17,9 @@ use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 use crate::{
     ConnectionId, DeviceId, Frame, Opening, Progress, Signal, Start, StoredEvent,
+    event::HEARTBEAT,
     heartbeat::{Activity, Heartbeat, Unwatch, Watch},
+    metrics::metrics,
     registry::{DeviceRegistry, Unregister},
 };
 
@@ -99,6 +101,40 @@ pub struct ConnectionParams {
     pub progress: Progress,
 }
 
+/// What a written frame adds to the metrics.
+enum Written {
+    Live(Instant),
+    Replayed(u64),
+    Heartbeat,
+    Other,
+}
+
+impl Written {
+    fn of(frame: &Frame) -> Self {
+        match frame {
+            Frame::Event(event) => Self::Live(event.published_at),
+            Frame::Replay(events) => Self::Replayed(events.len() as u64),
+            Frame::Signal(signal) if signal.name == HEARTBEAT => Self::Heartbeat,
+            Frame::State(_) | Frame::Signal(_) => Self::Other,
+        }
+    }
+
+    fn record(self) {
+        let metrics = metrics();
+        match self {
+            Self::Live(published_at) => {
+                metrics.delivered.inc();
+                metrics
+                    .publish_to_write
+                    .observe(published_at.elapsed().as_secs_f64());
+            }
+            Self::Replayed(count) => metrics.replayed.inc_by(count),
+            Self::Heartbeat => metrics.heartbeats.inc(),
+            Self::Other => {}
+        }
+    }
+}
+
 pub struct DeviceConnection {
     params: ConnectionParams,
     activity: Activity,
@@ -126,14 +162,17 @@ impl DeviceConnection {
             return;
         }
         let seq = frame.last_seq();
+        let written = Written::of(&frame);
         match self.params.queue.try_send(frame) {
             Ok(()) => {
                 self.activity.touch();
                 if let Some(seq) = seq {
                     self.params.progress.advance_to(seq);
                 }
+                written.record();
             }
             Err(TrySendError::Full(_)) => {
+                metrics().slow_consumers.inc();
                 log::warn!(
                     "stream.slow_consumer device={} conn={} queue={}",
                     self.params.device,
@@ -211,6 +250,7 @@ impl Handler<Begin> for DeviceConnection {
             last_event_id,
         } = start
         {
+            metrics().resets.with_label_values(&[reason.as_str()]).inc();
             log::info!(
                 "session.reset device={} conn={} reason={} last_event_id={}",
                 self.params.device,
@@ -260,6 +300,7 @@ impl Handler<Kick> for DeviceConnection {
             self.params.device,
             self.params.connection_id,
         );
+        metrics().kicks.inc();
         self.write(Frame::Signal(Signal::kicked(msg.by)), ctx);
         self.stop(DisconnectReason::Kicked, ctx);
     }

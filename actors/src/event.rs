@@ -6,6 +6,8 @@
 //! [`Signal`]s are the protocol's own events; they never carry an id, so they
 //! never move a client's `Last-Event-ID`.
 
+use std::time::Instant;
+
 use bytestring::ByteString;
 use serde_json::json;
 
@@ -26,6 +28,8 @@ pub struct StoredEvent {
     pub id: EventId,
     pub name: EventName,
     pub data: ByteString,
+    /// When it was published, for the publish-to-write latency.
+    pub published_at: Instant,
 }
 
 impl StoredEvent {

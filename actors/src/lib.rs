@@ -15,6 +15,7 @@
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `kicks.rs`         | [`KickConfig`]: ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |
+//! | `metrics.rs`       | counters and gauges read by `/metrics` and the stats line |
 //! | `heartbeat.rs`     | [`Heartbeat`] actor: heartbeats for idle streams         |
 //!
 //! # Who sends what to whom
@@ -58,6 +59,7 @@ mod event_id;
 mod heartbeat;
 mod ids;
 mod kicks;
+mod metrics;
 mod registry;
 mod retained;
 mod session;
@@ -74,6 +76,7 @@ pub use event_id::{Epoch, EventId, EventIdError};
 pub use heartbeat::{Heartbeat, HeartbeatConfig};
 pub use ids::{ConnectionId, DeviceId, EventName, MAX_NAME_LEN, NameError, check_name};
 pub use kicks::{FlappingPolicy, KickConfig, Refusal};
+pub use metrics::{Metrics, metrics};
 pub use registry::{Admit, CloseAll, CountLive, DeviceRegistry, Disconnect, Flapping};
 pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{

@@ -15,6 +15,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use bytestring::ByteString;
@@ -168,7 +169,12 @@ impl Session {
             epoch: self.epoch,
             seq: self.last_seq,
         };
-        let event = StoredEvent { id, name, data };
+        let event = StoredEvent {
+            id,
+            name,
+            data,
+            published_at: Instant::now(),
+        };
         self.bytes += event.size();
         self.buffer.push_back(event.clone());
         while limits.exceeded_by(self.buffer.len(), self.bytes) {

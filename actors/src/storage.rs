@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::{
     BufferLimits, ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Session,
     Start, StoredEvent,
+    metrics::metrics,
     retained::{Retained, signed},
 };
 
@@ -195,6 +196,7 @@ impl Storage {
             let session = Session::new(Epoch::new(*boot, *sessions_created));
             *sessions_created = sessions_created.wrapping_add(1);
             log::debug!("session.created device={device}");
+            metrics().sessions.inc();
             Entry {
                 session,
                 expires_at: None,
@@ -221,9 +223,9 @@ impl Storage {
     ) -> StoredEvent {
         let limits = self.config.limits();
         let entry = self.session(device);
-        let before = entry.session.bytes();
+        let (before, events_before) = (entry.session.bytes(), entry.session.buffered());
         let event = entry.session.append(name, data, limits);
-        let after = entry.session.bytes();
+        let (after, events_after) = (entry.session.bytes(), entry.session.buffered());
         // A session created by a publish has no stream yet: it lives for one
         // TTL waiting for its device, like a session whose stream ended.
         let detached = !entry.session.is_attached();
@@ -234,6 +236,12 @@ impl Storage {
             retained.keep(event.clone());
             self.total_bytes = self.total_bytes + retained.bytes() - before;
         }
+        let metrics = metrics();
+        metrics.published.inc();
+        metrics
+            .buffered_events
+            .add(events_after as i64 - events_before as i64);
+        metrics.buffered_bytes.set(self.total_bytes as i64);
         if detached {
             self.start_ttl(device);
         }
@@ -257,6 +265,10 @@ impl Storage {
             self.expiries.remove(&(at, device.clone()));
         }
         self.total_bytes = self.total_bytes.saturating_sub(entry.session.bytes());
+        let metrics = metrics();
+        metrics.sessions.dec();
+        metrics.buffered_events.sub(entry.session.buffered() as i64);
+        metrics.buffered_bytes.set(self.total_bytes as i64);
         Some(entry.session)
     }
 
@@ -315,6 +327,7 @@ impl Storage {
         let retained = self.retained.remove(device);
         if let Some(retained) = &retained {
             self.total_bytes = self.total_bytes.saturating_sub(retained.bytes());
+            metrics().buffered_bytes.set(self.total_bytes as i64);
         }
         session.is_some() || retained.is_some()
     }

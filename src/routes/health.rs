@@ -1,6 +1,7 @@
-//! Probes: `GET /healthz` (the process answers) and `GET /readyz` (the
-//! actors holding the state answer within a deadline, and the server is not
-//! draining). Unauthenticated, so an orchestrator can call them.
+//! Probes and figures: `GET /healthz` (the process answers), `GET /readyz`
+//! (the actors holding the state answer within a deadline, and the server is
+//! not draining) and `GET /metrics` (Prometheus text). Unauthenticated, so an
+//! orchestrator or a scraper can call them; they show no device.
 
 use std::time::Duration;
 
@@ -32,4 +33,15 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             .json(json!({"status": "ready", "sessions": sessions, "streams": live}))),
         Ok(None) | Err(_) => Err(ApiError::NotReady("actors are not answering")),
     }
+}
+
+pub async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(herald_actors::metrics().render())
+}
+
+/// `GET /v1/stats` (admin): the totals the `server.stats` line reports.
+pub async fn stats() -> HttpResponse {
+    HttpResponse::Ok().json(crate::stats::totals())
 }

@@ -107,6 +107,11 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
         )
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .route(
+            "/v1/stats",
+            web::get().to(health::stats).wrap(from_fn(require_admin)),
+        )
         .service(
             web::resource("/v1/devices/{device_id}/events")
                 .route(web::get().to(stream::open_stream))

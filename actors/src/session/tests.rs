@@ -206,6 +206,7 @@ fn a_stream_without_a_position_gets_retained_state_and_never_an_event_twice() {
             },
             name: EventName::parse(&format!("r{seq}")).unwrap(),
             data: "state".into(),
+            published_at: std::time::Instant::now(),
         })
         .into();
     let state_seqs = |o: &Opening| o.state.iter().map(|e| e.id.seq).collect::<Vec<_>>();

@@ -1,0 +1,125 @@
+//! herald's metrics, recorded where things happen and read by `/metrics`
+//! (Prometheus text), the periodic `stats` log line and `/v1/stats`. One
+//! process-wide registry: every counter describes the whole server.
+
+use std::sync::OnceLock;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Open streams.
+    pub streams: IntGauge,
+    pub sessions: IntGauge,
+    pub buffered_events: IntGauge,
+    pub buffered_bytes: IntGauge,
+    /// Events published, one per device they were published to.
+    pub published: IntCounter,
+    /// Live events written to a stream.
+    pub delivered: IntCounter,
+    /// Events written to a stream as part of a replay.
+    pub replayed: IntCounter,
+    pub heartbeats: IntCounter,
+    pub kicks: IntCounter,
+    /// Streams that started with `reset`, by reason.
+    pub resets: IntCounterVec,
+    /// Streams ended because their client did not read.
+    pub slow_consumers: IntCounter,
+    /// Requests answered with an error, by error code.
+    pub rejected: IntCounterVec,
+    /// From a publish to the write of the event to a live stream.
+    pub publish_to_write: Histogram,
+}
+
+/// The process's metrics, registered on first use.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help));
+        let counter = |name: &str, help: &str| register(&registry, IntCounter::new(name, help));
+        let labelled = |name: &str, help: &str, label: &str| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), &[label]),
+            )
+        };
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let latency = HistogramOpts::new(
+            "herald_publish_to_write_seconds",
+            "Time from a publish to the write of the event to a live stream",
+        )
+        .buckets(buckets);
+        Self {
+            streams: gauge("herald_streams", "Open event streams"),
+            sessions: gauge("herald_sessions", "Device sessions held"),
+            buffered_events: gauge("herald_buffered_events", "Events held in replay buffers"),
+            buffered_bytes: gauge(
+                "herald_buffered_bytes",
+                "Bytes held in replay buffers and retained events",
+            ),
+            published: counter(
+                "herald_events_published_total",
+                "Events published, per device",
+            ),
+            delivered: counter(
+                "herald_events_delivered_total",
+                "Live events written to streams",
+            ),
+            replayed: counter(
+                "herald_events_replayed_total",
+                "Events written to streams by replays",
+            ),
+            heartbeats: counter(
+                "herald_heartbeats_total",
+                "Heartbeats written to idle streams",
+            ),
+            kicks: counter(
+                "herald_kicks_total",
+                "Streams replaced by a newer one of their device",
+            ),
+            resets: labelled(
+                "herald_resets_total",
+                "Streams that started with reset",
+                "reason",
+            ),
+            slow_consumers: counter(
+                "herald_slow_consumers_total",
+                "Streams ended because their client did not read",
+            ),
+            rejected: labelled(
+                "herald_rejected_requests_total",
+                "Requests answered with an error",
+                "reason",
+            ),
+            publish_to_write: register(&registry, Histogram::with_opts(latency)),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_default()
+    }
+}
+
+/// Registers a metric whose name is fixed above: it cannot collide.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("a valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once");
+    metric
+}
