@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use actix_web::{HttpRequest, HttpResponse, middleware::from_fn, web};
+use actix_web::{HttpRequest, HttpResponse, Resource, Route, middleware::from_fn, web};
 use herald_actors::Actors;
 
 use crate::{
@@ -108,70 +108,37 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
-        .route(
-            "/v1/stats",
-            web::get().to(health::stats).wrap(from_fn(require_admin)),
-        )
-        .service(
-            web::resource("/v1/devices/{device_id}/events")
-                .route(web::get().to(stream::open_stream))
-                .route(
-                    web::post()
-                        .to(publish::publish)
-                        .wrap(from_fn(require_admin)),
-                )
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/devices")
-                .route(
-                    web::get()
-                        .to(devices::list_devices)
-                        .wrap(from_fn(require_admin)),
-                )
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/devices/{device_id}/connection")
-                .route(
-                    web::delete()
-                        .to(devices::disconnect)
-                        .wrap(from_fn(require_admin)),
-                )
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/devices/{device_id}")
-                .route(
-                    web::get()
-                        .to(devices::get_device)
-                        .wrap(from_fn(require_admin)),
-                )
-                .route(
-                    web::delete()
-                        .to(devices::delete_device)
-                        .wrap(from_fn(require_admin)),
-                )
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/publish")
-                .route(
-                    web::post()
-                        .to(publish::publish_many)
-                        .wrap(from_fn(require_admin)),
-                )
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/broadcast")
-                .route(
-                    web::post()
-                        .to(publish::broadcast)
-                        .wrap(from_fn(require_admin)),
-                )
-                .default_service(web::to(method_not_allowed)),
-        )
+        .service(resource("/v1/stats", [admin(web::get().to(health::stats))]))
+        .service(resource(
+            "/v1/devices/{device_id}/events",
+            [
+                web::get().to(stream::open_stream),
+                admin(web::post().to(publish::publish)),
+            ],
+        ))
+        .service(resource(
+            "/v1/devices",
+            [admin(web::get().to(devices::list_devices))],
+        ))
+        .service(resource(
+            "/v1/devices/{device_id}/connection",
+            [admin(web::delete().to(devices::disconnect))],
+        ))
+        .service(resource(
+            "/v1/devices/{device_id}",
+            [
+                admin(web::get().to(devices::get_device)),
+                admin(web::delete().to(devices::delete_device)),
+            ],
+        ))
+        .service(resource(
+            "/v1/publish",
+            [admin(web::post().to(publish::publish_many))],
+        ))
+        .service(resource(
+            "/v1/broadcast",
+            [admin(web::post().to(publish::broadcast))],
+        ))
         .default_service(web::to(not_found));
 }
 
@@ -181,4 +148,17 @@ async fn not_found(_: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 async fn method_not_allowed(_: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
+}
+
+/// A resource with these routes; any other method gets `405`.
+fn resource<const N: usize>(path: &str, routes: [Route; N]) -> Resource {
+    routes
+        .into_iter()
+        .fold(web::resource(path), |resource, route| resource.route(route))
+        .default_service(web::to(method_not_allowed))
+}
+
+/// A route that needs an admin token (checked before anything is read).
+fn admin(route: Route) -> Route {
+    route.wrap(from_fn(require_admin))
 }
