@@ -36,6 +36,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// On shutdown, the open streams are ended spread over this long.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +221,10 @@ impl Settings {
             "kicks.flapping_kicks must be at least 2".into(),
         )?;
         // actix-http reads its clock every 500 ms: shorter timeouts misfire.
+        check(
+            self.server.drain_window <= MAX_DURATION,
+            "server.drain_window must be at most 30 days".into(),
+        )?;
         check(
             limits.request_timeout >= Duration::from_secs(1),
             "limits.request_timeout must be at least 1s".into(),

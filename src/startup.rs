@@ -5,6 +5,7 @@
 use std::{
     io,
     net::{SocketAddr, TcpListener, ToSocketAddrs as _},
+    time::Duration,
 };
 
 use actix_cors::Cors;
@@ -73,6 +74,7 @@ impl Application {
             server: server.handle(),
             actors,
             draining,
+            window: settings.server.drain_window,
         };
         Ok(Self {
             port,
@@ -135,21 +137,28 @@ pub struct Shutdown {
     server: ServerHandle,
     actors: Actors,
     draining: Draining,
+    /// Over how long open streams are ended.
+    window: Duration,
 }
 
 impl Shutdown {
     /// Stops taking work: publishes are refused, new streams end at once,
-    /// no new connections are accepted, and every open stream is ended.
+    /// no new connections are accepted, and the open streams are ended,
+    /// spread over the drain window.
     pub async fn drain(&self) {
         self.draining.start();
         self.server.pause().await;
-        let streams = self.actors.registry.send(CloseAll).await.unwrap_or(0);
-        log::info!("server.draining streams={streams}");
+        let close_all = CloseAll { over: self.window };
+        let streams = self.actors.registry.send(close_all).await.unwrap_or(0);
+        let window_ms = self.window.as_millis();
+        log::info!("server.draining streams={streams} window_ms={window_ms}");
     }
 
-    /// Drains, then lets the HTTP server finish the remaining requests.
+    /// Drains, waits out the drain window (the last streams end at its end),
+    /// then lets the HTTP server finish the remaining requests.
     pub async fn shut_down(&self) {
         self.drain().await;
+        actix_web::rt::time::sleep(self.window).await;
         self.server.stop(true).await;
     }
 }

@@ -65,7 +65,11 @@ async fn shutting_down_ends_every_open_stream() {
 #[actix_web::test]
 async fn sigterm_ends_streams_and_the_process_exits_0() {
     // Were the streams not ended first, shutdown would wait the full 60 s.
-    let herald = HeraldProcess::start(&[("HERALD_SERVER__SHUTDOWN_TIMEOUT", "60s")]).await;
+    let herald = HeraldProcess::start(&[
+        ("HERALD_SERVER__SHUTDOWN_TIMEOUT", "60s"),
+        ("HERALD_SERVER__DRAIN_WINDOW", "200ms"),
+    ])
+    .await;
     let response = reqwest::get(herald.url("/v1/devices/edge-1/events"))
         .await
         .unwrap();
@@ -134,4 +138,42 @@ async fn healthz_answers_and_readyz_turns_unready_while_draining() {
     server.drain().await;
     let (status, body) = read_json(server.request(Method::GET, "/readyz")).await;
     assert_eq!((status.as_u16(), error_code(&body)), (503, "not_ready"));
+}
+
+#[actix_web::test]
+async fn on_sigterm_streams_end_spread_over_the_drain_window_and_the_process_exits_0() {
+    let window = Duration::from_secs(2);
+    let herald = HeraldProcess::start(&[("HERALD_SERVER__DRAIN_WINDOW", "2s")]).await;
+    let mut streams = Vec::new();
+    for n in 0..20 {
+        let response = reqwest::get(herald.url(&format!("/v1/devices/edge-{n}/events")))
+            .await
+            .unwrap();
+        let mut body = response.bytes_stream();
+        let mut opening = Vec::new();
+        while !String::from_utf8_lossy(&opening).contains("event: hello") {
+            opening.extend_from_slice(&body.next().await.expect("stream open").unwrap());
+        }
+        streams.push(body);
+    }
+    let signalled = std::time::Instant::now();
+    let ends = tokio::spawn(join_all(streams.into_iter().map(|mut body| async move {
+        while let Some(Ok(_)) = body.next().await {}
+        signalled.elapsed()
+    })));
+    let log = herald.terminate().await;
+    let ends = ends.await.unwrap();
+    let (first, last) = (ends.iter().min().unwrap(), ends.iter().max().unwrap());
+    assert!(
+        *last < window + Duration::from_secs(1),
+        "all within the window: {ends:?}"
+    );
+    assert!(
+        *last - *first > window / 2,
+        "spread, not all at once: {ends:?}"
+    );
+    assert!(
+        log.contains("server.draining streams=20 window_ms=2000"),
+        "{log}"
+    );
 }

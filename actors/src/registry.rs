@@ -11,7 +11,10 @@
 //!   TTL starts: it says so itself when it stops (also after a panic), and a
 //!   send that finds its mailbox closed covers any other way of vanishing.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use actix::{dev::SendError, prelude::*};
 
@@ -63,11 +66,15 @@ pub struct Unregister {
     pub connection_id: ConnectionId,
 }
 
-/// End every live stream, and any that registers later (server shutdown);
-/// answers how many were asked to close. Sent by the server's shutdown sequence.
+/// End every live stream — in random order, spread evenly over `over`, so
+/// their clients come back spread out too — and any that registers later
+/// (server shutdown); answers how many there were. Sent by the server's
+/// shutdown sequence.
 #[derive(Message)]
 #[rtype(result = "usize")]
-pub struct CloseAll;
+pub struct CloseAll {
+    pub over: Duration,
+}
 
 /// End a device's live stream through the admin API. With `reconnect`, the
 /// stream just ends (the client comes back); without, it gets `kicked`
@@ -264,14 +271,21 @@ impl Handler<Unregister> for DeviceRegistry {
 impl Handler<CloseAll> for DeviceRegistry {
     type Result = usize;
 
-    fn handle(&mut self, _: CloseAll, _: &mut Self::Context) -> usize {
+    fn handle(&mut self, msg: CloseAll, ctx: &mut Self::Context) -> usize {
         self.closing = true;
-        for live in self.live.values() {
-            live.connection.do_send(Close {
-                reason: DisconnectReason::Shutdown,
-            });
+        let mut connections: Vec<_> = self.live.values().map(|l| l.connection.clone()).collect();
+        fastrand::shuffle(&mut connections);
+        let count = connections.len();
+        for (n, connection) in connections.into_iter().enumerate() {
+            let close = move |_: &mut Self, _: &mut Self::Context| {
+                connection.do_send(Close {
+                    reason: DisconnectReason::Shutdown,
+                });
+            };
+            let at = msg.over.mul_f64(n as f64 / count as f64);
+            ctx.run_later(at, close);
         }
-        self.live.len()
+        count
     }
 }
 
@@ -395,7 +409,10 @@ mod tests {
         let (_early, mut early_frames, _) = connect(&actors, &device("d1"), None, 8).await;
         expect_signal(&mut early_frames, "hello").await;
 
-        assert_eq!(actors.registry.send(CloseAll).await.unwrap(), 1);
+        let close_all = CloseAll {
+            over: Duration::ZERO,
+        };
+        assert_eq!(actors.registry.send(close_all).await.unwrap(), 1);
         assert!(next(&mut early_frames).await.is_none());
 
         let (late, mut late_frames, _) = connect(&actors, &device("d2"), None, 8).await;

@@ -37,6 +37,9 @@ impl TestServer {
         let mut settings = Settings::load(&config).expect("config.toml loads");
         settings.server.bind = "127.0.0.1:0".to_owned();
         settings.server.workers = 2;
+        // Tests that shut down do not wait out a drain window unless they
+        // set one.
+        settings.server.drain_window = Duration::ZERO;
         adjust(&mut settings);
         settings.validate().expect("adjusted settings are valid");
         let app = Application::build(settings.clone()).expect("server starts");
