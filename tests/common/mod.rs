@@ -378,6 +378,8 @@ impl HeraldProcess {
         use std::io::{BufRead as _, BufReader};
 
         let mut command = herald_command(&["--bind", "127.0.0.1:0"]);
+        // No drain window unless the test sets one (its `env` comes after).
+        command.env("HERALD_SERVER__DRAIN_WINDOW", "0s");
         command.envs(env.iter().copied());
         let mut child = command
             .stderr(std::process::Stdio::piped())
