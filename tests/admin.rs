@@ -437,3 +437,16 @@ async fn the_device_views_show_connection_buffer_and_history_and_page_by_cursor(
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[actix_web::test]
+async fn the_openapi_document_is_served() {
+    let server = TestServer::start().await;
+    let (status, document) = read_json(server.request(Method::GET, "/v1/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    assert!(document["paths"]["/v1/publish"]["post"]["security"].is_array());
+}

@@ -16,7 +16,10 @@ use std::{
     time::Duration,
 };
 
-use actix_web::{HttpRequest, HttpResponse, Resource, Route, middleware::from_fn, web};
+use actix_web::{
+    FromRequest, Handler, HttpRequest, HttpResponse, Resource, Responder, Route, http::Method,
+    middleware::from_fn, web,
+};
 use herald_actors::Actors;
 
 use crate::{
@@ -105,40 +108,7 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
         .app_data(
             web::QueryConfig::default().error_handler(|err, _| ApiError::from_query(err).into()),
         )
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
-        .service(resource("/v1/stats", [admin(web::get().to(health::stats))]))
-        .service(resource(
-            "/v1/devices/{device_id}/events",
-            [
-                web::get().to(stream::open_stream),
-                admin(web::post().to(publish::publish)),
-            ],
-        ))
-        .service(resource(
-            "/v1/devices",
-            [admin(web::get().to(devices::list_devices))],
-        ))
-        .service(resource(
-            "/v1/devices/{device_id}/connection",
-            [admin(web::delete().to(devices::disconnect))],
-        ))
-        .service(resource(
-            "/v1/devices/{device_id}",
-            [
-                admin(web::get().to(devices::get_device)),
-                admin(web::delete().to(devices::delete_device)),
-            ],
-        ))
-        .service(resource(
-            "/v1/publish",
-            [admin(web::post().to(publish::publish_many))],
-        ))
-        .service(resource(
-            "/v1/broadcast",
-            [admin(web::post().to(publish::broadcast))],
-        ))
+        .configure(register_endpoints)
         .default_service(web::to(not_found));
 }
 
@@ -150,15 +120,158 @@ async fn method_not_allowed(_: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
-/// A resource with these routes; any other method gets `405`.
-fn resource<const N: usize>(path: &str, routes: [Route; N]) -> Resource {
-    routes
-        .into_iter()
-        .fold(web::resource(path), |resource, route| resource.route(route))
-        .default_service(web::to(method_not_allowed))
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Public,
+    /// Needs an admin token, checked before anything is read.
+    Admin,
 }
 
-/// A route that needs an admin token (checked before anything is read).
-fn admin(route: Route) -> Route {
-    route.wrap(from_fn(require_admin))
+struct Endpoint {
+    method: Method,
+    path: &'static str,
+    access: Access,
+    route: Route,
+}
+
+fn endpoint<F, Args>(method: Method, path: &'static str, access: Access, handler: F) -> Endpoint
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    Endpoint {
+        method,
+        path,
+        access,
+        route: web::route().to(handler),
+    }
+}
+
+/// Every endpoint. `configure_routes` registers exactly these, and the
+/// OpenAPI document (`openapi.json`) lists exactly these (a test checks).
+fn endpoints() -> Vec<Endpoint> {
+    use Access::{Admin, Public};
+    vec![
+        endpoint(Method::GET, "/healthz", Public, health::healthz),
+        endpoint(Method::GET, "/readyz", Public, health::readyz),
+        endpoint(Method::GET, "/metrics", Public, health::metrics),
+        endpoint(Method::GET, "/v1/openapi.json", Public, openapi),
+        endpoint(Method::GET, "/v1/stats", Admin, health::stats),
+        endpoint(
+            Method::GET,
+            "/v1/devices/{device_id}/events",
+            Public,
+            stream::open_stream,
+        ),
+        endpoint(
+            Method::POST,
+            "/v1/devices/{device_id}/events",
+            Admin,
+            publish::publish,
+        ),
+        endpoint(Method::GET, "/v1/devices", Admin, devices::list_devices),
+        endpoint(
+            Method::GET,
+            "/v1/devices/{device_id}",
+            Admin,
+            devices::get_device,
+        ),
+        endpoint(
+            Method::DELETE,
+            "/v1/devices/{device_id}",
+            Admin,
+            devices::delete_device,
+        ),
+        endpoint(
+            Method::DELETE,
+            "/v1/devices/{device_id}/connection",
+            Admin,
+            devices::disconnect,
+        ),
+        endpoint(Method::POST, "/v1/publish", Admin, publish::publish_many),
+        endpoint(Method::POST, "/v1/broadcast", Admin, publish::broadcast),
+    ]
+}
+
+/// One resource per path with its endpoints; any other method gets `405`.
+fn register_endpoints(cfg: &mut web::ServiceConfig) {
+    let mut paths: Vec<(&str, Vec<Route>)> = Vec::new();
+    for Endpoint {
+        method,
+        path,
+        access,
+        route,
+    } in endpoints()
+    {
+        let route = route.method(method);
+        let route = match access {
+            Access::Public => route,
+            Access::Admin => route.wrap(from_fn(require_admin)),
+        };
+        match paths.iter_mut().find(|(known, _)| *known == path) {
+            Some((_, routes)) => routes.push(route),
+            None => paths.push((path, vec![route])),
+        }
+    }
+    for (path, routes) in paths {
+        let resource = routes
+            .into_iter()
+            .fold(web::resource(path), Resource::route);
+        cfg.service(resource.default_service(web::to(method_not_allowed)));
+    }
+}
+
+/// The OpenAPI 3 document of every endpoint.
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_registered_endpoints_and_their_access() {
+        let document: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(
+            document["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3."))
+        );
+        let documented: BTreeSet<(String, String, bool)> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, operations)| {
+                let operations = operations.as_object().expect("operations").iter();
+                // Path-level `parameters` is not an operation.
+                let operations = operations.filter(|(key, _)| *key != "parameters");
+                operations.map(move |(method, operation)| {
+                    let admin = operation.get("security").is_some();
+                    (method.to_uppercase(), path.clone(), admin)
+                })
+            })
+            .collect();
+        let registered: BTreeSet<(String, String, bool)> = endpoints()
+            .into_iter()
+            .map(|e| {
+                (
+                    e.method.to_string(),
+                    e.path.to_owned(),
+                    e.access == Access::Admin,
+                )
+            })
+            .collect();
+        assert_eq!(documented, registered);
+    }
 }
