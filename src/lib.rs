@@ -16,12 +16,14 @@
 //! | `tokens.rs`          | device tokens (JWT): mint and check                      |
 //! | `stats.rs`           | totals for `/v1/stats` and the periodic `server.stats` line |
 //! | `slots.rs`           | open-stream counts, in all and per address               |
+//! | `access_log.rs`      | one `http.request` line per request (paths only)         |
 //! | `logging.rs`         | log output: text, or one JSON object per line            |
 //! | `error.rs`           | [`error::ApiError`]: every HTTP error, status and JSON   |
 //!
 //! The actors, the event model and the delivery guarantees live in the
 //! `herald-actors` crate (`actors/`), which knows nothing of HTTP.
 
+pub mod access_log;
 pub mod cli;
 pub mod config;
 pub mod error;

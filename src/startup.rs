@@ -13,12 +13,14 @@ use actix_web::{
     App, HttpServer,
     dev::{Server, ServerHandle},
     http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
+    middleware::from_fn,
     rt::net::TcpStream,
 };
 use herald_actors::{Actors, CloseAll};
 use socket2::{Domain, Socket, Type};
 
 use crate::{
+    access_log::access_log,
     config::{CorsSettings, Settings},
     routes::{Draining, Shared, configure_routes},
     stats,
@@ -45,6 +47,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(cors(&routes_settings.cors))
+                .wrap(from_fn(access_log))
                 .configure(|cfg| configure_routes(cfg, &routes_settings, shared.clone()))
         })
         // A client that does not finish its request headers in time is cut

@@ -119,3 +119,38 @@ async fn json_lines_are_one_object_each_with_ts_level_event_and_typed_fields() {
         json_fields(line);
     }
 }
+
+#[actix_web::test]
+async fn every_request_gets_one_access_line_with_its_path_but_never_its_query() {
+    let mut herald = HeraldProcess::start(&[]).await;
+    let client = reqwest::Client::new();
+    let stream = client
+        .get(herald.url("/v1/devices/edge-1/events?token=query-secret-1234"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let refused = client
+        .get(herald.url("/v1/devices/bad%20id/events?lastEventId=query-secret-5678"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+
+    let connect = herald
+        .expect_log(&[
+            "http.request",
+            "method=GET",
+            "path=\"/v1/devices/edge-1/events\"",
+            "status=200",
+        ])
+        .await;
+    assert!(connect.contains("duration_ms="), "{connect}");
+    herald.expect_log(&["http.request", "status=400"]).await;
+    drop((stream, refused));
+    let log = herald.terminate().await;
+    assert!(
+        !log.contains("query-secret"),
+        "no query string is logged:\n{log}"
+    );
+}
