@@ -154,3 +154,67 @@ async fn every_request_gets_one_access_line_with_its_path_but_never_its_query() 
         "no query string is logged:\n{log}"
     );
 }
+
+/// A client that stops reading, fed until herald cuts it; answers the
+/// `stream.slow_consumer` and `device.disconnected` lines.
+async fn slow_consumer(format: &str) -> (HeraldProcess, String, String) {
+    let mut herald = HeraldProcess::start(&[
+        ("HERALD_LOG__FORMAT", format),
+        ("HERALD_STREAM__QUEUE_FRAMES", "4"),
+        ("HERALD_LIMITS__MAX_EVENT_BYTES", "65536"),
+        ("HERALD_SERVER__MAX_BODY_BYTES", "131072"),
+    ])
+    .await;
+    let address = herald.url("").trim_start_matches("http://").to_owned();
+    let mut stuck = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = "GET /v1/devices/stuck/events HTTP/1.1\r\nHost: herald\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, request.as_bytes())
+        .await
+        .unwrap();
+    herald.expect_log(&["device.connected", "stuck"]).await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"event": "bulk", "data": "x".repeat(32 * 1024)});
+    for _ in 0..2000 {
+        let reply: Value = client
+            .post(herald.url("/v1/devices/stuck/events"))
+            .bearer_auth("local-admin-token-change-me")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if reply["delivered"] == false {
+            break;
+        }
+    }
+    let slow = herald.expect_log(&["stream.slow_consumer", "stuck"]).await;
+    let gone = herald.expect_log(&["device.disconnected", "slow"]).await;
+    drop(stuck);
+    (herald, slow, gone)
+}
+
+#[actix_web::test]
+async fn a_slow_consumer_is_logged_with_its_cut_in_both_formats() {
+    let (herald, slow, gone) = slow_consumer("text").await;
+    let (slow, gone) = (text_fields(&slow), text_fields(&gone));
+    assert_eq!(
+        (slow["event"].as_str(), slow["queue"].as_str()),
+        (Some("stream.slow_consumer"), Some("4"))
+    );
+    assert_eq!(gone["reason"].as_str(), Some("slow"));
+    herald.terminate().await;
+
+    let (herald, slow, gone) = slow_consumer("json").await;
+    let (slow, gone) = (json_fields(&slow), json_fields(&gone));
+    assert_eq!(
+        (slow["level"].as_str(), slow["queue"].as_u64()),
+        (Some("WARN"), Some(4))
+    );
+    assert_eq!(
+        (gone["event"].as_str(), gone["reason"].as_str()),
+        (Some("device.disconnected"), Some("slow"))
+    );
+    herald.terminate().await;
+}
