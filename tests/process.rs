@@ -117,10 +117,8 @@ async fn while_draining_publishes_get_503_and_streams_end_after_retry() {
         stream.next().await.and_then(|e| e.retry).is_some(),
         "retry: first"
     );
-    assert!(
-        stream.next().await.is_none(),
-        "then the end, so EventSource reconnects"
-    );
+    // Then the end (after the drain's retry hint), so EventSource reconnects.
+    stream.expect_end().await;
 }
 
 #[actix_web::test]
@@ -158,7 +156,16 @@ async fn on_sigterm_streams_end_spread_over_the_drain_window_and_the_process_exi
     }
     let signalled = std::time::Instant::now();
     let ends = tokio::spawn(join_all(streams.into_iter().map(|mut body| async move {
-        while let Some(Ok(_)) = body.next().await {}
+        let mut after_signal = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            after_signal.extend_from_slice(&chunk);
+        }
+        let hinted = String::from_utf8_lossy(&after_signal).contains("retry: ");
+        assert!(
+            hinted,
+            "a retry: hint before the end: {:?}",
+            String::from_utf8_lossy(&after_signal)
+        );
         signalled.elapsed()
     })));
     let log = herald.terminate().await;

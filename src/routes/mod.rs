@@ -4,6 +4,7 @@
 
 mod auth;
 mod devices;
+mod drain_hint;
 mod health;
 mod publish;
 mod stream;
@@ -63,7 +64,7 @@ pub struct AppState {
 
 impl AppState {
     fn is_draining(&self) -> bool {
-        self.draining.0.load(Ordering::Relaxed)
+        self.draining.is_set()
     }
 }
 
@@ -75,6 +76,10 @@ pub struct Draining(Arc<AtomicBool>);
 impl Draining {
     pub fn start(&self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

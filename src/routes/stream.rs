@@ -7,7 +7,12 @@
 
 use std::{net::IpAddr, vec};
 
-use actix_web::{Either, HttpRequest, HttpResponse, Responder, web};
+use actix_web::{
+    HttpRequest, HttpResponse, Responder as _,
+    body::BoxBody,
+    http::header::{HeaderName, HeaderValue},
+    web,
+};
 use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use herald_actors::{
@@ -18,7 +23,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::AppState;
+use super::{AppState, drain_hint::DrainHint};
 use crate::{error::ApiError, slots::SlotRefusal};
 
 #[derive(Deserialize)]
@@ -41,7 +46,7 @@ pub async fn open_stream(
     device: web::Path<String>,
     query: web::Query<StreamQuery>,
     state: web::Data<AppState>,
-) -> Result<impl Responder, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
     let query = query.into_inner();
     state
@@ -62,7 +67,7 @@ pub async fn open_stream(
     match admitted {
         Ok(()) => {}
         // The one answer that tells EventSource to stop without an error.
-        Err(Refusal::Blocked) => return Ok(Either::Left(HttpResponse::NoContent().finish())),
+        Err(Refusal::Blocked) => return Ok(HttpResponse::NoContent().finish()),
         Err(refusal) => return Err(ApiError::Refused(refusal)),
     }
     let slot = state
@@ -85,12 +90,21 @@ pub async fn open_stream(
         let _held = &slot;
         stream::iter(FrameEvents::from(frame))
     });
-    Ok(Either::Right(
-        sse::Sse::from_infallible_stream(events)
-            .with_retry_duration(state.stream.jittered_retry())
-            .customize()
-            .insert_header(("X-Accel-Buffering", "no")),
-    ))
+    let sse =
+        sse::Sse::from_infallible_stream(events).with_retry_duration(state.stream.jittered_retry());
+    let hint = (state.draining.clone(), state.stream.jittered_retry());
+    let mut response = sse
+        .respond_to(&req)
+        .map_body(|_, body| BoxBody::new(DrainHint::new(body, hint.0, hint.1)));
+    // Tell nginx not to buffer the stream.
+    let no_buffering = (
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    response
+        .headers_mut()
+        .insert(no_buffering.0, no_buffering.1);
+    Ok(response)
 }
 
 /// What a stream request says about its client.

@@ -309,14 +309,13 @@ impl EventStream {
         data_json(&hello)
     }
 
-    /// Expects the stream to end (after any heartbeats).
+    /// Expects the stream to end (after any heartbeats, and the `retry:`
+    /// hint a draining server sends last).
     pub async fn expect_end(&mut self) {
         while let Some(event) = self.next().await {
-            assert_eq!(
-                event.event.as_deref(),
-                Some("heartbeat"),
-                "expected the end, got {event:?}"
-            );
+            let retry_hint = event.retry.is_some() && event.data.is_none();
+            let heartbeat = event.event.as_deref() == Some("heartbeat");
+            assert!(retry_hint || heartbeat, "expected the end, got {event:?}");
         }
     }
 
