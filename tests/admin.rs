@@ -450,3 +450,38 @@ async fn the_openapi_document_is_served() {
     );
     assert!(document["paths"]["/v1/publish"]["post"]["security"].is_array());
 }
+
+#[actix_web::test]
+async fn every_admin_operation_in_the_openapi_document_refuses_missing_and_wrong_tokens() {
+    let server = TestServer::start().await;
+    let (_, document) = read_json(server.request(Method::GET, "/v1/openapi.json")).await;
+    let mut checked = 0;
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        let path = path.replace("{device_id}", "edge-1");
+        for (method, operation) in operations.as_object().unwrap() {
+            if operation.get("security").is_none() {
+                continue;
+            }
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let request = || {
+                server
+                    .request(method.clone(), &path)
+                    .json(&json!({"event": "e", "data": 1}))
+            };
+            let (status, body) = read_json(request()).await;
+            assert_eq!(
+                (status, error_code(&body)),
+                (StatusCode::UNAUTHORIZED, "unauthorized"),
+                "{method} {path}"
+            );
+            let (status, body) = read_json(request().bearer_auth("not-an-admin-token")).await;
+            assert_eq!(
+                (status, error_code(&body)),
+                (StatusCode::FORBIDDEN, "forbidden"),
+                "{method} {path}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 8, "every admin operation was tried");
+}

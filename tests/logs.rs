@@ -218,3 +218,33 @@ async fn a_slow_consumer_is_logged_with_its_cut_in_both_formats() {
     );
     herald.terminate().await;
 }
+
+#[actix_web::test]
+async fn refused_publishes_and_evictions_are_logged() {
+    let mut herald = HeraldProcess::start(&[
+        ("RUST_LOG", "debug"),
+        ("HERALD_SESSION__BUFFER_EVENTS", "2"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let url = herald.url("/v1/devices/edge-9/events");
+    let publish = |event: &str| {
+        let body = serde_json::json!({"event": event, "data": 1});
+        let request = client.post(&url);
+        request
+            .bearer_auth("local-admin-token-change-me")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(publish("hello").await.unwrap().status(), 400);
+    herald
+        .expect_log(&["publish.rejected", "reason=invalid_event_name", "devices=1"])
+        .await;
+    for _ in 0..3 {
+        assert_eq!(publish("config").await.unwrap().status(), 202);
+    }
+    herald
+        .expect_log(&["buffer.evicted", "device=edge-9", "events=1", "held=2"])
+        .await;
+    herald.terminate().await;
+}

@@ -226,6 +226,12 @@ impl Storage {
         let (before, events_before) = (entry.session.bytes(), entry.session.buffered());
         let event = entry.session.append(name, data, limits);
         let (after, events_after) = (entry.session.bytes(), entry.session.buffered());
+        let evicted = events_before + 1 - events_after;
+        if evicted > 0 {
+            // Per publish to a full buffer, so debug; a client that needed
+            // them learns it from its `reset` (counted by reason).
+            log::debug!("buffer.evicted device={device} events={evicted} held={events_after}");
+        }
         // A session created by a publish has no stream yet: it lives for one
         // TTL waiting for its device, like a session whose stream ended.
         let detached = !entry.session.is_attached();

@@ -109,7 +109,21 @@ pub async fn publish_many(
     Ok(HttpResponse::Accepted().json(json!({ "results": results })))
 }
 
+/// Publishes, and logs `publish.rejected` with the error code if refused.
 async fn publish_to(
+    devices: Vec<DeviceId>,
+    request: PublishRequest,
+    state: &AppState,
+) -> Result<Vec<PublishReceipt>, ApiError> {
+    let count = devices.len();
+    try_publish(devices, request, state)
+        .await
+        .inspect_err(|refusal| {
+            log::info!("publish.rejected reason={} devices={count}", refusal.code());
+        })
+}
+
+async fn try_publish(
     devices: Vec<DeviceId>,
     request: PublishRequest,
     state: &AppState,
@@ -135,20 +149,25 @@ pub async fn broadcast(
     body: web::Json<PublishRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (name, data, retain) = body.into_inner().into_parts(state.max_event_bytes)?;
-    refuse_while_draining(&state)?;
-    let broadcast = Broadcast { name, data, retain };
-    let receipt = state
-        .actors
-        .store
-        .send(broadcast)
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
-    let receipt = receipt.map_err(ApiError::Bound)?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "delivered": receipt.delivered,
-        "buffered": receipt.buffered,
-    })))
+    let broadcast = async {
+        let (name, data, retain) = body.into_inner().into_parts(state.max_event_bytes)?;
+        refuse_while_draining(&state)?;
+        let broadcast = Broadcast { name, data, retain };
+        let receipt = state
+            .actors
+            .store
+            .send(broadcast)
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        let receipt = receipt.map_err(ApiError::Bound)?;
+        Ok(HttpResponse::Accepted().json(json!({
+            "delivered": receipt.delivered,
+            "buffered": receipt.buffered,
+        })))
+    };
+    broadcast.await.inspect_err(|refusal: &ApiError| {
+        log::info!("publish.rejected reason={} devices=all", refusal.code());
+    })
 }
 
 /// Events accepted now would be lost with the process's memory: the publisher
