@@ -32,7 +32,9 @@ pub async fn access_log(
     };
     log::log!(
         level,
-        "http.request method={method} path={path:?} status={} addr={peer} duration_ms={}",
+        "http.request method={method} path={} status={} addr={peer} duration_ms={}",
+        // A JSON string: the path is client text.
+        serde_json::Value::from(path.as_str()),
         response.status().as_u16(),
         started.elapsed().as_millis()
     );

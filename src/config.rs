@@ -220,11 +220,11 @@ impl Settings {
             self.kicks.flapping_kicks >= 2,
             "kicks.flapping_kicks must be at least 2".into(),
         )?;
-        // actix-http reads its clock every 500 ms: shorter timeouts misfire.
         check(
             self.server.drain_window <= MAX_DURATION,
             "server.drain_window must be at most 30 days".into(),
         )?;
+        // actix-http reads its clock every 500 ms: shorter timeouts misfire.
         check(
             limits.request_timeout >= Duration::from_secs(1),
             "limits.request_timeout must be at least 1s".into(),

@@ -26,14 +26,48 @@ pub fn init(level: &str, format: LogFormat) {
             object.insert("ts".into(), buf.timestamp_millis().to_string().into());
             object.insert("level".into(), record.level().as_str().into());
             object.insert("target".into(), record.target().into());
-            object.extend(fields(&record.args().to_string()));
+            let line = record.args().to_string();
+            if record.target().starts_with("herald") {
+                object.extend(fields(&line));
+            } else {
+                object.insert("event".into(), "log".into());
+                object.insert("message".into(), line.into());
+            }
             writeln!(buf, "{}", Value::Object(object))
         });
     }
     builder.init();
 }
 
-/// `event k=v k="quoted v" …` as JSON fields; anything else as a message.
+/// Keys whose values are numbers, and keys whose values are booleans; every
+/// other value stays a string (a device id of digits is still an id).
+const NUMBERS: [&str; 21] = [
+    "port",
+    "status",
+    "duration_ms",
+    "replayed",
+    "window_ms",
+    "events",
+    "held",
+    "buffered",
+    "queue",
+    "streams",
+    "sessions",
+    "buffered_events",
+    "buffered_bytes",
+    "published",
+    "delivered",
+    "kicks",
+    "slow_consumers",
+    "heartbeats",
+    "exit_code",
+    "replayed_events",
+    "resets",
+];
+const BOOLEANS: [&str; 2] = ["resumed", "reconnect"];
+
+/// herald's `event k=v k="quoted v" …` as JSON fields; a line of any other
+/// shape as a message.
 fn fields(line: &str) -> Map<String, Value> {
     let mut fields = Map::new();
     let (event, mut rest) = line.split_once(' ').unwrap_or((line, ""));
@@ -45,16 +79,21 @@ fn fields(line: &str) -> Map<String, Value> {
     }
     fields.insert("event".into(), event.into());
     while let Some((key, after)) = rest.trim_start().split_once('=') {
-        let (value, remaining) = value(after);
+        if key.contains(' ') {
+            fields.insert("message".into(), line.into());
+            break;
+        }
+        let (value, remaining) = value(key, after);
         fields.insert(key.into(), value);
         rest = remaining;
     }
     fields
 }
 
-/// One value and what follows it. Quoted values are Rust `{:?}` strings;
-/// numbers and booleans keep their type.
-fn value(text: &str) -> (Value, &str) {
+/// One value and what follows it. Quoted values are JSON strings (herald
+/// quotes client text with serde_json); the values of [`NUMBERS`] and
+/// [`BOOLEANS`] keys keep their type.
+fn value<'a>(key: &str, text: &'a str) -> (Value, &'a str) {
     if text.starts_with('"') {
         let mut escaped = false;
         let end = text
@@ -72,12 +111,14 @@ fn value(text: &str) -> (Value, &str) {
         return (value, &text[end..]);
     }
     let (raw, rest) = text.split_once(' ').unwrap_or((text, ""));
-    let value = raw
-        .parse::<u64>()
-        .map(Value::from)
-        .or_else(|_| raw.parse::<bool>().map(Value::from))
-        .unwrap_or_else(|_| Value::from(raw));
-    (value, rest)
+    let typed = if NUMBERS.contains(&key) || key.starts_with("resets_") {
+        raw.parse::<u64>().ok().map(Value::from)
+    } else if BOOLEANS.contains(&key) {
+        raw.parse::<bool>().ok().map(Value::from)
+    } else {
+        None
+    };
+    (typed.unwrap_or_else(|| Value::from(raw)), rest)
 }
 
 #[cfg(test)]
@@ -93,6 +134,15 @@ mod tests {
             Value::Object(fields(line)),
             json!({"event": "session.reset", "device": "edge-1", "conn": "c1", "reason": "invalid",
                    "last_event_id": "a \"b\" c", "replayed": 3, "resumed": false})
+        );
+    }
+
+    #[test]
+    fn ids_that_look_like_numbers_stay_strings() {
+        let fields = Value::Object(fields("device.connected device=007 conn=true replayed=2"));
+        assert_eq!(
+            fields,
+            json!({"event": "device.connected", "device": "007", "conn": "true", "replayed": 2})
         );
     }
 

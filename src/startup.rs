@@ -147,21 +147,25 @@ pub struct Shutdown {
 impl Shutdown {
     /// Stops taking work: publishes are refused, new streams end at once,
     /// no new connections are accepted, and the open streams are ended,
-    /// spread over the drain window.
-    pub async fn drain(&self) {
+    /// spread over the drain window. Answers how many streams were open.
+    pub async fn drain(&self) -> usize {
         self.draining.start();
         self.server.pause().await;
         let close_all = CloseAll { over: self.window };
         let streams = self.actors.registry.send(close_all).await.unwrap_or(0);
         let window_ms = self.window.as_millis();
         log::info!("server.draining streams={streams} window_ms={window_ms}");
+        streams
     }
 
-    /// Drains, waits out the drain window (the last streams end at its end),
-    /// then lets the HTTP server finish the remaining requests.
+    /// Drains, waits until the last stream's scheduled end, then lets the
+    /// HTTP server finish the remaining requests.
     pub async fn shut_down(&self) {
-        self.drain().await;
-        actix_web::rt::time::sleep(self.window).await;
+        let streams = self.drain().await;
+        if streams > 1 {
+            let last_close = self.window.mul_f64((streams - 1) as f64 / streams as f64);
+            actix_web::rt::time::sleep(last_close).await;
+        }
         self.server.stop(true).await;
     }
 }

@@ -103,7 +103,7 @@ pub struct ConnectionParams {
 
 /// What a written frame adds to the metrics.
 enum Written {
-    Live(Instant),
+    Live,
     Replayed(u64),
     Heartbeat,
     Other,
@@ -112,7 +112,7 @@ enum Written {
 impl Written {
     fn of(frame: &Frame) -> Self {
         match frame {
-            Frame::Event(event) => Self::Live(event.published_at),
+            Frame::Event(_) => Self::Live,
             Frame::Replay(events) => Self::Replayed(events.len() as u64),
             Frame::Signal(signal) if signal.name == HEARTBEAT => Self::Heartbeat,
             Frame::State(_) | Frame::Signal(_) => Self::Other,
@@ -122,12 +122,7 @@ impl Written {
     fn record(self) {
         let metrics = metrics();
         match self {
-            Self::Live(published_at) => {
-                metrics.delivered.inc();
-                metrics
-                    .publish_to_write
-                    .observe(published_at.elapsed().as_secs_f64());
-            }
+            Self::Live => metrics.delivered.inc(),
             Self::Replayed(count) => metrics.replayed.inc_by(count),
             Self::Heartbeat => metrics.heartbeats.inc(),
             Self::Other => {}
@@ -193,6 +188,12 @@ impl DeviceConnection {
     }
 }
 
+/// Client text for a log line: a JSON string, so it cannot break the line
+/// and the JSON log format reads it back exactly.
+fn quoted(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
 impl Actor for DeviceConnection {
     type Context = Context<Self>;
 
@@ -256,10 +257,10 @@ impl Handler<Begin> for DeviceConnection {
                 self.params.device,
                 self.params.connection_id,
                 reason.as_str(),
-                // Quoted and escaped: it comes from the client.
+                // Quoted and escaped as JSON: it comes from the client.
                 last_event_id
                     .as_deref()
-                    .map_or_else(|| "-".to_owned(), |id| format!("{id:?}"))
+                    .map_or_else(|| "-".to_owned(), quoted)
             );
             self.write(
                 Frame::Signal(Signal::reset(reason, last_event_id.as_deref())),

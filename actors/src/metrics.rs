@@ -53,7 +53,7 @@ impl Metrics {
         ];
         let latency = HistogramOpts::new(
             "herald_publish_to_write_seconds",
-            "Time from a publish to the write of the event to a live stream",
+            "Time from a publish until the live stream's HTTP body takes the event to write it",
         )
         .buckets(buckets);
         Self {
@@ -82,7 +82,7 @@ impl Metrics {
             ),
             kicks: counter(
                 "herald_kicks_total",
-                "Streams replaced by a newer one of their device",
+                "Streams kicked: replaced by a newer one, or by an operator",
             ),
             resets: labelled(
                 "herald_resets_total",

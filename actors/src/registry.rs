@@ -102,7 +102,8 @@ pub struct Flapping {
     pub devices: Vec<DeviceId>,
 }
 
-/// How many devices have a live connection. Sent by tests and stats.
+/// How many devices have a live connection. Sent by the readiness probe
+/// and tests.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct CountLive;

@@ -22,7 +22,8 @@ pub struct DrainHint {
     inner: BoxBody,
     draining: Draining,
     retry: Duration,
-    sent: bool,
+    /// The inner body ended (and the hint, if any, was sent).
+    done: bool,
 }
 
 impl DrainHint {
@@ -31,7 +32,7 @@ impl DrainHint {
             inner,
             draining,
             retry,
-            sent: false,
+            done: false,
         }
     }
 }
@@ -48,9 +49,15 @@ impl MessageBody for DrainHint {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(None) if !this.sent && this.draining.is_set() => {
-                this.sent = true;
+            Poll::Ready(None) => {
+                this.done = true;
+                if !this.draining.is_set() {
+                    return Poll::Ready(None);
+                }
                 let field = russe::Event::Retry(this.retry).into_bytestring();
                 Poll::Ready(Some(field.map(ByteString::into_bytes).map_err(Into::into)))
             }

@@ -17,7 +17,7 @@ use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use herald_actors::{
     Admit, Attach, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame, Progress,
-    Refusal, StoredEvent, check_name,
+    Refusal, StoredEvent, check_name, metrics,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -200,7 +200,12 @@ enum FrameEvents {
 impl From<Frame> for FrameEvents {
     fn from(frame: Frame) -> Self {
         match frame {
-            Frame::Event(event) => Self::One(Some(with_id(event))),
+            Frame::Event(event) => {
+                // The HTTP body takes the event off the queue to write it now.
+                let waited = event.published_at.elapsed().as_secs_f64();
+                metrics().publish_to_write.observe(waited);
+                Self::One(Some(with_id(event)))
+            }
             Frame::Replay(events) => Self::History(events.into_iter()),
             Frame::State(events) => Self::State(events.into_iter()),
             Frame::Signal(signal) => {
