@@ -83,7 +83,7 @@ pub use session_store::{
     Attach, Broadcast, BroadcastReceipt, CountSessions, DeleteDevice, DescribeDevice, ListDevices,
     Publish, PublishReceipt, SessionStore,
 };
-pub use storage::{DeviceView, SessionConfig, StoreError};
+pub use storage::{DevicePage, DeviceView, SessionConfig, StoreError};
 
 /// Addresses of the long-lived actors.
 #[derive(Clone)]

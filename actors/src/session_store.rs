@@ -23,7 +23,7 @@ use bytestring::ByteString;
 use crate::{
     ConnectionId, DeviceConnection, DeviceId, EventId, EventName, Progress,
     registry::{CloseDevice, DeliverEach, DeviceRegistry, Register},
-    storage::{DeviceView, SessionConfig, Storage, StoreError},
+    storage::{DevicePage, DeviceView, SessionConfig, Storage, StoreError},
 };
 
 /// Attach a new stream to its device's session (creating the session if
@@ -110,10 +110,11 @@ pub struct DescribeDevice {
     pub device: DeviceId,
 }
 
-/// A page of devices that have a session, in device-id order after `after`.
+/// A page of devices that have a session, in device-id order after `after`
+/// (see `Storage::page`).
 /// Sent by the admin device list route.
 #[derive(Message)]
-#[rtype(result = "Vec<DeviceView>")]
+#[rtype(result = "DevicePage")]
 pub struct ListDevices {
     /// Only attached (`true`) or detached (`false`) sessions.
     pub connected: Option<bool>,
@@ -271,11 +272,13 @@ impl Handler<DescribeDevice> for SessionStore {
 }
 
 impl Handler<ListDevices> for SessionStore {
-    type Result = Vec<DeviceView>;
+    type Result = MessageResult<ListDevices>;
 
     fn handle(&mut self, msg: ListDevices, _: &mut Self::Context) -> Self::Result {
-        self.storage
-            .page(msg.connected, msg.after.as_ref(), msg.limit)
+        MessageResult(
+            self.storage
+                .page(msg.connected, msg.after.as_ref(), msg.limit),
+        )
     }
 }
 

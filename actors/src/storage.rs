@@ -83,6 +83,17 @@ struct History {
     resets: u64,
 }
 
+/// Sessions one device-list page looks at, at most.
+const MAX_SCAN: usize = 10_000;
+
+/// A page of the device list.
+#[derive(Debug, Clone)]
+pub struct DevicePage {
+    pub devices: Vec<DeviceView>,
+    /// The cursor of the following page, if there is one.
+    pub next: Option<DeviceId>,
+}
+
 /// One device as the admin API shows it.
 #[derive(Debug, Clone)]
 pub struct DeviceView {
@@ -383,22 +394,41 @@ impl Storage {
 
     /// Up to `limit` sessions after the device `after`, in device-id order;
     /// `connected` keeps only attached (`true`) or detached (`false`) ones.
+    /// At most [`MAX_SCAN`] sessions are looked at, so a sparse filter costs
+    /// several bounded requests instead of one long one: `next` is where the
+    /// following page starts (`None` at the end).
     pub fn page(
         &self,
         connected: Option<bool>,
         after: Option<&DeviceId>,
         limit: usize,
-    ) -> Vec<DeviceView> {
+    ) -> DevicePage {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.sessions
-            .range::<DeviceId, _>((start, Bound::Unbounded))
-            .filter(|(_, entry)| connected.is_none_or(|c| c == entry.session.is_attached()))
-            .take(limit)
-            .map(|(device, entry)| {
+        let mut sessions = self
+            .sessions
+            .range::<DeviceId, _>((start, Bound::Unbounded));
+        let (mut devices, mut last) = (Vec::new(), None);
+        for _ in 0..MAX_SCAN {
+            let Some((device, entry)) = sessions.next() else {
+                return DevicePage {
+                    devices,
+                    next: None,
+                };
+            };
+            last = Some(device.clone());
+            if connected.is_none_or(|c| c == entry.session.is_attached()) {
                 let retained = self.retained.get(device).map_or(0, |r| r.events().len());
-                Self::describe(device, entry, retained)
-            })
-            .collect()
+                devices.push(Self::describe(device, entry, retained));
+                if devices.len() == limit {
+                    break;
+                }
+            }
+        }
+        let more = sessions.next().is_some();
+        DevicePage {
+            devices,
+            next: last.filter(|_| more),
+        }
     }
 
     fn describe(device: &DeviceId, entry: &Entry, retained: usize) -> DeviceView {
@@ -424,3 +454,6 @@ impl Storage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

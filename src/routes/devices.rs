@@ -87,7 +87,8 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/devices?connected=&after=&limit=`: devices that have a session,
-/// in device-id order; `next` is the cursor of the following page.
+/// in device-id order; `next` is the cursor of the following page (a page
+/// may hold fewer than `limit` when the filter is sparse: follow `next`).
 pub async fn list_devices(
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
@@ -104,16 +105,14 @@ pub async fn list_devices(
         after,
         limit,
     };
-    let views = state
+    let page = state
         .actors
         .store
         .send(list)
         .await
         .map_err(|_| ApiError::Unavailable)?;
-    let next = (views.len() == limit)
-        .then(|| views.last().map(|v| v.device.to_string()))
-        .flatten();
-    let devices = with_flapping(views, &state).await?;
+    let next = page.next.map(|device| device.to_string());
+    let devices = with_flapping(page.devices, &state).await?;
     Ok(HttpResponse::Ok().json(json!({ "devices": devices, "next": next })))
 }
 

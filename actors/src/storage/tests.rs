@@ -1,0 +1,46 @@
+use std::time::Duration;
+
+use super::*;
+
+fn storage() -> Storage {
+    Storage::new(SessionConfig {
+        buffer_events: 16,
+        buffer_bytes: 1 << 20,
+        retained_per_device: 4,
+        max_sessions: 20_000,
+        max_total_bytes: 1 << 30,
+        ttl: Duration::from_secs(60),
+    })
+}
+
+#[test]
+fn a_sparse_filtered_page_stops_after_max_scan_and_says_where_to_go_on() {
+    let mut storage = storage();
+    for n in 0..MAX_SCAN + 5 {
+        let device = DeviceId::parse(&format!("d{n:06}")).unwrap();
+        storage.append(&device, EventName::parse("e").unwrap(), "x".into(), false);
+    }
+    let last = DeviceId::parse("z-connected").unwrap();
+    storage
+        .attach(
+            &last,
+            ConnectionId::new(),
+            Progress::default(),
+            None,
+            "peer",
+        )
+        .unwrap();
+
+    let first = storage.page(Some(true), None, 10);
+    assert!(first.devices.is_empty());
+    let cursor = first.next.expect("more to look at");
+    assert_eq!(cursor.as_str(), format!("d{:06}", MAX_SCAN - 1));
+
+    let second = storage.page(Some(true), Some(&cursor), 10);
+    let found: Vec<_> = second
+        .devices
+        .iter()
+        .map(|d| d.device.as_str().to_owned())
+        .collect();
+    assert_eq!((found, second.next), (vec!["z-connected".to_owned()], None));
+}
