@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::HeraldProcess;
-use futures_util::StreamExt as _;
+use common::{HeraldProcess, read_until};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "local-admin-token-change-me";
@@ -16,18 +15,6 @@ fn sample(exposition: &str, name: &str) -> f64 {
         .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '));
     let line = line.unwrap_or_else(|| panic!("no sample {name} in:\n{exposition}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-/// Reads the stream until it has seen `needle`.
-async fn read_until<B: AsRef<[u8]>>(
-    body: &mut (impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin),
-    needle: &str,
-) {
-    let mut seen = String::new();
-    while !seen.contains(needle) {
-        let chunk = body.next().await.expect("stream open").unwrap();
-        seen.push_str(&String::from_utf8_lossy(chunk.as_ref()));
-    }
 }
 
 #[actix_web::test]

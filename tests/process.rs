@@ -6,7 +6,9 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{HeraldProcess, PATIENCE, TestServer, error_code, herald_command, read_json};
+use common::{
+    HeraldProcess, PATIENCE, TestServer, error_code, herald_command, read_json, read_until,
+};
 use futures_util::{StreamExt as _, future::join_all};
 use reqwest::Method;
 use serde_json::json;
@@ -74,10 +76,7 @@ async fn sigterm_ends_streams_and_the_process_exits_0() {
         .await
         .unwrap();
     let mut body = response.bytes_stream();
-    let mut opening = Vec::new();
-    while !String::from_utf8_lossy(&opening).contains("event: hello") {
-        opening.extend_from_slice(&body.next().await.expect("stream open").unwrap());
-    }
+    read_until(&mut body, "event: hello").await;
 
     let log = herald.terminate().await;
     while let Some(chunk) = tokio::time::timeout(PATIENCE, body.next())
@@ -148,10 +147,7 @@ async fn on_sigterm_streams_end_spread_over_the_drain_window_and_the_process_exi
             .await
             .unwrap();
         let mut body = response.bytes_stream();
-        let mut opening = Vec::new();
-        while !String::from_utf8_lossy(&opening).contains("event: hello") {
-            opening.extend_from_slice(&body.next().await.expect("stream open").unwrap());
-        }
+        read_until(&mut body, "event: hello").await;
         streams.push(body);
     }
     let signalled = std::time::Instant::now();

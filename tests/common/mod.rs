@@ -349,6 +349,22 @@ pub fn seq_of(id: &str) -> u64 {
         .expect("an event id")
 }
 
+/// Reads a raw response body until its text contains `needle`.
+pub async fn read_until<B: AsRef<[u8]>>(
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin),
+    needle: &str,
+) {
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout(PATIENCE, body.next())
+            .await
+            .expect("within the patience");
+        seen.push_str(&String::from_utf8_lossy(
+            chunk.expect("stream open").unwrap().as_ref(),
+        ));
+    }
+}
+
 /// The herald binary on the shipped config, logging at info (the caller may
 /// override `RUST_LOG` and any `HERALD_…` variable).
 pub fn herald_command(args: &[&str]) -> std::process::Command {
