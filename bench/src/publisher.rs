@@ -1,0 +1,186 @@
+//! Publishing at a fixed offered rate (open loop): publish `i` is due at
+//! `start + i / rate` whatever happened to the ones before it, and carries
+//! its due time, so a server that falls behind shows as latency instead of
+//! slowing the offered load down (no coordinated omission).
+//!
+//! Each device's publishes travel on one keep-alive connection, in order,
+//! so a receiver can tell a gap from a reordering: broadcasts use a single
+//! connection, unicast publishes spread devices over several.
+
+use std::cell::Cell;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::net::{self, ConnectionGuard};
+use crate::protocol::Payload;
+use crate::target::{PublishRequest, Target};
+use crate::worker::{device_name, now_ns};
+
+/// The address publishers connect from (the streams use 127.0.0.10 and up).
+const PUBLISHER_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+pub enum Mode {
+    Broadcast,
+    /// Each publish goes to one device picked at random among `devices`.
+    Unicast {
+        devices: usize,
+        connections: usize,
+    },
+}
+
+pub struct Publisher {
+    target: Target,
+    server: SocketAddr,
+    mode: Mode,
+    padding: String,
+    next_broadcast: u64,
+    device_seq: Vec<u64>,
+}
+
+/// What one run of the publisher did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Published {
+    pub sent: u64,
+    pub accepted: u64,
+    pub refused: u64,
+    /// How far behind its schedule the publisher fell, at worst.
+    pub max_lag_ms: f64,
+    /// Broadcasts only: each sequence number and its due time (ns).
+    #[serde(skip)]
+    pub due: Vec<(u64, u64)>,
+}
+
+impl Publisher {
+    /// `payload_bytes` pads each payload to about that size.
+    pub fn new(target: Target, server: SocketAddr, mode: Mode, payload_bytes: usize) -> Self {
+        let devices = match mode {
+            Mode::Broadcast => 0,
+            Mode::Unicast { devices, .. } => devices,
+        };
+        Self {
+            target,
+            server,
+            mode,
+            padding: "x".repeat(payload_bytes.saturating_sub(48)),
+            next_broadcast: 0,
+            device_seq: vec![0; devices],
+        }
+    }
+
+    /// Publishes at `rate` per second for `duration`, then waits for the
+    /// last answer.
+    pub async fn run(&mut self, rate: f64, duration: Duration) -> Result<Published, String> {
+        let connections = match self.mode {
+            Mode::Broadcast => 1,
+            Mode::Unicast { connections, .. } => connections.max(1),
+        };
+        let accepted = Rc::new(Cell::new(0u64));
+        let refused = Rc::new(Cell::new(0u64));
+        let mut queues = Vec::with_capacity(connections);
+        let mut senders = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let (queue, jobs) = mpsc::unbounded_channel();
+            queues.push(queue);
+            senders.push(tokio::task::spawn_local(send_all(
+                self.server,
+                jobs,
+                accepted.clone(),
+                refused.clone(),
+            )));
+        }
+        let total = (rate * duration.as_secs_f64()).round() as u64;
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let start = Instant::now() + Duration::from_millis(5);
+        let start_ns = now_ns() + 5_000_000;
+        let mut published = Published::default();
+        for i in 0..total {
+            let offset = interval.mul_f64(i as f64);
+            tokio::time::sleep_until((start + offset).into()).await;
+            let lag = Instant::now().saturating_duration_since(start + offset);
+            published.max_lag_ms = published.max_lag_ms.max(lag.as_secs_f64() * 1000.0);
+            let due = start_ns + offset.as_nanos() as u64;
+            let (queue, request) = self.next_request(due, connections, &mut published);
+            published.sent += 1;
+            let _ = queues[queue].send(request);
+        }
+        drop(queues);
+        for sender in senders {
+            sender.await.map_err(|err| err.to_string())?;
+        }
+        published.accepted = accepted.get();
+        published.refused = refused.get();
+        Ok(published)
+    }
+
+    fn next_request(
+        &mut self,
+        due: u64,
+        connections: usize,
+        published: &mut Published,
+    ) -> (usize, PublishRequest) {
+        let (device, seq) = match self.mode {
+            Mode::Broadcast => {
+                self.next_broadcast += 1;
+                published.due.push((self.next_broadcast, due));
+                (None, self.next_broadcast)
+            }
+            Mode::Unicast { devices, .. } => {
+                let device = fastrand::usize(..devices);
+                self.device_seq[device] += 1;
+                (Some(device), self.device_seq[device])
+            }
+        };
+        let payload = Payload {
+            s: seq,
+            t: due,
+            p: self.padding.clone(),
+        };
+        let payload = serde_json::to_string(&payload).expect("payload serializes");
+        let name = device.map(device_name);
+        let request = self.target.publish_request(name.as_deref(), &payload);
+        (device.map_or(0, |device| device % connections), request)
+    }
+}
+
+/// Sends one connection's queue in order, reconnecting after a failure.
+async fn send_all(
+    server: SocketAddr,
+    mut jobs: mpsc::UnboundedReceiver<PublishRequest>,
+    accepted: Rc<Cell<u64>>,
+    refused: Rc<Cell<u64>>,
+) {
+    let host = server.to_string();
+    let mut connection: Option<(SendRequest<Full<Bytes>>, ConnectionGuard)> = None;
+    while let Some(job) = jobs.recv().await {
+        if connection.is_none() {
+            connection = match net::connect(PUBLISHER_SOURCE, server).await {
+                Ok(stream) => net::handshake(stream).await.ok(),
+                Err(_) => None,
+            };
+        }
+        let Some((sender, _)) = connection.as_mut() else {
+            refused.set(refused.get() + 1);
+            continue;
+        };
+        let headers: Vec<(&str, &str)> = job
+            .headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        match net::post(sender, &host, &job.path, &headers, job.body).await {
+            Ok(status) if (200..300).contains(&status) => accepted.set(accepted.get() + 1),
+            Ok(_) => refused.set(refused.get() + 1),
+            Err(_) => {
+                refused.set(refused.get() + 1);
+                connection = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! A scenario's result: the JSON record, the Markdown table (herald and
+//! nchan side by side, with their ratio) and the machine it ran on.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::fleet::Layout;
+use crate::procfs::Memory;
+use crate::publisher::Published;
+use crate::target::Target;
+
+#[derive(Serialize)]
+pub struct Run {
+    pub scenario: &'static str,
+    pub command: String,
+    pub machine: Machine,
+    pub setup: serde_json::Value,
+    pub targets: Vec<TargetResult>,
+}
+
+#[derive(Serialize)]
+pub struct TargetResult {
+    pub target: Target,
+    pub layout: Layout,
+    pub summary: Vec<Metric>,
+    pub steps: Vec<Step>,
+    pub memory: Vec<MemoryPoint>,
+}
+
+#[derive(Serialize, Clone)]
+pub struct Metric {
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+pub fn metric(name: impl Into<String>, value: f64, unit: &'static str) -> Metric {
+    Metric {
+        name: name.into(),
+        value,
+        unit,
+    }
+}
+
+#[derive(Serialize)]
+pub struct MemoryPoint {
+    pub label: &'static str,
+    pub memory: Memory,
+}
+
+#[derive(Serialize, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One offered rate held for a while.
+#[derive(Serialize)]
+pub struct Step {
+    /// Publishes per second offered.
+    pub offered_per_s: f64,
+    /// Deliveries per second that rate asks for (× streams for broadcasts).
+    pub offered_deliveries_per_s: f64,
+    pub published: Published,
+    pub expected: u64,
+    pub delivered: u64,
+    pub delivered_per_s: f64,
+    pub lost: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+    pub latency: Percentiles,
+    /// Broadcasts: publish until the last stream had it.
+    pub fanout: Option<Percentiles>,
+    pub server_cpu_s: f64,
+    pub client_cpu_s: f64,
+    pub server_cpu_us_per_delivery: f64,
+    /// p99 under 100 ms, nothing lost, no gap, nothing refused.
+    pub healthy: bool,
+}
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub commit: String,
+    pub date: String,
+    pub open_files_limit: u64,
+}
+
+impl Machine {
+    pub fn read() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default();
+        let commit = std::process::Command::new("git")
+            .args(["describe", "--always", "--dirty", "--abbrev=10"])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        Self {
+            // Not available_parallelism: the harness is pinned to its CPUs.
+            // SAFETY: sysconf has no preconditions.
+            cores: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0) as usize,
+            cpu,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            commit,
+            date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            open_files_limit: limit.rlim_cur,
+        }
+    }
+}
+
+/// Writes `<scenario>.json` and `<scenario>.md` into `dir`; answers the
+/// Markdown.
+pub fn write(run: &Run, dir: &Path) -> Result<String, String> {
+    std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+    let json = serde_json::to_string_pretty(run).map_err(|err| err.to_string())?;
+    let markdown = markdown(run);
+    for (extension, text) in [("json", json + "\n"), ("md", markdown.clone())] {
+        let path = dir.join(format!("{}.{extension}", run.scenario));
+        std::fs::write(&path, text).map_err(|err| format!("{}: {err}", path.display()))?;
+    }
+    Ok(markdown)
+}
+
+fn markdown(run: &Run) -> String {
+    let mut out = String::new();
+    let machine = &run.machine;
+    let _ = writeln!(out, "# herald-bench {}\n", run.scenario);
+    let _ = writeln!(out, "`{}`\n", run.command);
+    let _ = writeln!(
+        out,
+        "{} cores ({}), kernel {}, commit {}, {}, open files ≤ {}.\n",
+        machine.cores,
+        machine.cpu,
+        machine.kernel,
+        machine.commit,
+        machine.date,
+        machine.open_files_limit
+    );
+    if let Some(first) = run.targets.first() {
+        let layout = &first.layout;
+        let _ = writeln!(
+            out,
+            "{} streams over {} worker processes (≤ {} sockets each, sources {}); setup: `{}`\n",
+            layout.streams, layout.workers, layout.per_worker, layout.sources, run.setup
+        );
+    }
+    summary_table(&mut out, &run.targets);
+    steps_table(&mut out, &run.targets);
+    memory_table(&mut out, &run.targets);
+    out
+}
+
+fn header(out: &mut String, first: &str, targets: &[TargetResult]) {
+    let names: Vec<&str> = targets.iter().map(|t| t.target.name()).collect();
+    let ratio = if names.len() == 2 {
+        format!(" {}/{} |", names[0], names[1])
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "| {first} | {} |{ratio}", names.join(" | "));
+    let _ = writeln!(
+        out,
+        "|---|{}",
+        "---|".repeat(names.len() + usize::from(names.len() == 2))
+    );
+}
+
+fn ratio(values: &[f64]) -> String {
+    match values {
+        [a, b] if *b != 0.0 => format!(" {:.2} |", a / b),
+        [_, _] => " – |".to_owned(),
+        _ => String::new(),
+    }
+}
+
+fn summary_table(out: &mut String, targets: &[TargetResult]) {
+    let Some(first) = targets.first() else { return };
+    let _ = writeln!(out, "## Summary\n");
+    header(out, "metric", targets);
+    for (row, metric) in first.summary.iter().enumerate() {
+        let values: Vec<f64> = targets
+            .iter()
+            .map(|t| t.summary.get(row).map_or(f64::NAN, |m| m.value))
+            .collect();
+        let cells: Vec<String> = values.iter().map(|v| format_value(*v)).collect();
+        let _ = writeln!(
+            out,
+            "| {} ({}) | {} |{}",
+            metric.name,
+            metric.unit,
+            cells.join(" | "),
+            ratio(&values)
+        );
+    }
+    out.push('\n');
+}
+
+fn steps_table(out: &mut String, targets: &[TargetResult]) {
+    if targets.iter().all(|t| t.steps.is_empty()) {
+        return;
+    }
+    let _ = writeln!(out, "## Offered rates\n");
+    let _ = writeln!(
+        out,
+        "| target | offered/s | deliveries/s offered | delivered/s | p50 ms | p99 ms | max ms | fan-out p99 ms | lost | gaps | dups | refused | server CPU s | client CPU s | server µs/delivery | within goal |"
+    );
+    let _ = writeln!(out, "|{}", "---|".repeat(16));
+    for target in targets {
+        for step in &target.steps {
+            let fanout = step
+                .fanout
+                .map_or("–".to_owned(), |f| format_value(f.p99_ms));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                target.target.name(),
+                format_value(step.offered_per_s),
+                format_value(step.offered_deliveries_per_s),
+                format_value(step.delivered_per_s),
+                format_value(step.latency.p50_ms),
+                format_value(step.latency.p99_ms),
+                format_value(step.latency.max_ms),
+                fanout,
+                step.lost,
+                step.gaps,
+                step.duplicates,
+                step.published.refused,
+                format_value(step.server_cpu_s),
+                format_value(step.client_cpu_s),
+                format_value(step.server_cpu_us_per_delivery),
+                if step.healthy { "yes" } else { "no" },
+            );
+        }
+    }
+    out.push('\n');
+}
+
+fn memory_table(out: &mut String, targets: &[TargetResult]) {
+    let Some(first) = targets.first() else { return };
+    if first.memory.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## Server memory (PSS, MiB; anonymous in brackets)\n");
+    header(out, "when", targets);
+    for (row, point) in first.memory.iter().enumerate() {
+        let memories: Vec<Memory> = targets
+            .iter()
+            .map(|t| t.memory.get(row).map_or_else(Memory::default, |p| p.memory))
+            .collect();
+        let cells: Vec<String> = memories
+            .iter()
+            .map(|m| {
+                format!(
+                    "{:.1} ({:.1})",
+                    m.pss_kib as f64 / 1024.0,
+                    m.anon_kib as f64 / 1024.0
+                )
+            })
+            .collect();
+        let values: Vec<f64> = memories.iter().map(|m| m.pss_kib as f64).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} |{}",
+            point.label,
+            cells.join(" | "),
+            ratio(&values)
+        );
+    }
+    out.push('\n');
+}
+
+/// Three significant figures, no exponent for the magnitudes seen here.
+pub fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        return "–".to_owned();
+    }
+    let magnitude = value.abs();
+    if magnitude >= 100.0 || value == value.trunc() && magnitude < 1e15 {
+        format!("{value:.0}")
+    } else if magnitude >= 10.0 {
+        format!("{value:.1}")
+    } else if magnitude >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_keep_about_three_significant_figures() {
+        assert_eq!(format_value(1234.6), "1235");
+        assert_eq!(format_value(12.345), "12.3");
+        assert_eq!(format_value(1.2345), "1.23");
+        assert_eq!(format_value(0.01234), "0.012");
+        assert_eq!(format_value(7.0), "7");
+        assert_eq!(format_value(f64::NAN), "–");
+    }
+
+    #[test]
+    fn ratios_divide_the_first_target_by_the_second() {
+        assert_eq!(ratio(&[3.0, 2.0]), " 1.50 |");
+        assert_eq!(ratio(&[3.0, 0.0]), " – |");
+        assert_eq!(ratio(&[3.0]), "");
+    }
+}

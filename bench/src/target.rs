@@ -1,0 +1,265 @@
+//! The servers under test: herald (its binary, with the repo's
+//! `config.toml` and the bench overrides below) and nginx with the nchan
+//! module (`bench/nchan/nginx.conf.template`). Both get one worker on the
+//! server CPUs, the same replay buffer length and the same keep-alive period.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::net;
+use crate::procfs;
+
+/// The admin token herald is started with.
+const ADMIN_TOKEN: &str = "herald-bench-admin-token";
+const NGINX_TEMPLATE: &str = include_str!("../nchan/nginx.conf.template");
+const REPO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Herald,
+    Nchan,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Herald => "herald",
+            Self::Nchan => "nchan",
+        }
+    }
+
+    /// Where a device's EventSource connects.
+    pub fn stream_path(self, device: &str) -> String {
+        match self {
+            Self::Herald => format!("/v1/devices/{device}/events"),
+            Self::Nchan => format!("/sub/{device}"),
+        }
+    }
+
+    /// The request that publishes `payload` (a JSON object) to one device,
+    /// or to every device when `device` is `None`.
+    pub fn publish_request(self, device: Option<&str>, payload: &str) -> PublishRequest {
+        match self {
+            Self::Herald => PublishRequest {
+                path: match device {
+                    Some(device) => format!("/v1/devices/{device}/events"),
+                    None => "/v1/broadcast".to_owned(),
+                },
+                body: Bytes::from(format!(r#"{{"event":"bench","data":{payload}}}"#)),
+                headers: vec![
+                    ("content-type", "application/json".to_owned()),
+                    ("authorization", format!("Bearer {ADMIN_TOKEN}")),
+                ],
+            },
+            Self::Nchan => PublishRequest {
+                path: format!("/pub/{}", device.unwrap_or("all")),
+                body: Bytes::from(payload.to_owned()),
+                headers: vec![("content-type", "application/json".to_owned())],
+            },
+        }
+    }
+}
+
+pub struct PublishRequest {
+    pub path: String,
+    pub body: Bytes,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// How the servers are started.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerOptions {
+    pub herald_bin: PathBuf,
+    pub nginx_bin: PathBuf,
+    pub cpus: Vec<usize>,
+    /// Replay buffer length per device (herald) or channel (nchan).
+    pub buffer_events: usize,
+    /// Idle time after which a stream gets a keep-alive.
+    pub keepalive_secs: u64,
+    /// herald's `log.level` (nginx logs only warnings and has no access log).
+    pub herald_log: String,
+}
+
+/// A running server; stopped (and waited for) by [`Server::stop`].
+pub struct Server {
+    pub target: Target,
+    child: Child,
+    pub addr: SocketAddr,
+    scratch: PathBuf,
+}
+
+impl Server {
+    pub async fn start(target: Target, options: &ServerOptions) -> Result<Self, String> {
+        let port = free_port()?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let scratch = std::env::temp_dir().join(format!(
+            "herald-bench-{}-{}",
+            std::process::id(),
+            target.name()
+        ));
+        std::fs::create_dir_all(scratch.join("logs"))
+            .map_err(|err| format!("scratch dir {}: {err}", scratch.display()))?;
+        let mut command = match target {
+            Target::Herald => herald_command(options, addr),
+            Target::Nchan => nginx_command(options, port, &scratch)?,
+        };
+        procfs::pin(&mut command, &options.cpus);
+        let program = command.get_program().to_string_lossy().into_owned();
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|err| format!("cannot start {program}: {err}"))?;
+        let mut server = Self {
+            target,
+            child,
+            addr,
+            scratch,
+        };
+        if let Err(err) = server.await_ready().await {
+            server.stop().await;
+            return Err(err);
+        }
+        Ok(server)
+    }
+
+    /// The server's processes: herald's one, or nginx's master and workers.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.child.id()];
+        if self.target == Target::Nchan {
+            pids.extend(procfs::children(self.child.id()));
+        }
+        pids
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    async fn await_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "{} exited at start-up: {status}",
+                    self.target.name()
+                ));
+            }
+            if self.answers().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} not ready within 15 s", self.target.name()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether a publish-side request gets an answer: `/healthz` for herald,
+    /// a publish to a probe channel's info for nchan.
+    async fn answers(&self) -> bool {
+        let path = match self.target {
+            Target::Herald => "/healthz",
+            Target::Nchan => "/pub/ready-probe",
+        };
+        let probe = async {
+            let stream = net::connect(Ipv4Addr::LOCALHOST, self.addr).await?;
+            let (mut sender, _guard) = net::handshake(stream).await?;
+            let request = hyper::Request::get(path)
+                .header("host", self.host())
+                .body(http_body_util::Empty::<Bytes>::new())?;
+            let response = sender.send_request(request).await?;
+            Ok::<_, net::Error>(response.status().as_u16() < 500)
+        };
+        matches!(probe.await, Ok(true))
+    }
+
+    /// Ends the server (SIGTERM; SIGKILL after 20 s) and removes its scratch
+    /// directory.
+    pub async fn stop(mut self) {
+        // SAFETY: kill(2) on the pid of a child this process has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+fn herald_command(options: &ServerOptions, addr: SocketAddr) -> Command {
+    let mut command = Command::new(&options.herald_bin);
+    command.args(["--config", REPO_CONFIG, "--bind", &addr.to_string()]);
+    for (key, value) in herald_overrides(options) {
+        command.env(key, value);
+    }
+    command
+}
+
+/// The bench's overrides of `config.toml`: one HTTP worker (nginx runs one
+/// worker process), room for every stream from one address, the shared
+/// buffer length and keep-alive, and a short drain so runs end quickly.
+pub fn herald_overrides(options: &ServerOptions) -> Vec<(&'static str, String)> {
+    vec![
+        ("HERALD_SERVER__WORKERS", "1".to_owned()),
+        ("HERALD_SERVER__DRAIN_WINDOW", "1s".to_owned()),
+        ("HERALD_SERVER__SHUTDOWN_TIMEOUT", "1s".to_owned()),
+        ("HERALD_ADMIN__TOKENS", ADMIN_TOKEN.to_owned()),
+        ("HERALD_LIMITS__MAX_STREAMS", "19800".to_owned()),
+        ("HERALD_LIMITS__MAX_STREAMS_PER_ADDRESS", "19800".to_owned()),
+        (
+            "HERALD_SESSION__BUFFER_EVENTS",
+            options.buffer_events.to_string(),
+        ),
+        (
+            "HERALD_HEARTBEAT__TIMEOUT",
+            format!("{}s", options.keepalive_secs + 5),
+        ),
+        ("HERALD_HEARTBEAT__MARGIN", "5s".to_owned()),
+        ("HERALD_LOG__LEVEL", options.herald_log.clone()),
+        ("RUST_LOG", options.herald_log.clone()),
+    ]
+}
+
+fn nginx_command(
+    options: &ServerOptions,
+    port: u16,
+    scratch: &std::path::Path,
+) -> Result<Command, String> {
+    let config = NGINX_TEMPLATE
+        .replace("@PREFIX@", &scratch.display().to_string())
+        .replace("@PORT@", &port.to_string())
+        .replace("@BUFFER@", &options.buffer_events.to_string())
+        .replace("@PING@", &options.keepalive_secs.to_string())
+        .replace("@TTL@", "300");
+    let path = scratch.join("nginx.conf");
+    std::fs::write(&path, config).map_err(|err| format!("{}: {err}", path.display()))?;
+    let mut command = Command::new(&options.nginx_bin);
+    // -e: nginx would otherwise open its compiled-in error log first.
+    command
+        .arg("-p")
+        .arg(scratch)
+        .arg("-e")
+        .arg(scratch.join("error.log"))
+        .arg("-c")
+        .arg(&path);
+    Ok(command)
+}
+
+/// A port nothing listens on right now (bound, read, released).
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|err| err.to_string())?;
+    Ok(listener.local_addr().map_err(|err| err.to_string())?.port())
+}
