@@ -1,12 +1,14 @@
 //! The PNG chart of a rate sweep: offered deliveries/s against delivered
 //! deliveries/s (top) and p99 latency (bottom), every target on both.
 
+use std::ops::Range;
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::report::TargetResult;
+use crate::report::{Step, TargetResult};
 
 const COLOURS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
 
@@ -39,109 +41,97 @@ fn draw(
             .max(step.offered_deliveries_per_s);
         slowest = slowest.max(step.latency.p99_ms);
     }
-    let x_range = (low * 0.8).max(0.1)..high * 1.25;
+    let x = (low * 0.8).max(0.1)..high * 1.25;
     let root = BitMapBackend::new(path, (1000, 900)).into_drawing_area();
     root.fill(&WHITE)?;
     let (upper, lower) = root.split_vertically(450);
-
-    let mut rates = ChartBuilder::on(&upper)
-        .caption(
-            format!("{scenario}: delivered vs offered"),
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(
-            x_range.clone().log_scale(),
-            ((low * 0.5).max(0.1)..top * 1.5).log_scale(),
-        )?;
-    rates
-        .configure_mesh()
-        .x_desc("offered deliveries/s")
-        .y_desc("delivered/s")
-        .draw()?;
-    rates
-        .draw_series(LineSeries::new(
-            [(x_range.start, x_range.start), (x_range.end, x_range.end)],
-            BLACK.mix(0.3),
-        ))?
-        .label("offered = delivered")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.3)));
-    for (target, colour) in targets.iter().zip(COLOURS) {
-        let series: Vec<(f64, f64)> = target
-            .steps
-            .iter()
-            .map(|s| {
-                (
-                    s.offered_deliveries_per_s,
-                    s.delivered_per_s.max(low * 0.5).max(0.1),
-                )
-            })
-            .collect();
-        rates
-            .draw_series(LineSeries::new(series.clone(), colour.stroke_width(2)))?
-            .label(target.target.name())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
-        rates.draw_series(
-            series
-                .into_iter()
-                .map(|p| Circle::new(p, 4, colour.filled())),
-        )?;
-    }
-    rates
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
-
-    let mut latency = ChartBuilder::on(&lower)
-        .caption(
-            format!("{scenario}: p99 publish-to-receive latency"),
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(
-            x_range.clone().log_scale(),
-            (0.1..slowest * 2.0).log_scale(),
-        )?;
-    latency
-        .configure_mesh()
-        .x_desc("offered deliveries/s")
-        .y_desc("p99 ms")
-        .draw()?;
-    latency
-        .draw_series(LineSeries::new(
-            [(x_range.start, 100.0), (x_range.end, 100.0)],
-            BLACK.mix(0.3),
-        ))?
-        .label("100 ms (knee limit)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.3)));
-    for (target, colour) in targets.iter().zip(COLOURS) {
-        let series: Vec<(f64, f64)> = target
-            .steps
-            .iter()
-            .map(|s| (s.offered_deliveries_per_s, s.latency.p99_ms.max(0.1)))
-            .collect();
-        latency
-            .draw_series(LineSeries::new(series.clone(), colour.stroke_width(2)))?
-            .label(target.target.name())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
-        latency.draw_series(
-            series
-                .into_iter()
-                .map(|p| Circle::new(p, 4, colour.filled())),
-        )?;
-    }
-    latency
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
+    let rates = Panel {
+        title: format!("{scenario}: delivered vs offered"),
+        y_desc: "delivered/s",
+        x: x.clone(),
+        y: (low * 0.5).max(0.1)..top * 1.5,
+        reference: ("offered = delivered", [(x.start, x.start), (x.end, x.end)]),
+    };
+    rates.draw(&upper, targets, |step| step.delivered_per_s)?;
+    let latency = Panel {
+        title: format!("{scenario}: p99 publish-to-receive latency"),
+        y_desc: "p99 ms",
+        x: x.clone(),
+        y: 0.1..slowest * 2.0,
+        reference: ("100 ms (knee limit)", [(x.start, 100.0), (x.end, 100.0)]),
+    };
+    latency.draw(&lower, targets, |step| step.latency.p99_ms)?;
     root.present()?;
     Ok(())
+}
+
+/// One log-log chart of a value per step against offered deliveries/s.
+struct Panel {
+    title: String,
+    y_desc: &'static str,
+    x: Range<f64>,
+    y: Range<f64>,
+    reference: (&'static str, [(f64, f64); 2]),
+}
+
+impl Panel {
+    fn draw(
+        &self,
+        area: &DrawingArea<BitMapBackend<'_>, Shift>,
+        targets: &[TargetResult],
+        value: impl Fn(&Step) -> f64,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut chart = ChartBuilder::on(area)
+            .caption(&self.title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(self.x.clone().log_scale(), self.y.clone().log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("offered deliveries/s")
+            .y_desc(self.y_desc)
+            .x_label_formatter(&|v| short(*v))
+            .y_label_formatter(&|v| short(*v))
+            .draw()?;
+        let grey = BLACK.mix(0.5).stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(self.reference.1, grey))?
+            .label(self.reference.0)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], grey));
+        for (target, colour) in targets.iter().zip(COLOURS) {
+            let points: Vec<(f64, f64)> = target
+                .steps
+                .iter()
+                .map(|s| (s.offered_deliveries_per_s, value(s).max(self.y.start)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+                .label(target.target.name())
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, colour.filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+        Ok(())
+    }
+}
+
+/// 1.5k, 200k, 1.2M: axis labels a reader takes in at a glance.
+fn short(value: f64) -> String {
+    match value {
+        v if v >= 1e6 => format!("{}M", v / 1e6),
+        v if v >= 1e3 => format!("{}k", v / 1e3),
+        v => format!("{v}"),
+    }
 }

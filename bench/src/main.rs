@@ -152,7 +152,9 @@ fn coordinate<S: Scenario + serde::Serialize>(common: &Common, scenario: S) -> R
         targets,
     };
     let markdown = report::write(&run, &common.out)?;
-    chart::write(&common.out, S::NAME, &run.targets)?;
+    if S::CHART {
+        chart::write(&common.out, S::NAME, &run.targets)?;
+    }
     println!("{markdown}");
     if common.check
         && let Some(violation) = run

@@ -19,9 +19,17 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// is chosen at connect time (`IP_BIND_ADDRESS_NO_PORT`): a plain bind to
 /// port 0 would search the whole port range per socket, which grows with
 /// the number of sockets already bound and makes opening 19,000 of them
-/// quadratic.
-pub async fn connect(source: Ipv4Addr, server: SocketAddr) -> Result<TcpStream, Error> {
+/// quadratic. `receive_buffer` caps the socket's receive buffer (set before
+/// connecting, so the window the server sees is small from the start).
+pub async fn connect(
+    source: Ipv4Addr,
+    server: SocketAddr,
+    receive_buffer: Option<u32>,
+) -> Result<TcpStream, Error> {
     let socket = TcpSocket::new_v4()?;
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
     let enable: libc::c_int = 1;
     // SAFETY: a valid socket descriptor and a c_int option of the size given.
     let set = unsafe {

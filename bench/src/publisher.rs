@@ -25,6 +25,12 @@ use crate::worker::{device_name, now_ns};
 
 /// The address publishers connect from (the streams use 127.0.0.10 and up).
 const PUBLISHER_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// Tries per publish when the connection fails (not when the server answers
+/// with an error): a backend would retry, and a sequence number given up on
+/// would show as a gap in every stream. A retry whose first attempt the
+/// server did carry out shows as a duplicate.
+const ATTEMPTS: u32 = 20;
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 pub enum Mode {
     Broadcast,
@@ -49,7 +55,10 @@ pub struct Publisher {
 pub struct Published {
     pub sent: u64,
     pub accepted: u64,
+    /// Answered with an error status, or failed on every attempt.
     pub refused: u64,
+    /// Sent again on a new connection after the connection failed.
+    pub retried: u64,
     /// How far behind its schedule the publisher fell, at worst.
     pub max_lag_ms: f64,
     /// Broadcasts only: each sequence number and its due time (ns).
@@ -81,8 +90,7 @@ impl Publisher {
             Mode::Broadcast => 1,
             Mode::Unicast { connections, .. } => connections.max(1),
         };
-        let accepted = Rc::new(Cell::new(0u64));
-        let refused = Rc::new(Cell::new(0u64));
+        let counts = Rc::new(Counts::default());
         let mut queues = Vec::with_capacity(connections);
         let mut senders = Vec::with_capacity(connections);
         for _ in 0..connections {
@@ -91,8 +99,7 @@ impl Publisher {
             senders.push(tokio::task::spawn_local(send_all(
                 self.server,
                 jobs,
-                accepted.clone(),
-                refused.clone(),
+                counts.clone(),
             )));
         }
         let total = (rate * duration.as_secs_f64()).round() as u64;
@@ -114,8 +121,9 @@ impl Publisher {
         for sender in senders {
             sender.await.map_err(|err| err.to_string())?;
         }
-        published.accepted = accepted.get();
-        published.refused = refused.get();
+        published.accepted = counts.accepted.get();
+        published.refused = counts.refused.get();
+        published.retried = counts.retried.get();
         Ok(published)
     }
 
@@ -149,38 +157,57 @@ impl Publisher {
     }
 }
 
+#[derive(Default)]
+struct Counts {
+    accepted: Cell<u64>,
+    refused: Cell<u64>,
+    retried: Cell<u64>,
+}
+
+fn bump(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
+}
+
 /// Sends one connection's queue in order, reconnecting after a failure.
 async fn send_all(
     server: SocketAddr,
     mut jobs: mpsc::UnboundedReceiver<PublishRequest>,
-    accepted: Rc<Cell<u64>>,
-    refused: Rc<Cell<u64>>,
+    counts: Rc<Counts>,
 ) {
     let host = server.to_string();
     let mut connection: Option<(SendRequest<Full<Bytes>>, ConnectionGuard)> = None;
     while let Some(job) = jobs.recv().await {
-        if connection.is_none() {
-            connection = match net::connect(PUBLISHER_SOURCE, server).await {
-                Ok(stream) => net::handshake(stream).await.ok(),
-                Err(_) => None,
-            };
-        }
-        let Some((sender, _)) = connection.as_mut() else {
-            refused.set(refused.get() + 1);
-            continue;
-        };
         let headers: Vec<(&str, &str)> = job
             .headers
             .iter()
             .map(|(name, value)| (*name, value.as_str()))
             .collect();
-        match net::post(sender, &host, &job.path, &headers, job.body).await {
-            Ok(status) if (200..300).contains(&status) => accepted.set(accepted.get() + 1),
-            Ok(_) => refused.set(refused.get() + 1),
-            Err(_) => {
-                refused.set(refused.get() + 1);
-                connection = None;
+        let mut answer = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                bump(&counts.retried);
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
+            if connection.is_none() {
+                connection = match net::connect(PUBLISHER_SOURCE, server, None).await {
+                    Ok(stream) => net::handshake(stream).await.ok(),
+                    Err(_) => None,
+                };
+            }
+            let Some((sender, _)) = connection.as_mut() else {
+                continue;
+            };
+            match net::post(sender, &host, &job.path, &headers, job.body.clone()).await {
+                Ok(status) => {
+                    answer = Some(status);
+                    break;
+                }
+                Err(_) => connection = None,
+            }
+        }
+        match answer {
+            Some(status) if (200..300).contains(&status) => bump(&counts.accepted),
+            _ => bump(&counts.refused),
         }
     }
 }

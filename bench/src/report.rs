@@ -51,6 +51,14 @@ pub struct MemoryPoint {
     pub memory: Memory,
 }
 
+impl Step {
+    /// The server did not keep up: something lost, or less than 90% of
+    /// the offered deliveries per second delivered.
+    pub fn saturated(&self) -> bool {
+        self.lost > 0 || self.delivered_per_s < 0.9 * self.offered_deliveries_per_s
+    }
+}
+
 #[derive(Serialize, Clone, Copy, Default)]
 pub struct Percentiles {
     pub p50_ms: f64,

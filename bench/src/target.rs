@@ -168,7 +168,7 @@ impl Server {
             Target::Nchan => "/pub/ready-probe",
         };
         let probe = async {
-            let stream = net::connect(Ipv4Addr::LOCALHOST, self.addr).await?;
+            let stream = net::connect(Ipv4Addr::LOCALHOST, self.addr, None).await?;
             let (mut sender, _guard) = net::handshake(stream).await?;
             let request = hyper::Request::get(path)
                 .header("host", self.host())
@@ -223,6 +223,9 @@ pub fn herald_overrides(options: &ServerOptions) -> Vec<(&'static str, String)> 
             "HERALD_SESSION__BUFFER_EVENTS",
             options.buffer_events.to_string(),
         ),
+        // nchan gets 12 GiB of shared memory for messages; herald's bound on
+        // buffered bytes (which counts a broadcast once per device) the same.
+        ("HERALD_SESSION__MAX_TOTAL_BYTES", (12u64 << 30).to_string()),
         (
             "HERALD_HEARTBEAT__TIMEOUT",
             format!("{}s", options.keepalive_secs + 5),

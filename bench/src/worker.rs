@@ -28,6 +28,10 @@ use crate::target::Target;
 const LIVE_PATIENCE: Duration = Duration::from_secs(60);
 /// Pause before retrying a refused or failed connect.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Receive buffer of a slow stream's socket: small, so what the stream
+/// leaves unread backs up into the server within a short run rather than
+/// into megabytes of kernel buffers.
+const SLOW_RECEIVE_BUFFER: u32 = 4096;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
@@ -290,7 +294,8 @@ async fn session(
     counted: &mut bool,
     permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Result<(), net::Error> {
-    let stream = net::connect(worker.args.source, worker.args.server).await?;
+    let receive_buffer = slow.then_some(SLOW_RECEIVE_BUFFER);
+    let stream = net::connect(worker.args.source, worker.args.server, receive_buffer).await?;
     let (mut sender, _guard) = net::handshake(stream).await?;
     let last_event_id = worker.streams[index].borrow().last_event_id.clone();
     let response =

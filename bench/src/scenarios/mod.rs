@@ -90,6 +90,8 @@ impl Common {
 /// One scenario run against one target.
 pub trait Scenario {
     const NAME: &'static str;
+    /// Whether the result is a rate sweep worth a chart.
+    const CHART: bool = false;
     async fn run(&self, common: &Common, target: Target) -> Result<TargetResult, String>;
     /// Why the result breaks an invariant (gaps, loss, …), if it does.
     fn violation(&self, result: &TargetResult) -> Option<String> {

@@ -14,11 +14,12 @@ use crate::target::Target;
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct SlowArgs {
-    /// Broadcasts per second.
-    #[arg(long, default_value_t = 10.0)]
+    /// Broadcasts per second (2/s × 19,000 streams is within what either
+    /// server delivers).
+    #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
     /// Seconds each run publishes.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 30.0)]
     pub secs: f64,
     /// Every n-th stream stops reading.
     #[arg(long, default_value_t = 10)]

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every herald-bench scenario, small and short, against herald only, with
+# --check (exit non-zero on any gap, duplicate, loss or stream that never
+# connected). CI runs it so the harness never rots; the full runs are in
+# README's "Performance" section.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build -p herald -p herald-bench
+bench=target/debug/herald-bench
+out=target/bench-smoke
+common=(--targets herald --streams 120 --per-worker 50 --herald-bin target/debug/herald --out "$out" --check)
+
+"$bench" idle "${common[@]}" --hold-secs 2 --burst 5
+"$bench" fanout "${common[@]}" --rates 1,20 --step-secs 1
+"$bench" unicast "${common[@]}" --rates 50,200 --step-secs 1
+"$bench" storm "${common[@]}" --history 5 --rate 5 --before-secs 1 --after-secs 2
+"$bench" slow "${common[@]}" --rate 5 --secs 2 --payload-bytes 1024
+for scenario in idle fanout unicast storm slow; do
+    test -s "$out/$scenario.json" && test -s "$out/$scenario.md"
+done
+test -s "$out/fanout.png" && test -s "$out/unicast.png"
+echo "bench smoke: every scenario ran clean"
