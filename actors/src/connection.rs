@@ -245,7 +245,7 @@ impl Handler<Begin> for DeviceConnection {
         let timeout_ms = u64::try_from(p.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
         let hello = Signal::hello(&p.device, p.connection_id, timeout_ms, resumed);
         self.began = Some(Instant::now());
-        self.write(Frame::Signal(hello), ctx);
+        self.write(Frame::Signal(Box::new(hello)), ctx);
         if let Start::Reset {
             reason,
             last_event_id,
@@ -263,7 +263,7 @@ impl Handler<Begin> for DeviceConnection {
                     .map_or_else(|| "-".to_owned(), quoted)
             );
             self.write(
-                Frame::Signal(Signal::reset(reason, last_event_id.as_deref())),
+                Frame::Signal(Box::new(Signal::reset(reason, last_event_id.as_deref()))),
                 ctx,
             );
         }
@@ -285,7 +285,7 @@ impl Handler<Push> for DeviceConnection {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        self.write(Frame::Event(msg.event), ctx);
+        self.write(Frame::Event(Box::new(msg.event)), ctx);
     }
 }
 
@@ -302,7 +302,7 @@ impl Handler<Kick> for DeviceConnection {
             self.params.connection_id,
         );
         metrics().kicks.inc();
-        self.write(Frame::Signal(Signal::kicked(msg.by)), ctx);
+        self.write(Frame::Signal(Box::new(Signal::kicked(msg.by))), ctx);
         self.stop(DisconnectReason::Kicked, ctx);
     }
 }
@@ -319,7 +319,7 @@ impl Handler<SendHeartbeat> for DeviceConnection {
     type Result = ();
 
     fn handle(&mut self, _: SendHeartbeat, ctx: &mut Self::Context) {
-        self.write(Frame::Signal(Signal::heartbeat()), ctx);
+        self.write(Frame::Signal(Box::new(Signal::heartbeat())), ctx);
     }
 }
 

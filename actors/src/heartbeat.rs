@@ -182,7 +182,7 @@ mod tests {
         expect_signal(&mut frames, "hello").await;
 
         match next(&mut frames).await {
-            Some(Frame::Signal(signal)) => assert_eq!(signal, Signal::heartbeat()),
+            Some(Frame::Signal(signal)) => assert_eq!(*signal, Signal::heartbeat()),
             other => panic!("expected a heartbeat, got {other:?}"),
         }
     }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::{Receiver, channel};
 use crate::{
     Actors, Attach, ConnectionId, ConnectionParams, CountLive, DeviceConnection, DeviceId,
     EventName, FlappingPolicy, Frame, HeartbeatConfig, KickConfig, Progress, Publish,
-    PublishReceipt, SessionConfig, Signal,
+    PublishReceipt, SessionConfig,
 };
 
 /// How long a test waits for something that should happen at once.
@@ -115,8 +115,8 @@ pub(crate) async fn next(frames: &mut Receiver<Frame>) -> Option<Frame> {
 /// The next frame, which must be the signal `name`; answers its data.
 pub(crate) async fn expect_signal(frames: &mut Receiver<Frame>, name: &str) -> serde_json::Value {
     match next(frames).await {
-        Some(Frame::Signal(Signal { name: got, data })) if got == name => {
-            serde_json::from_str(&data).unwrap()
+        Some(Frame::Signal(signal)) if signal.name == name => {
+            serde_json::from_str(&signal.data).unwrap()
         }
         other => panic!("expected the `{name}` signal, got {other:?}"),
     }

@@ -204,7 +204,7 @@ impl From<Frame> for FrameEvents {
                 // The HTTP body takes the event off the queue to write it now.
                 let waited = event.published_at.elapsed().as_secs_f64();
                 metrics().publish_to_write.observe(waited);
-                Self::One(Some(with_id(event)))
+                Self::One(Some(with_id(*event)))
             }
             Frame::Replay(events) => Self::History(events.into_iter()),
             Frame::State(events) => Self::State(events.into_iter()),
