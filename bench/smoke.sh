@@ -15,7 +15,7 @@ common=(--targets herald --streams 120 --per-worker 50 --herald-bin target/debug
 "$bench" fanout "${common[@]}" --rates 1,20 --step-secs 1
 "$bench" unicast "${common[@]}" --rates 50,200 --step-secs 1
 "$bench" storm "${common[@]}" --history 5 --rate 5 --before-secs 1 --after-secs 2
-"$bench" slow "${common[@]}" --rate 5 --secs 2 --payload-bytes 1024
+"$bench" slow "${common[@]}" --rate 20 --secs 3 --payload-bytes 16384
 for scenario in idle fanout unicast storm slow; do
     test -s "$out/$scenario.json" && test -s "$out/$scenario.md"
 done

@@ -39,7 +39,9 @@ fn draw(
         top = top
             .max(step.delivered_per_s)
             .max(step.offered_deliveries_per_s);
-        slowest = slowest.max(step.latency.p99_ms);
+        if step.latency.p99_ms.is_finite() {
+            slowest = slowest.max(step.latency.p99_ms);
+        }
     }
     let x = (low * 0.8).max(0.1)..high * 1.25;
     let root = BitMapBackend::new(path, (1000, 900)).into_drawing_area();
@@ -100,10 +102,14 @@ impl Panel {
             .label(self.reference.0)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], grey));
         for (target, colour) in targets.iter().zip(COLOURS) {
+            // A step with nothing delivered has no latency: left out, not
+            // drawn at the axis floor as if it were the best.
             let points: Vec<(f64, f64)> = target
                 .steps
                 .iter()
-                .map(|s| (s.offered_deliveries_per_s, value(s).max(self.y.start)))
+                .map(|s| (s.offered_deliveries_per_s, value(s)))
+                .filter(|(_, y)| y.is_finite())
+                .map(|(x, y)| (x, y.max(self.y.start)))
                 .collect();
             chart
                 .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?

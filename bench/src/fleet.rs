@@ -11,11 +11,17 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::protocol::{self, Command, Merged, Reply};
+use crate::protocol::{self, Command, Live, Merged, Reply};
 use crate::target::Target;
 
 /// The first worker binds 127.0.0.10, the next 127.0.0.11, …
 const FIRST_SOURCE: u8 = 10;
+/// Sockets per worker at most: half the open files a process may have, so
+/// even a storm that briefly holds old and new sockets stays under it.
+const MAX_PER_WORKER: usize = 9_500;
+/// How long a worker may take to answer a command (a Connect or Storm
+/// answers within a minute).
+const PATIENCE: Duration = Duration::from_secs(120);
 
 /// How the streams are spread, as reported with every result.
 #[derive(Clone, Debug, Serialize)]
@@ -38,14 +44,6 @@ struct WorkerProcess {
     stdout: Lines<BufReader<ChildStdout>>,
 }
 
-/// All streams live again: the slowest worker's time and the sums.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct Live {
-    pub elapsed_ms: f64,
-    pub errors: u64,
-    pub missing: u64,
-}
-
 pub struct Spec {
     pub target: Target,
     pub server: SocketAddr,
@@ -57,7 +55,7 @@ pub struct Spec {
 
 impl Fleet {
     pub fn spawn(spec: &Spec) -> Result<Self, String> {
-        let per_worker = spec.per_worker.clamp(1, 19_000);
+        let per_worker = spec.per_worker.clamp(1, MAX_PER_WORKER);
         let count = spec.streams.div_ceil(per_worker).max(1);
         if count > usize::from(u8::MAX - FIRST_SOURCE) {
             return Err(format!("{count} workers: too many source addresses"));
@@ -120,10 +118,9 @@ impl Fleet {
         }
         let mut replies = Vec::with_capacity(self.workers.len());
         for worker in &mut self.workers {
-            let line = worker
-                .stdout
-                .next_line()
+            let line = tokio::time::timeout(PATIENCE, worker.stdout.next_line())
                 .await
+                .map_err(|_| format!("a worker did not answer {command:?} within {PATIENCE:?}"))?
                 .map_err(|err| err.to_string())?
                 .ok_or("a worker exited")?;
             replies.push(serde_json::from_str(&line).map_err(|err| format!("{line}: {err}"))?);
@@ -132,20 +129,14 @@ impl Fleet {
     }
 
     async fn live(&mut self, command: &Command) -> Result<Live, String> {
-        let mut live = Live::default();
+        let mut total: Option<Live> = None;
         for reply in self.ask(command).await? {
-            if let Reply::Live {
-                elapsed_ms,
-                errors,
-                missing,
-            } = reply
-            {
-                live.elapsed_ms = live.elapsed_ms.max(elapsed_ms);
-                live.errors += errors;
-                live.missing += missing;
-            }
+            let Reply::Live(live) = reply else {
+                return Err(format!("unexpected answer to {command:?}: {reply:?}"));
+            };
+            total = Some(total.map_or(live, |sum| sum.add(live)));
         }
-        Ok(live)
+        Ok(total.unwrap_or_default())
     }
 
     /// Opens every stream, a bounded number of connects in flight per worker.
@@ -167,15 +158,31 @@ impl Fleet {
     }
 
     pub async fn deliveries(&mut self) -> Result<u64, String> {
-        Ok(self
-            .ask(&Command::Count)
-            .await?
-            .into_iter()
-            .map(|reply| match reply {
-                Reply::Count { deliveries } => deliveries,
-                _ => 0,
-            })
-            .sum())
+        let mut total = 0;
+        for reply in self.ask(&Command::Count).await? {
+            let Reply::Count { deliveries } = reply else {
+                return Err(format!("unexpected answer to a count: {reply:?}"));
+            };
+            total += deliveries;
+        }
+        Ok(total)
+    }
+
+    /// Waits until no delivery arrived for half a second (at most
+    /// `patience`), so what one phase left in flight does not count in the
+    /// next.
+    pub async fn await_quiet(&mut self, patience: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + patience;
+        let mut last = self.deliveries().await?;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.deliveries().await?;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        Ok(())
     }
 
     /// Waits until `expected` deliveries were counted, or `patience` passed.
@@ -195,23 +202,31 @@ impl Fleet {
     }
 
     pub async fn report(&mut self) -> Result<Merged, String> {
-        let tallies = self
-            .ask(&Command::Report)
-            .await?
-            .into_iter()
-            .filter_map(|reply| match reply {
-                Reply::Report(tally) => Some(tally),
-                _ => None,
-            })
-            .collect();
+        let mut tallies = Vec::with_capacity(self.workers.len());
+        for reply in self.ask(&Command::Report).await? {
+            let Reply::Report(tally) = reply else {
+                return Err(format!("unexpected answer to a report: {reply:?}"));
+            };
+            tallies.push(tally);
+        }
         Ok(protocol::merge(tallies))
     }
 
-    /// Tells every worker to exit and waits for them.
-    pub async fn quit(mut self) {
-        let _ = self.ask(&Command::Quit).await;
-        for worker in &mut self.workers {
-            let _ = tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await;
+    /// Tells every worker to exit (closing its stdin is enough) and waits
+    /// for them; one that does not exit within 5 s is killed.
+    pub async fn quit(self) {
+        let mut children = Vec::with_capacity(self.workers.len());
+        for worker in self.workers {
+            drop(worker.stdin);
+            children.push(worker.child);
+        }
+        for mut child in children {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
         }
     }
 }

@@ -8,7 +8,8 @@
 //!   CPUs), and how each is subscribed to and published to.
 //! - `fleet` / `worker`: the streams live in worker processes (this binary
 //!   again, `herald-bench worker`), a few thousand sockets each on their own
-//!   127.0.0.x, commanded over stdin/stdout (`protocol`).
+//!   127.0.0.x, commanded over stdin/stdout (`protocol`); `tally` counts
+//!   what each stream received.
 //! - `publisher`: publishing at a fixed offered rate.
 //! - `net`: client sockets and HTTP/1.1 exchanges; `procfs`: CPU seconds,
 //!   memory and pinning.
@@ -22,6 +23,7 @@ mod protocol;
 mod publisher;
 mod report;
 mod scenarios;
+mod tally;
 mod target;
 mod worker;
 
@@ -68,7 +70,7 @@ enum Command {
         #[command(flatten)]
         args: StormArgs,
     },
-    /// Every tenth stream stops reading: healthy p99 and server memory.
+    /// Some streams stop reading: healthy p99 and server memory.
     Slow {
         #[command(flatten)]
         common: Common,
@@ -84,12 +86,8 @@ fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Worker(args) => worker::run(args).map_err(|err| err.to_string()),
         Command::Idle { common, args } => coordinate(&common, args),
-        Command::Fanout { common, args } => {
-            coordinate(&common, scenarios::Fanout(args.or_rates(FANOUT_RATES)))
-        }
-        Command::Unicast { common, args } => {
-            coordinate(&common, scenarios::Unicast(args.or_rates(UNICAST_RATES)))
-        }
+        Command::Fanout { common, args } => coordinate(&common, scenarios::Fanout::new(args)),
+        Command::Unicast { common, args } => coordinate(&common, scenarios::Unicast::new(args)),
         Command::Storm { common, args } => coordinate(&common, args),
         Command::Slow { common, args } => coordinate(&common, args),
     };
@@ -99,21 +97,6 @@ fn main() -> ExitCode {
             eprintln!("herald-bench: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Broadcasts per second tried by default (× 19,000 streams: 19k to 3.8M
-/// deliveries/s).
-const FANOUT_RATES: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
-/// Unicast publishes per second tried by default.
-const UNICAST_RATES: &[f64] = &[1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 40000.0];
-
-impl SweepArgs {
-    fn or_rates(mut self, defaults: &[f64]) -> Self {
-        if self.rates.is_empty() {
-            self.rates = defaults.to_vec();
-        }
-        self
     }
 }
 
@@ -156,13 +139,18 @@ fn coordinate<S: Scenario + serde::Serialize>(common: &Common, scenario: S) -> R
         chart::write(&common.out, S::NAME, &run.targets)?;
     }
     println!("{markdown}");
-    if common.check
-        && let Some(violation) = run
-            .targets
-            .iter()
-            .find_map(|result| scenario.violation(result))
-    {
-        return Err(format!("check failed: {violation}"));
+    let problems: Vec<String> = run
+        .targets
+        .iter()
+        .flat_map(|result| {
+            result
+                .problems
+                .iter()
+                .map(|p| format!("{}: {p}", result.target.name()))
+        })
+        .collect();
+    if common.check && !problems.is_empty() {
+        return Err(format!("check failed: {}", problems.join("; ")));
     }
     Ok(())
 }

@@ -82,7 +82,53 @@ fn field_kib(text: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A CPU list as `taskset -c` takes it: `0`, `0,1`, `0-3`.
+/// The server's side of its TCP connections (`/proc/net/tcp`, local port
+/// `port`): how many are established, and what their send queues hold.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ServerSockets {
+    pub established: u64,
+    /// Sockets (any state) with bytes the client has not taken yet.
+    pub backed_up: u64,
+    pub send_queue_bytes: u64,
+}
+
+pub fn server_sockets(port: u16) -> ServerSockets {
+    let table = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    count_sockets(&table, port)
+}
+
+fn count_sockets(table: &str, port: u16) -> ServerSockets {
+    let suffix = format!(":{port:04X}");
+    let mut sockets = ServerSockets::default();
+    for fields in table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    {
+        let (Some(local), Some(state), Some(queues)) =
+            (fields.get(1), fields.get(3), fields.get(4))
+        else {
+            continue;
+        };
+        // The listening socket has the port too, in state 0A (LISTEN).
+        if !local.ends_with(&suffix) || *state == "0A" {
+            continue;
+        }
+        // State 01 is ESTABLISHED.
+        sockets.established += u64::from(*state == "01");
+        let queued = queues
+            .split(':')
+            .next()
+            .and_then(|tx| u64::from_str_radix(tx, 16).ok())
+            .unwrap_or(0);
+        sockets.backed_up += u64::from(queued > 0);
+        sockets.send_queue_bytes += queued;
+    }
+    sockets
+}
+
+/// A CPU list as `taskset -c` takes it: `0`, `0,1`, `0-3`; every CPU must
+/// be online.
 pub fn parse_cpus(list: &str) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();
     for part in list.split(',') {
@@ -98,7 +144,16 @@ pub fn parse_cpus(list: &str) -> Result<Vec<usize>, String> {
             None => cpus.push(part.trim().parse().map_err(|_| bad())?),
         }
     }
-    Ok(cpus)
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    match cpus.iter().find(|cpu| **cpu >= online) {
+        _ if cpus.is_empty() => Err(format!("CPU list {list:?} names no CPU")),
+        Some(cpu) => Err(format!(
+            "CPU {cpu} in {list:?}: this machine has CPUs 0-{}",
+            online - 1
+        )),
+        None => Ok(cpus),
+    }
 }
 
 /// Pins the calling process (and what it spawns later) to `cpus`.
@@ -106,20 +161,31 @@ pub fn pin_self(cpus: &[usize]) -> std::io::Result<()> {
     set_affinity(cpus)
 }
 
-/// Pins the process `command` will start to `cpus`, as `taskset -c` would.
-pub fn pin(command: &mut Command, cpus: &[usize]) {
+/// Pins the process `command` will start to `cpus`, as `taskset -c` would,
+/// and has the kernel kill it if this process dies first, so a crashed run
+/// never leaves a server behind.
+pub fn pin(command: &mut Command, cpus: &[usize]) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
+    if cpus.iter().any(|cpu| *cpu >= libc::CPU_SETSIZE as usize) {
+        return Err(format!("CPUs {cpus:?}: beyond what a CPU set holds"));
+    }
     let cpus = cpus.to_vec();
     // SAFETY: the closure runs between fork and exec and only makes the
-    // async-signal-safe sched_setaffinity call.
+    // async-signal-safe prctl and sched_setaffinity calls.
     unsafe {
-        command.pre_exec(move || set_affinity(&cpus));
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            set_affinity(&cpus)
+        });
     }
+    Ok(())
 }
 
 fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data, zeroed is the empty set; CPU_SET
-    // ignores CPUs beyond the set's size; sched_setaffinity(0, ..) applies to
+    // SAFETY: cpu_set_t is plain data, zeroed is the empty set; every CPU
+    // was checked to be below CPU_SETSIZE; sched_setaffinity(0, ..) applies to
     // the calling thread's process before any other thread exists in it
     // (pre_exec) or to the main thread (pin_self at start-up).
     unsafe {
@@ -141,8 +207,21 @@ mod tests {
     #[test]
     fn cpu_lists_parse_like_taskset() {
         assert_eq!(parse_cpus("0").unwrap(), vec![0]);
-        assert_eq!(parse_cpus("0-2,5").unwrap(), vec![0, 1, 2, 5]);
         assert!(parse_cpus("zero").is_err());
+        assert!(parse_cpus("1-0").is_err(), "an empty range names no CPU");
+        assert!(parse_cpus("0,100000").is_err(), "no such CPU here");
+    }
+
+    #[test]
+    fn server_sockets_are_counted_by_local_port_and_state() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n\
+            1: 0100007F:1F90 0A00007F:9C40 01 00000200:00000000\n\
+            2: 0100007F:1F90 0A00007F:9C41 04 00001000:00000000\n\
+            3: 0A00007F:9C40 0100007F:1F90 01 00000000:00000010\n";
+        let sockets = count_sockets(table, 8080);
+        assert_eq!((sockets.established, sockets.backed_up), (1, 2));
+        assert_eq!(sockets.send_queue_bytes, 0x200 + 0x1000);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! line on its stdout.
 
 use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,19 @@ pub struct Payload {
     pub t: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub p: String,
+}
+
+/// The name of device number `index`.
+pub fn device_name(index: usize) -> String {
+    format!("d{index:05}")
+}
+
+/// Wall-clock nanoseconds: publisher and receivers are different processes,
+/// so the only clock they share is the system's.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -43,31 +57,53 @@ pub enum Command {
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    Live {
-        /// Time from the command until the last stream was live.
-        elapsed_ms: f64,
-        /// Connect failures and non-200 answers on the way (each retried).
-        errors: u64,
-        /// Streams still not live when the worker stopped waiting (60 s).
-        missing: u64,
-    },
-    Count {
-        deliveries: u64,
-    },
+    Live(Live),
+    Count { deliveries: u64 },
     Report(Tally),
     Done,
 }
 
-/// What a worker's healthy streams saw. Slow streams (those told to stop
-/// reading) are left out of every figure.
+/// The answer to `Connect` and `Storm`; for the fleet, the slowest worker's
+/// time and the sums.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
+pub struct Live {
+    /// Time from the command until the last stream was live; NaN if some
+    /// never were.
+    pub elapsed_ms: f64,
+    /// Connect failures and non-200 answers on the way (each retried).
+    pub errors: u64,
+    /// Streams still not live when the worker stopped waiting (60 s).
+    pub missing: u64,
+}
+
+impl Live {
+    pub fn add(self, other: Live) -> Live {
+        Live {
+            elapsed_ms: if self.elapsed_ms.is_nan() || other.elapsed_ms.is_nan() {
+                f64::NAN
+            } else {
+                self.elapsed_ms.max(other.elapsed_ms)
+            },
+            errors: self.errors + other.errors,
+            missing: self.missing + other.missing,
+        }
+    }
+}
+
+/// What a worker's streams saw. Slow streams (those told to stop reading)
+/// read nothing, so only their connection errors and ends count here.
 #[derive(Serialize, Deserialize, Debug, Default, Clone)]
 pub struct Tally {
+    /// Events delivered for the first time to their stream.
     pub deliveries: u64,
     /// Sequence numbers skipped (a later one arrived first).
     pub gaps: u64,
-    /// Sequence numbers that arrived again, or out of order.
+    /// Sequence numbers that arrived again, or out of order (not counted
+    /// in `deliveries`).
     pub duplicates: u64,
-    /// Deliveries published before their stream went live (replayed).
+    /// Deliveries due (by the publisher's schedule) before their stream's
+    /// current connection was live: replayed from the server's buffer, or
+    /// held at the publisher across the reconnect.
     pub replayed: u64,
     pub heartbeats: u64,
     /// herald `reset` events (a position the server could not resume).
@@ -78,8 +114,9 @@ pub struct Tally {
     pub errors: u64,
     /// Publish-to-receive latency, µs: `(value, count)` pairs.
     pub latency_us: Vec<(u64, u64)>,
-    /// Per broadcast sequence number: streams that got it, and when the last
-    /// of them did (ns since the epoch). Empty for unicast.
+    /// Per broadcast sequence number: streams that got it (first delivery
+    /// only), and when the last of them did (ns since the epoch). Empty for
+    /// unicast.
     pub fanout: Vec<(u64, u64, u64)>,
 }
 

@@ -7,21 +7,21 @@
 //! so a receiver can tell a gap from a reordering: broadcasts use a single
 //! connection, unicast publishes spread devices over several.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::net::{self, ConnectionGuard};
-use crate::protocol::Payload;
+use crate::protocol::{self, Payload, device_name, now_ns};
 use crate::target::{PublishRequest, Target};
-use crate::worker::{device_name, now_ns};
 
 /// The address publishers connect from (the streams use 127.0.0.10 and up).
 const PUBLISHER_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -59,8 +59,11 @@ pub struct Published {
     pub refused: u64,
     /// Sent again on a new connection after the connection failed.
     pub retried: u64,
-    /// How far behind its schedule the publisher fell, at worst.
-    pub max_lag_ms: f64,
+    /// How late publishes went out (sent minus due): the server answering
+    /// slowly holds the next publish on its connection back. Latencies are
+    /// measured from the due time, so this lag is part of them.
+    pub send_lag_p99_ms: f64,
+    pub send_lag_max_ms: f64,
     /// Broadcasts only: each sequence number and its due time (ns).
     #[serde(skip)]
     pub due: Vec<(u64, u64)>,
@@ -102,6 +105,9 @@ impl Publisher {
                 counts.clone(),
             )));
         }
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err(format!("publish rate {rate}: must be a positive number"));
+        }
         let total = (rate * duration.as_secs_f64()).round() as u64;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let start = Instant::now() + Duration::from_millis(5);
@@ -110,12 +116,10 @@ impl Publisher {
         for i in 0..total {
             let offset = interval.mul_f64(i as f64);
             tokio::time::sleep_until((start + offset).into()).await;
-            let lag = Instant::now().saturating_duration_since(start + offset);
-            published.max_lag_ms = published.max_lag_ms.max(lag.as_secs_f64() * 1000.0);
             let due = start_ns + offset.as_nanos() as u64;
             let (queue, request) = self.next_request(due, connections, &mut published);
             published.sent += 1;
-            let _ = queues[queue].send(request);
+            let _ = queues[queue].send(Job { due, request });
         }
         drop(queues);
         for sender in senders {
@@ -124,6 +128,9 @@ impl Publisher {
         published.accepted = counts.accepted.get();
         published.refused = counts.refused.get();
         published.retried = counts.retried.get();
+        let lag = counts.send_lag_us.borrow();
+        published.send_lag_p99_ms = lag.value_at_quantile(0.99) as f64 / 1000.0;
+        published.send_lag_max_ms = lag.max() as f64 / 1000.0;
         Ok(published)
     }
 
@@ -157,11 +164,32 @@ impl Publisher {
     }
 }
 
-#[derive(Default)]
+struct Job {
+    due: u64,
+    request: PublishRequest,
+}
+
 struct Counts {
     accepted: Cell<u64>,
     refused: Cell<u64>,
     retried: Cell<u64>,
+    send_lag_us: RefCell<Histogram<u64>>,
+    /// Set once a publish failed on every attempt: the server is gone or
+    /// refusing connections, and retrying each later publish 20 times
+    /// would only make a dead run take hours.
+    given_up: Cell<bool>,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Self {
+            accepted: Cell::default(),
+            refused: Cell::default(),
+            retried: Cell::default(),
+            send_lag_us: RefCell::new(protocol::new_histogram()),
+            given_up: Cell::default(),
+        }
+    }
 }
 
 fn bump(counter: &Cell<u64>) {
@@ -169,21 +197,23 @@ fn bump(counter: &Cell<u64>) {
 }
 
 /// Sends one connection's queue in order, reconnecting after a failure.
-async fn send_all(
-    server: SocketAddr,
-    mut jobs: mpsc::UnboundedReceiver<PublishRequest>,
-    counts: Rc<Counts>,
-) {
+async fn send_all(server: SocketAddr, mut jobs: mpsc::UnboundedReceiver<Job>, counts: Rc<Counts>) {
     let host = server.to_string();
     let mut connection: Option<(SendRequest<Full<Bytes>>, ConnectionGuard)> = None;
-    while let Some(job) = jobs.recv().await {
+    while let Some(Job { due, request: job }) = jobs.recv().await {
+        let lag_us = now_ns().saturating_sub(due) / 1000;
+        counts
+            .send_lag_us
+            .borrow_mut()
+            .saturating_record(lag_us.max(1));
+        let attempts = if counts.given_up.get() { 1 } else { ATTEMPTS };
         let headers: Vec<(&str, &str)> = job
             .headers
             .iter()
             .map(|(name, value)| (*name, value.as_str()))
             .collect();
         let mut answer = None;
-        for attempt in 0..ATTEMPTS {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 bump(&counts.retried);
                 tokio::time::sleep(RETRY_PAUSE).await;
@@ -207,7 +237,11 @@ async fn send_all(
         }
         match answer {
             Some(status) if (200..300).contains(&status) => bump(&counts.accepted),
-            _ => bump(&counts.refused),
+            Some(_) => bump(&counts.refused),
+            None => {
+                bump(&counts.refused);
+                counts.given_up.set(true);
+            }
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct TargetResult {
     pub summary: Vec<Metric>,
     pub steps: Vec<Step>,
     pub memory: Vec<MemoryPoint>,
+    /// What went wrong that must not (gaps, loss at a sustainable rate,
+    /// streams that never connected); `--check` fails on any.
+    pub problems: Vec<String>,
 }
 
 #[derive(Serialize, Clone)]
@@ -49,14 +52,6 @@ pub fn metric(name: impl Into<String>, value: f64, unit: &'static str) -> Metric
 pub struct MemoryPoint {
     pub label: &'static str,
     pub memory: Memory,
-}
-
-impl Step {
-    /// The server did not keep up: something lost, or less than 90% of
-    /// the offered deliveries per second delivered.
-    pub fn saturated(&self) -> bool {
-        self.lost > 0 || self.delivered_per_s < 0.9 * self.offered_deliveries_per_s
-    }
 }
 
 #[derive(Serialize, Clone, Copy, Default)]
@@ -81,12 +76,23 @@ pub struct Step {
     pub gaps: u64,
     pub duplicates: u64,
     pub latency: Percentiles,
-    /// Broadcasts: publish until the last stream had it.
+    /// Broadcasts: publish until the last stream had it, over the
+    /// broadcasts that reached every stream.
     pub fanout: Option<Percentiles>,
+    /// Broadcasts that did not reach every stream within the drain time.
+    pub incomplete_fanouts: u64,
+    /// Streams the server ended during the step (each resumed).
+    pub ended: u64,
+    pub resets: u64,
+    /// Failed connects and non-200 answers to streams (each retried).
+    pub errors: u64,
     pub server_cpu_s: f64,
     pub client_cpu_s: f64,
+    /// Client CPU time over the step's duration and the client's CPUs: near
+    /// 1, the harness rather than the server limited the step.
+    pub client_cpu_share: f64,
     pub server_cpu_us_per_delivery: f64,
-    /// p99 under 100 ms, nothing lost, no gap, nothing refused.
+    /// Within the knee's limits (see `scenarios::healthy`).
     pub healthy: bool,
 }
 
@@ -171,6 +177,11 @@ fn markdown(run: &Run) -> String {
             layout.streams, layout.workers, layout.per_worker, layout.sources, run.setup
         );
     }
+    for target in &run.targets {
+        for problem in &target.problems {
+            let _ = writeln!(out, "**{}: {problem}**\n", target.target.name());
+        }
+    }
     summary_table(&mut out, &run.targets);
     steps_table(&mut out, &run.targets);
     memory_table(&mut out, &run.targets);
@@ -194,7 +205,7 @@ fn header(out: &mut String, first: &str, targets: &[TargetResult]) {
 
 fn ratio(values: &[f64]) -> String {
     match values {
-        [a, b] if *b != 0.0 => format!(" {:.2} |", a / b),
+        [a, b] if a.is_finite() && b.is_finite() && *b != 0.0 => format!(" {:.2} |", a / b),
         [_, _] => " – |".to_owned(),
         _ => String::new(),
     }
@@ -229,18 +240,16 @@ fn steps_table(out: &mut String, targets: &[TargetResult]) {
     let _ = writeln!(out, "## Offered rates\n");
     let _ = writeln!(
         out,
-        "| target | offered/s | deliveries/s offered | delivered/s | p50 ms | p99 ms | max ms | fan-out p99 ms | lost | gaps | dups | refused | server CPU s | client CPU s | server µs/delivery | within goal |"
+        "| target | offered/s | deliveries/s offered | delivered/s | p50 ms | p99 ms | max ms | fan-out p99 ms | publish lag p99 ms | lost | gaps | dups | refused | streams ended | server CPU s | client CPU s (share) | server µs/delivery | within knee limits |"
     );
-    let _ = writeln!(out, "|{}", "---|".repeat(16));
+    let _ = writeln!(out, "|{}", "---|".repeat(18));
     for target in targets {
         for step in &target.steps {
             let fanout = step
                 .fanout
                 .map_or("–".to_owned(), |f| format_value(f.p99_ms));
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                target.target.name(),
+            let cells = [
+                target.target.name().to_owned(),
                 format_value(step.offered_per_s),
                 format_value(step.offered_deliveries_per_s),
                 format_value(step.delivered_per_s),
@@ -248,15 +257,22 @@ fn steps_table(out: &mut String, targets: &[TargetResult]) {
                 format_value(step.latency.p99_ms),
                 format_value(step.latency.max_ms),
                 fanout,
-                step.lost,
-                step.gaps,
-                step.duplicates,
-                step.published.refused,
+                format_value(step.published.send_lag_p99_ms),
+                step.lost.to_string(),
+                step.gaps.to_string(),
+                step.duplicates.to_string(),
+                step.published.refused.to_string(),
+                step.ended.to_string(),
                 format_value(step.server_cpu_s),
-                format_value(step.client_cpu_s),
+                format!(
+                    "{} ({:.0}%)",
+                    format_value(step.client_cpu_s),
+                    step.client_cpu_share * 100.0
+                ),
                 format_value(step.server_cpu_us_per_delivery),
-                if step.healthy { "yes" } else { "no" },
-            );
+                if step.healthy { "yes" } else { "no" }.to_owned(),
+            ];
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
         }
     }
     out.push('\n');
@@ -267,7 +283,10 @@ fn memory_table(out: &mut String, targets: &[TargetResult]) {
     if first.memory.is_empty() {
         return;
     }
-    let _ = writeln!(out, "## Server memory (PSS, MiB; anonymous in brackets)\n");
+    let _ = writeln!(
+        out,
+        "## Server memory (MiB: PSS, then anonymous / shared memory in brackets)\n"
+    );
     header(out, "when", targets);
     for (row, point) in first.memory.iter().enumerate() {
         let memories: Vec<Memory> = targets
@@ -331,6 +350,7 @@ mod tests {
     fn ratios_divide_the_first_target_by_the_second() {
         assert_eq!(ratio(&[3.0, 2.0]), " 1.50 |");
         assert_eq!(ratio(&[3.0, 0.0]), " – |");
+        assert_eq!(ratio(&[f64::NAN, 2.0]), " – |");
         assert_eq!(ratio(&[3.0]), "");
     }
 }

@@ -73,7 +73,7 @@ pub struct PublishRequest {
 }
 
 /// How the servers are started.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub herald_bin: PathBuf,
     pub nginx_bin: PathBuf,
@@ -109,7 +109,7 @@ impl Server {
             Target::Herald => herald_command(options, addr),
             Target::Nchan => nginx_command(options, port, &scratch)?,
         };
-        procfs::pin(&mut command, &options.cpus);
+        procfs::pin(&mut command, &options.cpus)?;
         let program = command.get_program().to_string_lossy().into_owned();
         let child = command
             .stdin(Stdio::null())
@@ -126,6 +126,18 @@ impl Server {
             return Err(err);
         }
         Ok(server)
+    }
+
+    /// An error if the server has exited (it should run until stopped).
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "{} exited during the run: {status}",
+                self.target.name()
+            )),
+            Err(err) => Err(format!("{}: {err}", self.target.name())),
+        }
     }
 
     /// The server's processes: herald's one, or nginx's master and workers.
@@ -176,12 +188,16 @@ impl Server {
             let response = sender.send_request(request).await?;
             Ok::<_, net::Error>(response.status().as_u16() < 500)
         };
-        matches!(probe.await, Ok(true))
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Ok(true))
+        )
     }
 
     /// Ends the server (SIGTERM; SIGKILL after 20 s) and removes its scratch
-    /// directory.
+    /// directory. nginx's error log is printed first if it holds errors.
     pub async fn stop(mut self) {
+        self.show_errors();
         // SAFETY: kill(2) on the pid of a child this process has not reaped.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
@@ -196,6 +212,28 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+
+    fn show_errors(&self) {
+        let log = std::fs::read_to_string(self.scratch.join("error.log")).unwrap_or_default();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("[error]") || l.contains("[alert]") || l.contains("[crit]"))
+            .take(20)
+        {
+            eprintln!("nginx: {line}");
+        }
+    }
+}
+
+/// A server the run did not get to stop (an error, a panic) is killed, not
+/// left listening and pinned.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -223,8 +261,10 @@ pub fn herald_overrides(options: &ServerOptions) -> Vec<(&'static str, String)> 
             "HERALD_SESSION__BUFFER_EVENTS",
             options.buffer_events.to_string(),
         ),
-        // nchan gets 12 GiB of shared memory for messages; herald's bound on
-        // buffered bytes (which counts a broadcast once per device) the same.
+        // nchan bounds a channel's buffer by count only, and gets 12 GiB of
+        // shared memory for messages: herald's byte bounds (per device, and
+        // in total, which counts a broadcast once per device) to match.
+        ("HERALD_SESSION__BUFFER_BYTES", (64u64 << 20).to_string()),
         ("HERALD_SESSION__MAX_TOTAL_BYTES", (12u64 << 30).to_string()),
         (
             "HERALD_HEARTBEAT__TIMEOUT",

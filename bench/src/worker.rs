@@ -1,27 +1,26 @@
-//! A worker process: holds a share of the streams (one source address, at
-//! most a few thousand sockets, well under the 20,000 open files a process
-//! may have), parses every event and counts what arrived. It behaves like
+//! A worker process: holds a share of the streams (one source address,
+//! at most 9,500 sockets, well under the 20,000 open files a process may
+//! have), parses every event and counts what arrived. It behaves like
 //! EventSource: a stream the server ends is reopened at once with its
 //! Last-Event-ID. Driven by [`Command`]s on stdin; single-threaded, so the
 //! counters need no locks.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
-use sse_stream::{Sse, SseStream};
+use sse_stream::SseStream;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::net;
-use crate::protocol::{self, Command, Payload, Reply, Tally};
+use crate::protocol::{Command, Live, Reply, device_name, now_ns};
+use crate::tally::{Counters, StreamState};
 use crate::target::Target;
 
 /// How long a `Connect` or `Storm` waits for the last stream to be live.
@@ -29,8 +28,8 @@ const LIVE_PATIENCE: Duration = Duration::from_secs(60);
 /// Pause before retrying a refused or failed connect.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Receive buffer of a slow stream's socket: small, so what the stream
-/// leaves unread backs up into the server within a short run rather than
-/// into megabytes of kernel buffers.
+/// leaves unread backs up into the server rather than into the client's
+/// kernel buffers.
 const SLOW_RECEIVE_BUFFER: u32 = 4096;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -55,23 +54,33 @@ pub struct WorkerArgs {
     pub fanout: bool,
 }
 
-/// The name of device number `index`.
-pub fn device_name(index: usize) -> String {
-    format!("d{index:05}")
-}
-
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
-}
-
 pub fn run(args: WorkerArgs) -> std::io::Result<()> {
+    raise_open_files_limit()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, serve(args))
+}
+
+/// Lifts the soft limit on open files to the hard one (often 1024 against
+/// 20,000 or more), so a worker's sockets fit.
+fn raise_open_files_limit() -> std::io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 struct Worker {
@@ -83,44 +92,18 @@ struct Worker {
     /// Streams not yet live in the current Connect or Storm.
     pending: Cell<usize>,
     all_live: Notify,
-    phase_started: Cell<Instant>,
     last_live: Cell<Instant>,
     phase_errors: Cell<u64>,
-}
-
-#[derive(Default)]
-struct StreamState {
-    last_event_id: Option<String>,
-    last_seq: u64,
-    /// When the current connection's `200` arrived (ns since the epoch).
-    live_at: u64,
-}
-
-struct Counters {
-    tally: Tally,
-    latency: Histogram<u64>,
-    fanout: HashMap<u64, (u64, u64)>,
-}
-
-impl Counters {
-    fn new() -> Self {
-        Self {
-            tally: Tally::default(),
-            latency: protocol::new_histogram(),
-            fanout: HashMap::new(),
-        }
-    }
 }
 
 async fn serve(args: WorkerArgs) -> std::io::Result<()> {
     let worker = Rc::new(Worker {
         host: args.server.to_string(),
         streams: (0..args.count).map(|_| RefCell::default()).collect(),
-        counters: RefCell::new(Counters::new()),
+        counters: RefCell::new(Counters::new(args.fanout)),
         tasks: RefCell::default(),
         pending: Cell::new(0),
         all_live: Notify::new(),
-        phase_started: Cell::new(Instant::now()),
         last_live: Cell::new(Instant::now()),
         phase_errors: Cell::new(0),
         args,
@@ -139,39 +122,41 @@ async fn serve(args: WorkerArgs) -> std::io::Result<()> {
             break;
         }
     }
-    worker.close();
+    worker.close().await;
     Ok(())
 }
 
 impl Worker {
     async fn handle(self: &Rc<Self>, command: Command) -> Reply {
         match command {
-            Command::Connect { concurrency } => self.open_all(concurrency.max(1)).await,
+            Command::Connect { concurrency } => {
+                Reply::Live(self.open_all(concurrency.max(1)).await)
+            }
             Command::Storm => {
-                self.close();
-                self.open_all(self.args.count.max(1)).await
+                self.close().await;
+                Reply::Live(self.open_all(self.args.count.max(1)).await)
             }
             Command::Count => Reply::Count {
                 deliveries: self.counters.borrow().tally.deliveries,
             },
-            Command::Report => Reply::Report(self.report()),
+            Command::Report => Reply::Report(self.counters.borrow().report()),
             Command::Reset => {
-                *self.counters.borrow_mut() = Counters::new();
+                *self.counters.borrow_mut() = Counters::new(self.args.fanout);
                 Reply::Done
             }
             Command::Close | Command::Quit => {
-                self.close();
+                self.close().await;
                 Reply::Done
             }
         }
     }
 
     /// Starts every stream's task and waits until each is live.
-    async fn open_all(self: &Rc<Self>, concurrency: usize) -> Reply {
+    async fn open_all(self: &Rc<Self>, concurrency: usize) -> Live {
         self.pending.set(self.args.count);
         self.phase_errors.set(0);
-        self.phase_started.set(Instant::now());
-        self.last_live.set(Instant::now());
+        let started = Instant::now();
+        self.last_live.set(started);
         let gate = Arc::new(Semaphore::new(concurrency));
         let tasks: Vec<_> = (0..self.args.count)
             .map(|index| tokio::task::spawn_local(run_stream(self.clone(), index, gate.clone())))
@@ -183,18 +168,31 @@ impl Worker {
             }
         })
         .await;
-        let elapsed = self.last_live.get() - self.phase_started.get();
-        Reply::Live {
-            elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+        let missing = self.pending.get() as u64;
+        Live {
+            elapsed_ms: if missing > 0 {
+                f64::NAN
+            } else {
+                (self.last_live.get() - started).as_secs_f64() * 1000.0
+            },
             errors: self.phase_errors.get(),
-            missing: self.pending.get() as u64,
+            missing,
         }
     }
 
-    fn close(&self) {
-        for task in self.tasks.borrow_mut().drain(..) {
+    /// Ends every stream and waits until their tasks are gone, so their
+    /// sockets are closed before any new one is opened.
+    async fn close(&self) {
+        let tasks: Vec<_> = self.tasks.borrow_mut().drain(..).collect();
+        for task in &tasks {
             task.abort();
         }
+        for task in tasks {
+            let _ = task.await;
+        }
+        // The connection tasks were aborted with their streams; let the
+        // runtime drop them (and close their sockets).
+        tokio::task::yield_now().await;
     }
 
     fn stream_live(&self) {
@@ -209,60 +207,6 @@ impl Worker {
     fn count_error(&self) {
         self.phase_errors.set(self.phase_errors.get() + 1);
         self.counters.borrow_mut().tally.errors += 1;
-    }
-
-    fn report(&self) -> Tally {
-        let counters = self.counters.borrow();
-        let mut tally = counters.tally.clone();
-        tally.latency_us = protocol::histogram_pairs(&counters.latency);
-        tally.fanout = counters
-            .fanout
-            .iter()
-            .map(|(seq, (streams, last))| (*seq, *streams, *last))
-            .collect();
-        tally
-    }
-
-    /// Counts one event of stream `index`.
-    fn receive(&self, index: usize, event: Sse) {
-        let mut stream = self.streams[index].borrow_mut();
-        let mut counters = self.counters.borrow_mut();
-        match event.event.as_deref() {
-            // herald's heartbeat; nchan's keep-alive is `event: ping`.
-            Some("heartbeat" | "ping") => counters.tally.heartbeats += 1,
-            Some("reset") => counters.tally.resets += 1,
-            _ => {}
-        }
-        if let Some(id) = event.id {
-            stream.last_event_id = Some(id);
-        }
-        let Some(payload) = event
-            .data
-            .and_then(|data| serde_json::from_str::<Payload>(&data).ok())
-        else {
-            return;
-        };
-        let now = now_ns();
-        let counters = &mut *counters;
-        counters
-            .latency
-            .saturating_record((now.saturating_sub(payload.t) / 1000).max(1));
-        let tally = &mut counters.tally;
-        tally.deliveries += 1;
-        if payload.s > stream.last_seq + 1 {
-            tally.gaps += payload.s - stream.last_seq - 1;
-        } else if payload.s <= stream.last_seq {
-            tally.duplicates += 1;
-        }
-        stream.last_seq = stream.last_seq.max(payload.s);
-        if payload.t < stream.live_at {
-            tally.replayed += 1;
-        }
-        if self.args.fanout {
-            let entry = counters.fanout.entry(payload.s).or_default();
-            entry.0 += 1;
-            entry.1 = entry.1.max(now);
-        }
     }
 }
 
@@ -313,7 +257,12 @@ async fn session(
     }
     let mut events = SseStream::new(response.into_body());
     while let Some(event) = events.next().await {
-        worker.receive(index, event?);
+        let event = event?;
+        let mut stream = worker.streams[index].borrow_mut();
+        worker
+            .counters
+            .borrow_mut()
+            .receive(&mut stream, event, now_ns());
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Common, Scenario, Session};
-use crate::publisher::{Mode, Publisher};
+use crate::publisher::Mode;
 use crate::report::{MemoryPoint, TargetResult, metric};
 use crate::target::Target;
 
@@ -20,34 +20,18 @@ pub struct IdleArgs {
     pub burst: u64,
 }
 
-/// Lets the server settle (free what a phase left) before a reading.
+/// Lets the server settle (start-up, freeing what a phase left) before a
+/// reading.
 const SETTLE: Duration = Duration::from_secs(2);
 
 impl Scenario for IdleArgs {
     const NAME: &'static str = "idle";
 
     async fn run(&self, common: &Common, target: Target) -> Result<TargetResult, String> {
-        let mut session = Session::start(common, target, 0, false).await?;
-        let result = self.measure(common, &mut session).await;
-        session.finish().await;
-        result
-    }
-
-    fn violation(&self, result: &TargetResult) -> Option<String> {
-        let value = |name: &str| {
-            result
-                .summary
-                .iter()
-                .find(|m| m.name == name)
-                .map(|m| m.value)
-        };
-        match (value("streams not live"), value("burst deliveries lost")) {
-            (Some(missing), _) if missing > 0.0 => {
-                Some(format!("{missing} streams never connected"))
-            }
-            (_, Some(lost)) if lost > 0.0 => Some(format!("{lost} burst deliveries lost")),
-            _ => None,
-        }
+        Session::run(common, target, 0, false, async |session| {
+            self.measure(common, session).await
+        })
+        .await
     }
 }
 
@@ -57,10 +41,10 @@ impl IdleArgs {
         common: &Common,
         session: &mut Session,
     ) -> Result<TargetResult, String> {
-        let streams = common.streams as f64;
+        tokio::time::sleep(SETTLE).await;
         let at_start = session.memory();
         let (server_before, _) = session.cpu();
-        let live = session.fleet.connect().await?;
+        let live = session.connect_all().await?;
         let (server_connected, _) = session.cpu();
         tokio::time::sleep(SETTLE).await;
         let with_streams = session.memory();
@@ -71,13 +55,7 @@ impl IdleArgs {
         let (server_held, client_held) = session.cpu();
         let held = session.fleet.report().await?.tally;
 
-        let target = session.server.target;
-        let mut publisher = Publisher::new(
-            target,
-            session.server.addr,
-            Mode::Broadcast,
-            common.payload_bytes,
-        );
+        let mut publisher = session.publisher(Mode::Broadcast);
         let published = publisher
             .run(self.burst as f64, Duration::from_secs(1))
             .await?;
@@ -93,14 +71,19 @@ impl IdleArgs {
         tokio::time::sleep(SETTLE).await;
         let after_leave = session.memory();
 
-        let per_stream = |total: u64| total as f64 / streams;
+        let streams = common.streams as f64;
+        let per_stream = |with: u64, without: u64| with.saturating_sub(without) as f64 / streams;
         let hold = self.hold_secs as f64;
+        let lost = expected.saturating_sub(delivered);
+        let problems = if lost > 0 {
+            vec![format!("{lost} burst deliveries lost")]
+        } else {
+            Vec::new()
+        };
         Ok(TargetResult {
-            target,
+            target: session.target(),
             layout: session.fleet.layout.clone(),
             summary: vec![
-                metric("streams held", streams - live.missing as f64, "streams"),
-                metric("streams not live", live.missing as f64, "streams"),
                 metric("time to open all", live.elapsed_ms / 1000.0, "s"),
                 metric("connect errors", live.errors as f64, "count"),
                 metric(
@@ -110,12 +93,17 @@ impl IdleArgs {
                 ),
                 metric(
                     "memory per idle stream (PSS)",
-                    per_stream(with_streams.pss_kib.saturating_sub(at_start.pss_kib)),
+                    per_stream(with_streams.pss_kib, at_start.pss_kib),
                     "KiB",
                 ),
                 metric(
                     "anonymous memory per idle stream",
-                    per_stream(with_streams.anon_kib.saturating_sub(at_start.anon_kib)),
+                    per_stream(with_streams.anon_kib, at_start.anon_kib),
+                    "KiB",
+                ),
+                metric(
+                    "shared memory per idle stream",
+                    per_stream(with_streams.shmem_kib, at_start.shmem_kib),
                     "KiB",
                 ),
                 metric(
@@ -134,11 +122,7 @@ impl IdleArgs {
                     "count",
                 ),
                 metric("burst deliveries", delivered as f64, "count"),
-                metric(
-                    "burst deliveries lost",
-                    expected.saturating_sub(delivered) as f64,
-                    "count",
-                ),
+                metric("burst deliveries lost", lost as f64, "count"),
             ],
             steps: Vec::new(),
             memory: vec![
@@ -159,6 +143,7 @@ impl IdleArgs {
                     memory: after_leave,
                 },
             ],
+            problems,
         })
     }
 }

@@ -1,30 +1,29 @@
-//! The scenarios, each run against every target in turn: a [`Session`] is
-//! one started server with its fleet of streams; [`Session::step`] holds one
-//! offered rate and measures what came of it.
+//! The scenarios, each run against every target in turn, the options they
+//! share, and the rules that judge a step (healthy, saturated,
+//! client-bound) in one place.
 
 mod idle;
+mod session;
 mod slow;
 mod storm;
 mod sweep;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use crate::fleet::{Fleet, Spec};
-use crate::procfs::{self, Memory};
-use crate::publisher::{Published, Publisher};
-use crate::report::{Percentiles, Step, TargetResult};
-use crate::target::{Server, ServerOptions, Target};
+use crate::procfs;
+use crate::report::{Step, TargetResult};
+use crate::target::{ServerOptions, Target};
 
 pub use idle::IdleArgs;
+pub use session::{Session, percentiles};
 pub use slow::SlowArgs;
 pub use storm::StormArgs;
 pub use sweep::{Fanout, SweepArgs, Unicast};
 
-/// How long after the last publish deliveries may still arrive.
-const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
 /// The knee's latency limit.
 const KNEE_P99_MS: f64 = 100.0;
+/// Share of the client CPUs above which a step is client-bound.
+const CLIENT_BOUND_SHARE: f64 = 0.9;
 
 /// Options every scenario takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -87,172 +86,56 @@ impl Common {
     }
 }
 
+/// A clap parser for rates and durations: finite and above zero.
+pub fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        _ => Err(format!("{text:?}: expected a number above 0")),
+    }
+}
+
 /// One scenario run against one target.
 pub trait Scenario {
     const NAME: &'static str;
     /// Whether the result is a rate sweep worth a chart.
     const CHART: bool = false;
     async fn run(&self, common: &Common, target: Target) -> Result<TargetResult, String>;
-    /// Why the result breaks an invariant (gaps, loss, …), if it does.
-    fn violation(&self, result: &TargetResult) -> Option<String> {
-        steps_violation(result)
-    }
 }
 
-fn steps_violation(result: &TargetResult) -> Option<String> {
-    result.steps.iter().find_map(|step| {
-        (step.gaps + step.duplicates + step.lost > 0).then(|| {
+/// Within the knee's limits: p99 under 100 ms, nothing lost, refused,
+/// skipped or repeated, and the harness itself not the bottleneck.
+pub fn healthy(step: &Step) -> bool {
+    step.latency.p99_ms < KNEE_P99_MS
+        && step.lost == 0
+        && step.gaps == 0
+        && step.duplicates == 0
+        && step.published.refused == 0
+        && !client_bound(step)
+}
+
+/// The server did not keep up: something lost, or under 90% of the offered
+/// deliveries per second delivered.
+pub fn saturated(step: &Step) -> bool {
+    step.lost > 0 || step.delivered_per_s < 0.9 * step.offered_deliveries_per_s
+}
+
+/// The harness's CPUs were nearly busy all the step long, so its figures
+/// say as much about the client as about the server.
+pub fn client_bound(step: &Step) -> bool {
+    step.client_cpu_share > CLIENT_BOUND_SHARE
+}
+
+/// What must never happen in any step: a stream skipping or repeating an
+/// event. (Loss past the knee is what a sweep looks for, not a problem.)
+pub fn stream_problems<'a>(steps: impl IntoIterator<Item = &'a Step>) -> Vec<String> {
+    steps
+        .into_iter()
+        .filter(|step| step.gaps + step.duplicates > 0)
+        .map(|step| {
             format!(
-                "{} at {}/s: {} gaps, {} duplicates, {} lost",
-                result.target.name(),
-                step.offered_per_s,
-                step.gaps,
-                step.duplicates,
-                step.lost
+                "at {}/s: {} gaps, {} duplicates",
+                step.offered_per_s, step.gaps, step.duplicates
             )
         })
-    })
-}
-
-pub struct Session {
-    pub server: Server,
-    pub fleet: Fleet,
-}
-
-impl Session {
-    pub async fn start(
-        common: &Common,
-        target: Target,
-        slow_every: usize,
-        fanout: bool,
-    ) -> Result<Self, String> {
-        let server = Server::start(target, &common.server_options()?).await?;
-        let spec = Spec {
-            target,
-            server: server.addr,
-            streams: common.streams,
-            per_worker: common.per_worker,
-            slow_every,
-            fanout,
-        };
-        match Fleet::spawn(&spec) {
-            Ok(fleet) => Ok(Self { server, fleet }),
-            Err(err) => {
-                server.stop().await;
-                Err(err)
-            }
-        }
-    }
-
-    pub async fn finish(self) {
-        self.fleet.quit().await;
-        self.server.stop().await;
-    }
-
-    pub fn memory(&self) -> Memory {
-        procfs::memory(&self.server.pids())
-    }
-
-    /// Server and client CPU seconds used so far.
-    pub fn cpu(&self) -> (f64, f64) {
-        let mut clients = self.fleet.pids();
-        clients.push(std::process::id());
-        (
-            procfs::cpu_seconds(&self.server.pids()),
-            procfs::cpu_seconds(&clients),
-        )
-    }
-
-    /// Offers `rate` publishes/s for `secs`; each reaches `per_publish`
-    /// streams.
-    pub async fn step(
-        &mut self,
-        publisher: &mut Publisher,
-        rate: f64,
-        secs: f64,
-        per_publish: u64,
-    ) -> Result<Step, String> {
-        self.fleet.reset().await?;
-        let (server_before, client_before) = self.cpu();
-        let started = Instant::now();
-        let published = publisher.run(rate, Duration::from_secs_f64(secs)).await?;
-        let expected = published.accepted * per_publish;
-        self.fleet
-            .await_deliveries(expected, DRAIN_PATIENCE)
-            .await?;
-        // The window is the step, or longer if deliveries trailed behind.
-        let elapsed = started.elapsed().as_secs_f64().max(secs);
-        let (server_after, client_after) = self.cpu();
-        self.measure(
-            rate,
-            per_publish,
-            published,
-            elapsed,
-            server_after - server_before,
-            client_after - client_before,
-        )
-        .await
-    }
-
-    async fn measure(
-        &mut self,
-        rate: f64,
-        per_publish: u64,
-        published: Published,
-        elapsed: f64,
-        server_cpu_s: f64,
-        client_cpu_s: f64,
-    ) -> Result<Step, String> {
-        let merged = self.fleet.report().await?;
-        let tally = &merged.tally;
-        let expected = published.accepted * per_publish;
-        let latency = percentiles(&merged.latency);
-        let fanout = (!merged.fanout.is_empty()).then(|| {
-            let mut completion = crate::protocol::new_histogram();
-            for (seq, due) in &published.due {
-                if let Some((streams, last)) = merged.fanout.get(seq)
-                    && *streams == per_publish
-                {
-                    completion.saturating_record((last.saturating_sub(*due) / 1000).max(1));
-                }
-            }
-            percentiles(&completion)
-        });
-        let lost = expected.saturating_sub(tally.deliveries);
-        Ok(Step {
-            offered_per_s: rate,
-            offered_deliveries_per_s: rate * per_publish as f64,
-            expected,
-            delivered: tally.deliveries,
-            delivered_per_s: tally.deliveries as f64 / elapsed,
-            lost,
-            gaps: tally.gaps,
-            duplicates: tally.duplicates,
-            latency,
-            fanout,
-            server_cpu_s,
-            client_cpu_s,
-            server_cpu_us_per_delivery: server_cpu_s * 1e6 / tally.deliveries.max(1) as f64,
-            healthy: latency.p99_ms < KNEE_P99_MS
-                && lost == 0
-                && tally.gaps == 0
-                && published.refused == 0,
-            published,
-        })
-    }
-}
-
-pub fn percentiles(histogram: &hdrhistogram::Histogram<u64>) -> Percentiles {
-    if histogram.is_empty() {
-        return Percentiles {
-            p50_ms: f64::NAN,
-            p99_ms: f64::NAN,
-            max_ms: f64::NAN,
-        };
-    }
-    Percentiles {
-        p50_ms: histogram.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
-        max_ms: histogram.max() as f64 / 1000.0,
-    }
+        .collect()
 }

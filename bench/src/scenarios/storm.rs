@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use super::{Common, Scenario, Session};
-use crate::publisher::{Mode, Publisher};
-use crate::report::{TargetResult, metric};
+use super::{Common, Scenario, Session, percentiles};
+use crate::publisher::Mode;
+use crate::report::{MemoryPoint, TargetResult, metric};
 use crate::target::Target;
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
@@ -17,37 +17,27 @@ pub struct StormArgs {
     pub history: u64,
     /// Broadcasts per second during the storm (1/s × 19,000 streams is
     /// well within what either server delivers when nothing else happens).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::positive)]
     pub rate: f64,
     /// Seconds of publishing before the cut.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = super::positive)]
     pub before_secs: f64,
     /// Seconds of publishing after the cut.
-    #[arg(long, default_value_t = 12.0)]
+    #[arg(long, default_value_t = 12.0, value_parser = super::positive)]
     pub after_secs: f64,
 }
+
+/// Rate of the history broadcasts.
+const HISTORY_RATE: f64 = 50.0;
 
 impl Scenario for StormArgs {
     const NAME: &'static str = "storm";
 
     async fn run(&self, common: &Common, target: Target) -> Result<TargetResult, String> {
-        let mut session = Session::start(common, target, 0, true).await?;
-        let result = self.measure(common, &mut session).await;
-        session.finish().await;
-        result
-    }
-
-    fn violation(&self, result: &TargetResult) -> Option<String> {
-        let failed = ["streams not live again", "gaps", "duplicates", "lost"]
-            .into_iter()
-            .filter_map(|name| result.summary.iter().find(|m| m.name == name))
-            .find(|m| m.value > 0.0)?;
-        Some(format!(
-            "{}: {} {}",
-            result.target.name(),
-            failed.value,
-            failed.name
-        ))
+        Session::run(common, target, 0, false, async |session| {
+            self.measure(common, session).await
+        })
+        .await
     }
 }
 
@@ -58,25 +48,26 @@ impl StormArgs {
         session: &mut Session,
     ) -> Result<TargetResult, String> {
         let streams = common.streams as u64;
-        let live = session.fleet.connect().await?;
-        if live.missing > 0 {
-            return Err(format!("{} streams never connected", live.missing));
-        }
-        let target = session.server.target;
-        let mut publisher = Publisher::new(
-            target,
-            session.server.addr,
-            Mode::Broadcast,
-            common.payload_bytes,
-        );
+        session.connect_all().await?;
+        let mut publisher = session.publisher(Mode::Broadcast);
         let history = publisher
-            .run(50.0, Duration::from_secs_f64(self.history as f64 / 50.0))
+            .run(
+                HISTORY_RATE,
+                Duration::from_secs_f64(self.history as f64 / HISTORY_RATE),
+            )
             .await?;
-        session
+        let had = session
             .fleet
             .await_deliveries(history.accepted * streams, Duration::from_secs(30))
             .await?;
+        if had < history.accepted * streams {
+            return Err(format!(
+                "history: {had} of {} deliveries",
+                history.accepted * streams
+            ));
+        }
         session.fleet.reset().await?;
+        let before = session.memory();
 
         let (server_before, client_before) = session.cpu();
         let publishing = publisher.run(
@@ -96,11 +87,23 @@ impl StormArgs {
             .await_deliveries(expected, Duration::from_secs(30))
             .await?;
         let (server_after, client_after) = session.cpu();
+        let after = session.memory();
         let merged = session.fleet.report().await?;
         let tally = &merged.tally;
-        let latency = super::percentiles(&merged.latency);
+        let latency = percentiles(&merged.latency);
+        let lost = expected.saturating_sub(tally.deliveries);
+        let problems = [
+            (again.missing, "streams never live again"),
+            (tally.gaps, "gaps"),
+            (tally.duplicates, "duplicates"),
+            (lost, "lost"),
+        ]
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, what)| format!("{count} {what}"))
+        .collect();
         Ok(TargetResult {
-            target,
+            target: session.target(),
             layout: session.fleet.layout.clone(),
             summary: vec![
                 metric(
@@ -108,26 +111,36 @@ impl StormArgs {
                     again.elapsed_ms / 1000.0,
                     "s",
                 ),
-                metric("streams not live again", again.missing as f64, "streams"),
                 metric("connection errors", again.errors as f64, "count"),
-                metric("events replayed", tally.replayed as f64, "count"),
-                metric("gaps", tally.gaps as f64, "count"),
-                metric("duplicates", tally.duplicates as f64, "count"),
                 metric(
-                    "lost",
-                    expected.saturating_sub(tally.deliveries) as f64,
+                    "events due while reconnecting (replayed)",
+                    tally.replayed as f64,
                     "count",
                 ),
+                metric("gaps", tally.gaps as f64, "count"),
+                metric("duplicates", tally.duplicates as f64, "count"),
+                metric("lost", lost as f64, "count"),
                 metric("resets", tally.resets as f64, "count"),
                 metric("publishes refused", published.refused as f64, "count"),
                 metric("publishes retried", published.retried as f64, "count"),
+                metric("publish lag p99", published.send_lag_p99_ms, "ms"),
                 metric("p99 latency through the storm", latency.p99_ms, "ms"),
                 metric("max latency through the storm", latency.max_ms, "ms"),
                 metric("server CPU", server_after - server_before, "s"),
                 metric("client CPU", client_after - client_before, "s"),
             ],
             steps: Vec::new(),
-            memory: Vec::new(),
+            memory: vec![
+                MemoryPoint {
+                    label: "before the cut",
+                    memory: before,
+                },
+                MemoryPoint {
+                    label: "after the storm",
+                    memory: after,
+                },
+            ],
+            problems,
         })
     }
 }
