@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 cargo build -p herald -p herald-bench
 bench=target/debug/herald-bench
 out=target/bench-smoke
-common=(--targets herald --streams 120 --per-worker 50 --herald-bin target/debug/herald --out "$out" --check)
+common=(--runs 1 --targets herald --streams 120 --per-worker 50 --herald-bin target/debug/herald --out "$out" --check)
 
 "$bench" idle "${common[@]}" --hold-secs 2 --burst 5
 "$bench" fanout "${common[@]}" --rates 1,20 --step-secs 1

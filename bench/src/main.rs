@@ -17,6 +17,7 @@
 
 mod chart;
 mod fleet;
+mod median;
 mod net;
 mod procfs;
 mod protocol;
@@ -109,14 +110,26 @@ fn coordinate<S: Scenario + serde::Serialize>(common: &Common, scenario: S) -> R
         .build()
         .map_err(|err| err.to_string())?;
     let local = tokio::task::LocalSet::new();
-    let targets = local.block_on(&runtime, async {
-        let mut results = Vec::new();
-        for target in &common.targets {
-            eprintln!("{}: {} against {}", S::NAME, common.streams, target.name());
-            results.push(scenario.run(common, *target).await?);
+    // Targets in turn within each run, so drift on a shared machine falls
+    // on both alike.
+    let mut runs: Vec<Vec<report::TargetResult>> =
+        common.targets.iter().map(|_| Vec::new()).collect();
+    local.block_on(&runtime, async {
+        for run in 1..=common.runs {
+            for (target, results) in common.targets.iter().zip(&mut runs) {
+                eprintln!(
+                    "{} run {run}/{}: {} streams against {}",
+                    S::NAME,
+                    common.runs,
+                    common.streams,
+                    target.name()
+                );
+                results.push(scenario.run(common, *target).await?);
+            }
         }
-        Ok::<_, String>(results)
+        Ok::<_, String>(())
     })?;
+    let targets = runs.into_iter().filter_map(median::combine).collect();
     let setup = serde_json::json!({
         "scenario": &scenario,
         "server_cpus": common.server_cpus,

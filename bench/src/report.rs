@@ -25,6 +25,8 @@ pub struct Run {
 pub struct TargetResult {
     pub target: Target,
     pub layout: Layout,
+    /// Runs folded into this result (see `median`).
+    pub runs: usize,
     pub summary: Vec<Metric>,
     pub steps: Vec<Step>,
     pub memory: Vec<MemoryPoint>,
@@ -36,8 +38,11 @@ pub struct TargetResult {
 #[derive(Serialize, Clone)]
 pub struct Metric {
     pub name: String,
+    /// The median over the runs.
     pub value: f64,
     pub unit: &'static str,
+    /// Lowest and highest over the runs, when there were several.
+    pub range: Option<(f64, f64)>,
 }
 
 pub fn metric(name: impl Into<String>, value: f64, unit: &'static str) -> Metric {
@@ -45,6 +50,7 @@ pub fn metric(name: impl Into<String>, value: f64, unit: &'static str) -> Metric
         name: name.into(),
         value,
         unit,
+        range: None,
     }
 }
 
@@ -176,6 +182,11 @@ fn markdown(run: &Run) -> String {
             "{} streams over {} worker processes (≤ {} sockets each, sources {}); setup: `{}`\n",
             layout.streams, layout.workers, layout.per_worker, layout.sources, run.setup
         );
+        let _ = writeln!(
+            out,
+            "Each figure is the median of {} runs per target (targets taken in turn), with the range in brackets; each swept rate shows the run with the median p99.\n",
+            first.runs
+        );
     }
     for target in &run.targets {
         for problem in &target.problems {
@@ -216,11 +227,15 @@ fn summary_table(out: &mut String, targets: &[TargetResult]) {
     let _ = writeln!(out, "## Summary\n");
     header(out, "metric", targets);
     for (row, metric) in first.summary.iter().enumerate() {
-        let values: Vec<f64> = targets
+        let metrics: Vec<Option<&Metric>> = targets.iter().map(|t| t.summary.get(row)).collect();
+        let values: Vec<f64> = metrics
             .iter()
-            .map(|t| t.summary.get(row).map_or(f64::NAN, |m| m.value))
+            .map(|m| m.map_or(f64::NAN, |m| m.value))
             .collect();
-        let cells: Vec<String> = values.iter().map(|v| format_value(*v)).collect();
+        let cells: Vec<String> = metrics
+            .iter()
+            .map(|m| m.map_or("–".to_owned(), cell))
+            .collect();
         let _ = writeln!(
             out,
             "| {} ({}) | {} |{}",
@@ -231,6 +246,19 @@ fn summary_table(out: &mut String, targets: &[TargetResult]) {
         );
     }
     out.push('\n');
+}
+
+/// A median, with the range over the runs when it was not one value.
+fn cell(metric: &Metric) -> String {
+    match metric.range {
+        Some((low, high)) if low < high => format!(
+            "{} ({}–{})",
+            format_value(metric.value),
+            format_value(low),
+            format_value(high)
+        ),
+        _ => format_value(metric.value),
+    }
 }
 
 fn steps_table(out: &mut String, targets: &[TargetResult]) {

@@ -83,6 +83,7 @@ impl IdleArgs {
         Ok(TargetResult {
             target: session.target(),
             layout: session.fleet.layout.clone(),
+            runs: 1,
             summary: vec![
                 metric("time to open all", live.elapsed_ms / 1000.0, "s"),
                 metric("connect errors", live.errors as f64, "count"),

@@ -36,6 +36,9 @@ pub struct Common {
         default_value = "herald,nchan"
     )]
     pub targets: Vec<Target>,
+    /// Runs per target; every figure is the median over them.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: u64,
     /// SSE streams (one device each).
     #[arg(long, default_value_t = 19_000)]
     pub streams: usize,

@@ -71,6 +71,7 @@ impl Scenario for SlowArgs {
         Ok(TargetResult {
             target,
             layout,
+            runs: 1,
             summary: vec![
                 metric("offered to each slow stream", offered_mib, "MiB"),
                 metric(

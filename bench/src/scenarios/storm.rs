@@ -105,6 +105,7 @@ impl StormArgs {
         Ok(TargetResult {
             target: session.target(),
             layout: session.fleet.layout.clone(),
+            runs: 1,
             summary: vec![
                 metric(
                     "all live again after the cut",

@@ -122,6 +122,7 @@ async fn sweep(
     Ok(TargetResult {
         target,
         layout: session.fleet.layout.clone(),
+        runs: 1,
         summary: summarize(&steps, session.memory().pss_kib),
         steps,
         memory: Vec::new(),
