@@ -1,7 +1,8 @@
 //! Several runs of a scenario against one target folded into one result:
 //! each summary figure is the median over the runs (with the range it
-//! spanned), each swept rate and memory reading the median observation of
-//! that rate or reading — a step that was really measured, not a blend.
+//! spanned), each step (the n-th step of every run: the same offered rate
+//! in a sweep) and memory reading the median observation of it — a step
+//! that was really measured, not a blend.
 
 use crate::report::{MemoryPoint, Metric, Step, TargetResult};
 
@@ -39,19 +40,16 @@ pub fn combine(mut runs: Vec<TargetResult>) -> Option<TargetResult> {
                 .map(move |p| format!("run {} of {count}: {p}", i + 1))
         })
         .collect();
-    let mut steps: Vec<(f64, Vec<Step>)> = Vec::new();
+    let mut steps: Vec<Vec<Step>> = Vec::new();
     let mut memory: Vec<(&'static str, Vec<MemoryPoint>)> = Vec::new();
     let first = runs.remove(0);
     for run in
         std::iter::once(first.steps).chain(runs.iter_mut().map(|r| std::mem::take(&mut r.steps)))
     {
-        for step in run {
-            match steps
-                .iter_mut()
-                .find(|(rate, _)| *rate == step.offered_per_s)
-            {
-                Some((_, same)) => same.push(step),
-                None => steps.push((step.offered_per_s, vec![step])),
+        for (position, step) in run.into_iter().enumerate() {
+            match steps.get_mut(position) {
+                Some(same) => same.push(step),
+                None => steps.push(vec![step]),
             }
         }
     }
@@ -72,7 +70,7 @@ pub fn combine(mut runs: Vec<TargetResult>) -> Option<TargetResult> {
         summary,
         steps: steps
             .into_iter()
-            .filter_map(|(_, same)| median_by(same, |step| step.latency.p99_ms))
+            .filter_map(|same| median_by(same, |step| step.latency.p99_ms))
             .collect(),
         memory: memory
             .into_iter()

@@ -324,10 +324,12 @@ fn memory_table(out: &mut String, targets: &[TargetResult]) {
         let cells: Vec<String> = memories
             .iter()
             .map(|m| {
+                let mib = |kib: u64| kib as f64 / 1024.0;
                 format!(
-                    "{:.1} ({:.1})",
-                    m.pss_kib as f64 / 1024.0,
-                    m.anon_kib as f64 / 1024.0
+                    "{:.1} ({:.1} / {:.1})",
+                    mib(m.pss_kib),
+                    mib(m.anon_kib),
+                    mib(m.shmem_kib)
                 )
             })
             .collect();
