@@ -28,9 +28,11 @@ const CLIENT_BOUND_SHARE: f64 = 0.9;
 /// Options every scenario takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
-    /// Servers to measure, in this order, in one invocation.
+    /// Servers to measure, in this order, in one invocation (`--target
+    /// herald` measures one).
     #[arg(
         long,
+        alias = "target",
         value_enum,
         value_delimiter = ',',
         default_value = "herald,nchan"
