@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 cargo build -p herald -p herald-bench
 bench=target/debug/herald-bench
 out=target/bench-smoke
-common=(--runs 1 --targets herald --streams 120 --per-worker 50 --herald-bin target/debug/herald --out "$out" --check)
+# Server and harness on CPUs of their own where there are two.
+client_cpu=$(( $(nproc) > 1 ? 1 : 0 ))
+common=(--runs 1 --targets herald --streams 120 --per-worker 50 --herald-bin target/debug/herald
+    --server-cpus 0 --client-cpus "$client_cpu" --out "$out" --check)
 
 "$bench" idle "${common[@]}" --hold-secs 2 --burst 5
 "$bench" fanout "${common[@]}" --rates 1,20 --step-secs 1
