@@ -1,8 +1,8 @@
 //! Several runs of a scenario against one target folded into one result:
 //! each summary figure is the median over the runs (with the range it
 //! spanned), each step (the n-th step of every run: the same offered rate
-//! in a sweep) and memory reading the median observation of it — a step
-//! that was really measured, not a blend.
+//! in a sweep) and memory reading the median observation of it — one that
+//! was really measured, not a blend.
 
 use crate::report::{MemoryPoint, Metric, Step, TargetResult};
 
@@ -40,32 +40,18 @@ pub fn combine(mut runs: Vec<TargetResult>) -> Option<TargetResult> {
                 .map(move |p| format!("run {} of {count}: {p}", i + 1))
         })
         .collect();
+    let (target, layout) = (runs[0].target, runs[0].layout.clone());
+    // Every run takes the same steps and readings in the same order (a
+    // sweep may stop sooner): the n-th of each run go together.
     let mut steps: Vec<Vec<Step>> = Vec::new();
-    let mut memory: Vec<(&'static str, Vec<MemoryPoint>)> = Vec::new();
-    let first = runs.remove(0);
-    for run in
-        std::iter::once(first.steps).chain(runs.iter_mut().map(|r| std::mem::take(&mut r.steps)))
-    {
-        for (position, step) in run.into_iter().enumerate() {
-            match steps.get_mut(position) {
-                Some(same) => same.push(step),
-                None => steps.push(vec![step]),
-            }
-        }
-    }
-    for point in first
-        .memory
-        .into_iter()
-        .chain(runs.iter_mut().flat_map(|r| std::mem::take(&mut r.memory)))
-    {
-        match memory.iter_mut().find(|(label, _)| *label == point.label) {
-            Some((_, same)) => same.push(point),
-            None => memory.push((point.label, vec![point])),
-        }
+    let mut memory: Vec<Vec<MemoryPoint>> = Vec::new();
+    for run in runs {
+        gather(&mut steps, run.steps);
+        gather(&mut memory, run.memory);
     }
     Some(TargetResult {
-        target: first.target,
-        layout: first.layout,
+        target,
+        layout,
         runs: count,
         summary,
         steps: steps
@@ -74,10 +60,20 @@ pub fn combine(mut runs: Vec<TargetResult>) -> Option<TargetResult> {
             .collect(),
         memory: memory
             .into_iter()
-            .filter_map(|(_, same)| median_by(same, |point| point.memory.pss_kib as f64))
+            .filter_map(|same| median_by(same, |point| point.memory.pss_kib as f64))
             .collect(),
         problems,
     })
+}
+
+/// Adds each item to the group of its position.
+fn gather<T>(groups: &mut Vec<Vec<T>>, items: Vec<T>) {
+    for (position, item) in items.into_iter().enumerate() {
+        match groups.get_mut(position) {
+            Some(group) => group.push(item),
+            None => groups.push(vec![item]),
+        }
+    }
 }
 
 /// The middle value (the lower of the two middle ones for an even count);
@@ -115,6 +111,14 @@ mod tests {
         assert!(median(&[]).is_nan());
         assert_eq!(range(&[3.0, 1.0, 2.0]), Some((1.0, 3.0)));
         assert_eq!(range(&[]), None);
+    }
+
+    #[test]
+    fn items_group_by_position_even_when_alike() {
+        let mut groups = Vec::new();
+        gather(&mut groups, vec![20.0, 20.0]);
+        gather(&mut groups, vec![20.0]);
+        assert_eq!(groups, vec![vec![20.0, 20.0], vec![20.0]]);
     }
 
     #[test]

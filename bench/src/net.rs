@@ -99,12 +99,12 @@ pub async fn post(
     sender: &mut SendRequest<Full<Bytes>>,
     host: &str,
     path: &str,
-    headers: &[(&str, &str)],
+    headers: &[(&'static str, String)],
     body: Bytes,
 ) -> Result<u16, Error> {
     let mut request = Request::post(path).header("host", host);
     for (name, value) in headers {
-        request = request.header(*name, *value);
+        request = request.header(*name, value.as_str());
     }
     let response = sender.send_request(request.body(Full::new(body))?).await?;
     let status = response.status().as_u16();

@@ -2,6 +2,7 @@
 //! JSON [`Command`] per line on the worker's stdin, one JSON [`Reply`] per
 //! line on its stdout.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,13 +12,15 @@ use serde::{Deserialize, Serialize};
 /// The payload every published event carries: a sequence number (per device
 /// for unicast, global for broadcasts) and the time it was due to be
 /// published, in nanoseconds since the Unix epoch, so a receiver in another
-/// process measures publish-to-receive latency. `p` pads it to a size.
+/// process measures publish-to-receive latency. `p` pads it to a size; it
+/// is borrowed both ways, so neither the publisher nor a receiver copies
+/// the padding per event.
 #[derive(Serialize, Deserialize)]
-pub struct Payload {
+pub struct Payload<'a> {
     pub s: u64,
     pub t: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub p: String,
+    #[serde(default, borrow, skip_serializing_if = "str::is_empty")]
+    pub p: Cow<'a, str>,
 }
 
 /// The name of device number `index`.

@@ -155,7 +155,7 @@ impl Publisher {
         let payload = Payload {
             s: seq,
             t: due,
-            p: self.padding.clone(),
+            p: self.padding.as_str().into(),
         };
         let payload = serde_json::to_string(&payload).expect("payload serializes");
         let name = device.map(device_name);
@@ -207,11 +207,6 @@ async fn send_all(server: SocketAddr, mut jobs: mpsc::UnboundedReceiver<Job>, co
             .borrow_mut()
             .saturating_record(lag_us.max(1));
         let attempts = if counts.given_up.get() { 1 } else { ATTEMPTS };
-        let headers: Vec<(&str, &str)> = job
-            .headers
-            .iter()
-            .map(|(name, value)| (*name, value.as_str()))
-            .collect();
         let mut answer = None;
         for attempt in 0..attempts {
             if attempt > 0 {
@@ -227,7 +222,7 @@ async fn send_all(server: SocketAddr, mut jobs: mpsc::UnboundedReceiver<Job>, co
             let Some((sender, _)) = connection.as_mut() else {
                 continue;
             };
-            match net::post(sender, &host, &job.path, &headers, job.body.clone()).await {
+            match net::post(sender, &host, &job.path, &job.headers, job.body.clone()).await {
                 Ok(status) => {
                     answer = Some(status);
                     break;

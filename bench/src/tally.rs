@@ -47,10 +47,8 @@ impl Counters {
         if let Some(id) = event.id {
             stream.last_event_id = Some(id);
         }
-        let Some(payload) = event
-            .data
-            .and_then(|data| serde_json::from_str::<Payload>(&data).ok())
-        else {
+        let Some(data) = event.data else { return };
+        let Ok(payload) = serde_json::from_str::<Payload>(&data) else {
             return;
         };
         let tally = &mut self.tally;
@@ -138,10 +136,12 @@ mod tests {
         counters.receive(&mut stream, Sse::default().event("reset").data("{}"), 0);
         counters.receive(&mut stream, event(1, 0).id("e-1"), 0);
         assert_eq!(stream.last_event_id.as_deref(), Some("e-1"));
+        let padded = Sse::default().data(r#"{"s":2,"t":0,"p":"xxxx"}"#);
+        counters.receive(&mut stream, padded, 0);
         let tally = counters.report();
         assert_eq!(
             (tally.heartbeats, tally.resets, tally.deliveries),
-            (2, 1, 1)
+            (2, 1, 2)
         );
     }
 }

@@ -24,7 +24,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn start(
+    async fn start(
         common: &Common,
         target: Target,
         slow_every: usize,
