@@ -1,5 +1,7 @@
 //! The command line: `herald [--config PATH] [--bind ADDR]` serves;
-//! `herald token --device ID --ttl 1h` mints a device token.
+//! `herald token --device ID --ttl 1h` mints a device token;
+//! `herald config check` validates the configuration and `herald config show`
+//! prints it as TOML, secrets redacted.
 
 use std::{io, path::PathBuf, time::Duration};
 
@@ -8,7 +10,7 @@ use clap::{Parser, Subcommand};
 use herald_actors::{DeviceId, NameError};
 
 use crate::{
-    config::{ConfigError, Settings},
+    config::{ConfigError, Loaded, Settings},
     logging,
     startup::{Application, Shutdown},
     tokens::DeviceTokens,
@@ -18,14 +20,11 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
-    /// Configuration file (TOML); HERALD_SECTION__KEY variables override it.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        default_value = "config.toml"
-    )]
-    pub config: PathBuf,
+    /// Configuration file (TOML), laid over the built-in defaults; without
+    /// it, ./config.toml when there is one. HERALD_<SECTION>__<KEY>
+    /// variables override both.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Listen address, overriding server.bind.
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<String>,
@@ -44,6 +43,17 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Check or print the configuration (for deploy pipelines).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration: exit 0, or print the error and exit 1.
+    Check,
+    /// Print the effective configuration as TOML, secrets redacted.
+    Show,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,37 +66,74 @@ pub enum RunError {
     Bind { bind: String, source: io::Error },
     #[error("server failed: {0}")]
     Serve(io::Error),
+    #[error("cannot listen for signals: {0}")]
+    Signals(io::Error),
+    #[error("cannot print the configuration: {0}")]
+    Show(toml::ser::Error),
 }
 
-/// Loads the configuration, then serves (until SIGTERM or SIGINT, then shuts
-/// down gracefully) or runs the subcommand.
+/// Runs the subcommand, or serves (until SIGTERM or SIGINT, then shuts down
+/// gracefully).
 pub async fn run(cli: Cli) -> Result<(), RunError> {
-    let mut settings = Settings::load(&cli.config)?;
-    if let Some(Command::Token { device, ttl }) = cli.command {
-        let device = DeviceId::parse(&device).map_err(RunError::Device)?;
-        println!(
-            "{}",
-            DeviceTokens::new(&settings.auth.secret).mint(&device, ttl)
-        );
-        return Ok(());
+    let file = cli.config.as_deref();
+    match cli.command {
+        Some(Command::Token { device, ttl }) => {
+            let loaded = layer(file)?;
+            let device = DeviceId::parse(&device).map_err(RunError::Device)?;
+            let secret = loaded.settings.token_secret()?;
+            println!("{}", DeviceTokens::new(secret).mint(&device, ttl));
+            Ok(())
+        }
+        Some(Command::Config(ConfigCommand::Check)) => Ok(layer(file)?.settings.validate()?),
+        Some(Command::Config(ConfigCommand::Show)) => {
+            let loaded = layer(file)?;
+            let settings = &loaded.settings;
+            let toml = toml::to_string(&settings.redacted()).map_err(RunError::Show)?;
+            print!("{toml}");
+            Ok(settings.validate()?)
+        }
+        None => {
+            let mut loaded = Settings::load(file)?;
+            if let Some(bind) = cli.bind {
+                loaded.settings.server.bind = bind;
+            }
+            serve(loaded).await
+        }
     }
-    if let Some(bind) = cli.bind {
-        settings.server.bind = bind;
+}
+
+/// Lays the configuration together without validating it (for subcommands
+/// that need only part of it); ignored `HERALD_*` variables are reported on
+/// stderr.
+fn layer(file: Option<&std::path::Path>) -> Result<Loaded, ConfigError> {
+    let loaded = Settings::layer_process_env(file)?;
+    for variable in &loaded.ignored {
+        eprintln!("herald: warning: ignoring {variable} (not HERALD_<SECTION>__<KEY>)");
     }
+    Ok(loaded)
+}
+
+async fn serve(loaded: Loaded) -> Result<(), RunError> {
+    let settings = loaded.settings.clone();
     exit_on_core_panic();
     logging::init(&settings.log.level, settings.log.format);
+    for variable in &loaded.ignored {
+        log::warn!("config.variable_ignored variable={variable}");
+    }
 
     let bind = settings.server.bind.clone();
     let app = Application::build(settings).map_err(|source| RunError::Bind {
         bind: bind.clone(),
         source,
     })?;
+    let signals = Signals::listen().map_err(RunError::Signals)?;
     log::info!(
-        "server.started bind={bind} port={} version={}",
+        "server.started bind={bind} port={} version={} config={}",
         app.port(),
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        loaded.sources_field()
     );
-    actix_web::rt::spawn(shut_down_on_signal(app.shutdown_handle()));
+    actix_web::rt::spawn(shut_down_on_signal(signals, app.shutdown_handle()));
     app.run_until_stopped().await.map_err(RunError::Serve)?;
     log::info!("server.stopped");
     Ok(())
@@ -110,20 +157,33 @@ fn exit_on_core_panic() {
 /// EX_SOFTWARE from sysexits.h: an internal error.
 const PANIC_EXIT_CODE: i32 = 70;
 
-async fn shut_down_on_signal(shutdown: Shutdown) {
-    let signal = wait_for_signal().await;
-    log::info!("server.signal signal={signal}");
-    shutdown.shut_down().await;
+/// SIGTERM and SIGINT, listened for from the moment this is made: a signal
+/// that arrives right after `server.started` must shut down gracefully, not
+/// kill the process.
+struct Signals {
+    terminate: signal::unix::Signal,
+    interrupt: signal::unix::Signal,
 }
 
-async fn wait_for_signal() -> &'static str {
-    let Ok(mut terminate) = signal::unix::signal(signal::unix::SignalKind::terminate()) else {
-        // Without a SIGTERM handler, SIGINT still works.
-        let _ = signal::ctrl_c().await;
-        return "SIGINT";
-    };
-    tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = signal::ctrl_c() => "SIGINT",
+impl Signals {
+    fn listen() -> io::Result<Self> {
+        use signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+async fn shut_down_on_signal(mut signals: Signals, shutdown: Shutdown) {
+    let signal = signals.recv().await;
+    log::info!("server.signal signal={signal}");
+    shutdown.shut_down().await;
 }

@@ -304,7 +304,9 @@ async fn no_token_ever_appears_in_the_log_even_at_debug_level() {
     let herald =
         HeraldProcess::start(&[("HERALD_AUTH__DEVICES", "token"), ("RUST_LOG", "debug")]).await;
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let settings = herald::config::Settings::load(&config).unwrap();
+    let settings = herald::config::Settings::layer(Some(&config), [])
+        .unwrap()
+        .settings;
     let (secret, cookie_name) = (&settings.auth.secret, &settings.auth.cookie);
     let stale = expired(secret, "edge-1");
     let forged = mint("another-secret-that-is-also-32-bytes-long", "edge-1", HOUR);

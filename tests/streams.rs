@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{EventStream, TestServer, data_json, seq_of};
 use futures_util::future::join_all;
@@ -122,12 +122,22 @@ async fn a_burst_of_fifty_reconnects_leaves_exactly_one_live_stream() {
     // A burst like this is flapping: once detected, newcomers are refused
     // (409) instead of kicking. Either way one stream must end up live.
     let attempts = join_all((0..50).map(|_| async {
-        let mut stream = server.try_open("edge-1", &[], "").await.ok()?;
+        let mut stream = server.try_open("edge-1", &[], "").await?;
         stream.hello().await;
-        Some(stream)
+        Ok::<_, common::Refusal>(stream)
     }))
     .await;
-    let streams: Vec<_> = attempts.into_iter().flatten().collect();
+    let mut streams = Vec::new();
+    for attempt in attempts {
+        match attempt {
+            Ok(stream) => streams.push(stream),
+            Err(refusal) => assert_eq!(
+                (refusal.status.as_u16(), refusal.code()),
+                (409, "flapping"),
+                "a newcomer is refused only as flapping: {refusal:?}"
+            ),
+        }
+    }
     assert!(streams.len() >= 2, "the first reconnects get through");
     server
         .publish("edge-1", "config", json!("after the burst"))
@@ -158,52 +168,69 @@ async fn fifty_rapid_reconnects_with_flapping_allowed_all_kick_and_one_stays_liv
 
 #[actix_web::test]
 async fn an_idle_stream_gets_id_less_heartbeats_before_its_timeout_and_a_busy_one_gets_none() {
+    // Idle after 1 s, dead after 2 s: a heartbeat must come in between. The
+    // bounds below follow from these two figures, with the margin as the
+    // slack a loaded machine gets; no count is expected per wall-clock span.
+    let (timeout, margin) = (Duration::from_secs(2), Duration::from_secs(1));
+    let idle_after = timeout - margin;
     let server = TestServer::start_with(|s| {
-        s.heartbeat.timeout = Duration::from_millis(600);
-        s.heartbeat.margin = Duration::from_millis(300);
+        s.heartbeat.timeout = timeout;
+        s.heartbeat.margin = margin;
     })
     .await;
     let (mut idle, mut busy) = (server.connect("idle").await, server.connect("busy").await);
     idle.hello().await;
     busy.hello().await;
 
-    let window = Duration::from_millis(1_600);
+    let heartbeats = 3;
+    let idle_reader = async {
+        let mut last = Instant::now();
+        let mut gaps = Vec::new();
+        while gaps.len() < heartbeats {
+            let heartbeat = idle.next().await.expect("idle stream open");
+            assert_eq!(heartbeat.event.as_deref(), Some("heartbeat"));
+            assert_eq!(
+                (heartbeat.id.as_deref(), heartbeat.data.as_deref()),
+                (None, Some("{}"))
+            );
+            gaps.push(last.elapsed());
+            last = Instant::now();
+        }
+        gaps
+    };
+    // The busy stream gets an event every 100 ms, a tenth of its idle time,
+    // until the idle one has had its heartbeats.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let publisher = async {
-        for n in 0..16 {
-            server.publish("busy", "tick", json!(n)).await;
+        let mut sent = 0;
+        while stopped.try_recv().is_err() {
+            server.publish("busy", "tick", json!(sent)).await;
+            sent += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        sent
     };
-    let busy_reader = async {
-        let mut seen = Vec::new();
-        while seen
-            .iter()
-            .filter(|e: &&sse_stream::Sse| e.event.as_deref() == Some("tick"))
-            .count()
-            < 16
-        {
-            seen.push(busy.next().await.expect("busy stream open"));
-        }
-        seen
+    let watcher = async {
+        let gaps = idle_reader.await;
+        stop.send(()).unwrap();
+        gaps
     };
-    let (idle_events, busy_events, ()) =
-        tokio::join!(idle.collect_for(window), busy_reader, publisher);
+    let (gaps, sent) = tokio::join!(watcher, publisher);
 
-    assert!(
-        (3..=6).contains(&idle_events.len()),
-        "idle after 300 ms, over 1.6 s: {idle_events:?}"
-    );
-    for heartbeat in &idle_events {
-        assert_eq!(heartbeat.event.as_deref(), Some("heartbeat"));
-        assert_eq!(
-            (heartbeat.id.as_deref(), heartbeat.data.as_deref()),
-            (None, Some("{}"))
+    for gap in &gaps {
+        // Never before the stream was idle for `idle_after` (less what a
+        // delayed earlier receipt can take off), always before `timeout`.
+        assert!(
+            *gap + Duration::from_millis(200) >= idle_after && *gap < timeout,
+            "heartbeats {idle_after:?} after the last write, within {timeout:?}: {gaps:?}"
         );
     }
+    let mut ticks = Vec::new();
+    for _ in 0..sent {
+        ticks.push(busy.next().await.expect("busy stream open"));
+    }
     assert!(
-        busy_events
-            .iter()
-            .all(|e| e.event.as_deref() == Some("tick")),
-        "{busy_events:?}"
+        ticks.iter().all(|e| e.event.as_deref() == Some("tick")),
+        "no heartbeat on a stream with traffic: {ticks:?}"
     );
 }

@@ -21,13 +21,13 @@ use std::{
 };
 
 use actix::{dev::SendError, prelude::*};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{ConnectionId, DeviceConnection, connection::SendHeartbeat};
 
 /// The `[heartbeat]` config section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HeartbeatConfig {
     /// Silence after which a client should consider its stream dead.
     #[serde(with = "humantime_serde")]
@@ -35,6 +35,15 @@ pub struct HeartbeatConfig {
     /// How long before `timeout` an idle stream gets its heartbeat.
     #[serde(with = "humantime_serde")]
     pub margin: Duration,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(20),
+            margin: Duration::from_secs(5),
+        }
+    }
 }
 
 impl HeartbeatConfig {

@@ -17,13 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::DeviceId;
 
 /// The `[kicks]` config section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KickConfig {
     #[serde(with = "humantime_serde")]
     pub instance_window: Duration,
@@ -39,13 +39,26 @@ pub struct KickConfig {
     pub reconnect_block: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlappingPolicy {
     /// Refuse newcomers without an instance for the cool-down.
     Refuse,
     /// Only log and flag.
     Allow,
+}
+
+impl Default for KickConfig {
+    fn default() -> Self {
+        Self {
+            instance_window: Duration::from_secs(30),
+            flapping_kicks: 3,
+            flapping_window: Duration::from_secs(10),
+            flapping_cooldown: Duration::from_secs(30),
+            flapping_policy: FlappingPolicy::Refuse,
+            reconnect_block: Duration::from_secs(10 * 60),
+        }
+    }
 }
 
 /// Why a stream was refused (answered `409`, which stops `EventSource`).

@@ -393,7 +393,8 @@ mod tests {
         assert_eq!(count_live(&actors).await, 0);
 
         // Forgetting the connection detached its session, so it expires.
-        tokio::time::sleep(ttl + Duration::from_millis(10)).await;
+        tokio::time::pause();
+        tokio::time::advance(ttl + Duration::from_millis(1)).await;
         actors.store.send(SweepExpired).await.unwrap();
         let position = Some(receipt.id.to_string());
         let (_conn, mut frames, _) = connect(&actors, &dev, position, 8).await;

@@ -15,7 +15,7 @@
 //!   sweep visits only sessions that are due (an index ordered by expiry).
 //!   Retained events outlive it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -294,7 +294,7 @@ impl Handler<SweepExpired> for SessionStore {
     type Result = ();
 
     fn handle(&mut self, _: SweepExpired, _: &mut Self::Context) {
-        for (device, buffered) in self.storage.sweep(Instant::now()) {
+        for (device, buffered) in self.storage.sweep(tokio::time::Instant::now()) {
             log::info!("session.expired device={device} buffered={buffered}");
         }
     }

@@ -14,11 +14,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     ops::Bound,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use bytestring::ByteString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+// tokio's clock, so tests can pause it and move it past a TTL without
+// sleeping; in a running server it is the monotonic clock.
+use tokio::time::Instant;
 
 use crate::{
     BufferLimits, ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Session,
@@ -28,8 +31,8 @@ use crate::{
 };
 
 /// The `[session]` config section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
     /// Events each session's replay buffer holds; the oldest are evicted first.
     pub buffer_events: usize,
@@ -44,6 +47,19 @@ pub struct SessionConfig {
     /// How long a session is kept after its last stream ended.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            buffer_events: 1000,
+            buffer_bytes: 1 << 20,
+            retained_per_device: 16,
+            max_sessions: 100_000,
+            max_total_bytes: 1 << 30,
+            ttl: Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 impl SessionConfig {

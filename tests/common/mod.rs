@@ -34,7 +34,11 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         let _ = env_logger::builder().is_test(true).try_init();
         let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-        let mut settings = Settings::load(&config).expect("config.toml loads");
+        // The shipped file alone: the test process's environment is not
+        // the server's configuration.
+        let mut settings = Settings::layer(Some(&config), [])
+            .expect("config.toml loads")
+            .settings;
         settings.server.bind = "127.0.0.1:0".to_owned();
         settings.server.workers = 2;
         // Tests that shut down do not wait out a drain window unless they
@@ -387,15 +391,22 @@ pub struct HeraldProcess {
 }
 
 impl HeraldProcess {
-    /// Starts herald with `--bind 127.0.0.1:0` and these environment
-    /// variables; answers once it has logged `server.started`.
+    /// Starts herald on the shipped config with `--bind 127.0.0.1:0` and
+    /// these environment variables; answers once it has logged
+    /// `server.started`.
     pub async fn start(env: &[(&str, &str)]) -> Self {
-        use std::io::{BufRead as _, BufReader};
-
         let mut command = herald_command(&["--bind", "127.0.0.1:0"]);
         // No drain window unless the test sets one (its `env` comes after).
         command.env("HERALD_SERVER__DRAIN_WINDOW", "0s");
         command.envs(env.iter().copied());
+        Self::spawn(command).await
+    }
+
+    /// Starts `command` (a herald that binds port 0 and logs at info);
+    /// answers once it has logged `server.started`.
+    pub async fn spawn(mut command: std::process::Command) -> Self {
+        use std::io::{BufRead as _, BufReader};
+
         let mut child = command
             .stderr(std::process::Stdio::piped())
             .spawn()
