@@ -16,6 +16,7 @@
 //! | `tokens.rs`          | device tokens (JWT): mint and check                      |
 //! | `stats.rs`           | totals for `/v1/stats` and the periodic `server.stats` line |
 //! | `slots.rs`           | open-stream counts, in all and per address               |
+//! | `client_socket.rs`   | whether a stream's client closed, asked of the kernel    |
 //! | `access_log.rs`      | one `http.request` line per request (paths only)         |
 //! | `logging.rs`         | log output: text, or one JSON object per line            |
 //! | `error.rs`           | [`error::ApiError`]: every HTTP error, status and JSON   |
@@ -25,6 +26,7 @@
 
 pub mod access_log;
 pub mod cli;
+pub mod client_socket;
 pub mod config;
 pub mod error;
 pub mod logging;

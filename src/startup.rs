@@ -21,6 +21,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::{
     access_log::access_log,
+    client_socket::ClientSocket,
     config::{CorsSettings, Settings},
     routes::{Draining, Shared, configure_routes},
     stats,
@@ -58,9 +59,12 @@ impl Application {
         .h1_allow_half_closed(false)
         // Events are small writes that must leave at once; Nagle's algorithm
         // would hold one back until the previous write is acknowledged.
-        .on_connect(|connection, _| {
+        .on_connect(|connection, data| {
             if let Some(tcp) = connection.downcast_ref::<TcpStream>() {
                 let _ = tcp.set_nodelay(true);
+                // For the kick rule: did a stream's client close? (see
+                // `client_socket`).
+                data.insert(ClientSocket::of(tcp));
             }
         })
         // Shutdown is ours: streams must be ended before the server waits

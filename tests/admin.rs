@@ -366,6 +366,8 @@ async fn the_device_views_show_connection_buffer_and_history_and_page_by_cursor(
     stream.hello().await;
     let mut replacement = server.connect("edge-1").await;
     replacement.hello().await;
+    // Counted as the kick reaches the first stream, before its client reads it.
+    assert_eq!(stream.next_event().await.event.as_deref(), Some("kicked"));
     let last = server.publish("edge-1", "config", json!("abc")).await;
     for device in ["edge-2", "edge-3"] {
         server.publish(device, "config", json!(1)).await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::HeraldProcess;
+use common::{HeraldProcess, read_until};
 use serde_json::{Map, Value};
 
 /// A scenario that logs connect, reset, kick, disconnect and expiry, against
@@ -15,7 +15,7 @@ async fn scenario(format: &str) -> (HeraldProcess, Vec<String>) {
     .await;
     let url = herald.url("/v1/devices/edge-1/events");
     let client = reqwest::Client::new();
-    let first = client.get(&url).send().await.unwrap();
+    let mut first = client.get(&url).send().await.unwrap().bytes_stream();
     herald.expect_log(&["device.connected", "edge-1"]).await;
     let second = client
         .get(&url)
@@ -24,6 +24,9 @@ async fn scenario(format: &str) -> (HeraldProcess, Vec<String>) {
         .await
         .unwrap();
     herald.expect_log(&["session.reset", "edge-1"]).await;
+    // The first client reads its `kicked` (logged before it is written):
+    // had it closed first, it would not have been kicked.
+    read_until(&mut first, "event: kicked").await;
     drop((first, second));
     herald.expect_log(&["session.expired", "edge-1"]).await;
     let events = [

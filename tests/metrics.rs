@@ -3,19 +3,10 @@
 
 mod common;
 
-use common::{HeraldProcess, read_until};
+use common::{HeraldProcess, read_until, sample};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "local-admin-token-change-me";
-
-/// The value of the sample `name` (with its labels, as exposed).
-fn sample(exposition: &str, name: &str) -> f64 {
-    let line = exposition
-        .lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '));
-    let line = line.unwrap_or_else(|| panic!("no sample {name} in:\n{exposition}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
 
 #[actix_web::test]
 async fn metrics_stats_and_the_stats_line_follow_a_scripted_scenario() {

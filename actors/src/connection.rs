@@ -7,6 +7,13 @@
 //! keep up (queue full), when it is kicked, or at shutdown. Stopping drops the
 //! queue's sender, which ends the HTTP response after the queued frames.
 //!
+//! It decides whether a [`Kick`] is a kick (see its handler): only a stream
+//! whose client is still there is kicked. The metric, the `device.kicked`
+//! line, the admin view's count ([`CountKick`]) and the kick rules
+//! ([`Kicked`]) all follow from that one decision, and all of them are
+//! recorded before `kicked` is written, so a client that reads `kicked` and
+//! comes back finds its kick counted.
+//!
 //! Its mailbox is unbounded so that senders never wait on it; it only moves
 //! frames into the bounded queue, so the mailbox does not grow.
 
@@ -20,7 +27,8 @@ use crate::{
     event::HEARTBEAT,
     heartbeat::{Activity, Heartbeat, Unwatch, Watch},
     metrics::metrics,
-    registry::{DeviceRegistry, Unregister},
+    registry::{DeviceRegistry, Kicked, Replacement, Unregister},
+    session_store::{CountKick, SessionStore},
 };
 
 /// Why a stream ended; logged as `reason=` in `device.disconnected`.
@@ -64,13 +72,13 @@ pub struct Push {
     pub event: StoredEvent,
 }
 
-/// Write `kicked` and stop: another connection of the same device replaced
-/// this one (`by`), or an operator ended it for good (`None`). Sent by the
-/// registry.
+/// Stop, and write `kicked` if the client is still there: another connection
+/// of the same device replaced this one, or an operator ended it for good
+/// (`replacement` is `None`). Sent by the registry.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Kick {
-    pub by: Option<ConnectionId>,
+    pub replacement: Option<Replacement>,
 }
 
 /// End the stream without a kick. Sent by the registry (shutdown, device
@@ -94,7 +102,12 @@ pub struct ConnectionParams {
     pub peer: String,
     pub queue: Sender<Frame>,
     pub registry: Addr<DeviceRegistry>,
+    pub store: Addr<SessionStore>,
     pub heartbeat: Addr<Heartbeat>,
+    /// Whether the client has closed its connection, as far as the server's
+    /// kernel knows: that can be before the HTTP body notices. Asked only on
+    /// the thread that created this connection.
+    pub client_closed: Box<dyn Fn() -> bool>,
     /// Announced to the client in `hello`.
     pub heartbeat_timeout: Duration,
     /// Where this stream reports what it wrote; its session reads it.
@@ -292,17 +305,57 @@ impl Handler<Push> for DeviceConnection {
 impl Handler<Kick> for DeviceConnection {
     type Result = ();
 
+    /// The one place that decides whether this is a kick.
+    ///
+    /// A kick ends a stream whose client is still there. A client that closed
+    /// its stream and reopened at once (a page reload, an app restart) must
+    /// not be kicked by its own new stream, yet the new stream can be
+    /// registered before herald has noticed the close: the new request comes
+    /// on another connection, often to another worker, while this stream's
+    /// worker reads the close only when it gets round to it. So neither "the
+    /// old stream is still registered" nor, alone, "its HTTP body is still
+    /// open" tells (in the close-and-reopen test the body was often still open
+    /// here). Asked here, on the worker thread that serves this stream's
+    /// connection:
+    /// - is the queue closed? Then the HTTP body saw the close and dropped its
+    ///   receiver; it runs on this thread, so that is settled, not racing;
+    /// - has the client's FIN or RST reached the kernel (`client_closed`)? A
+    ///   client that closes and then reopens sends its FIN before its new
+    ///   request, and this kick comes only after that request went through
+    ///   the route, the store and the registry: the kernel has the FIN by
+    ///   now. The order of the client's own actions decides, not timing
+    ///   inside herald.
+    ///
+    /// Either way the stream just ends, as its client already has; so does a
+    /// stream already ending for another reason. A close still on its way (a
+    /// lost FIN being resent) or a client that vanished without one (a
+    /// zombie) cannot be told from a live client: that is a kick, and one
+    /// kick never makes a device flapping.
     fn handle(&mut self, msg: Kick, ctx: &mut Self::Context) {
-        let by = msg
-            .by
-            .map_or_else(|| "admin".to_owned(), |by| by.to_string());
+        let running = ctx.state() == ActorState::Running;
+        if !running || self.params.queue.is_closed() || (self.params.client_closed)() {
+            self.stop(DisconnectReason::ClientGone, ctx);
+            return;
+        }
+        let p = &self.params;
+        let by = msg.replacement.as_ref().map(|r| r.by);
         log::info!(
-            "device.kicked device={} conn={} by={by}",
-            self.params.device,
-            self.params.connection_id,
+            "device.kicked device={} conn={} by={}",
+            p.device,
+            p.connection_id,
+            by.map_or_else(|| "admin".to_owned(), |by| by.to_string())
         );
         metrics().kicks.inc();
-        self.write(Frame::Signal(Box::new(Signal::kicked(msg.by))), ctx);
+        p.store.do_send(CountKick {
+            device: p.device.clone(),
+        });
+        if let Some(replacement) = msg.replacement {
+            p.registry.do_send(Kicked {
+                device: p.device.clone(),
+                replacement,
+            });
+        }
+        self.write(Frame::Signal(Box::new(Signal::kicked(by))), ctx);
         self.stop(DisconnectReason::Kicked, ctx);
     }
 }

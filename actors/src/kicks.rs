@@ -1,7 +1,10 @@
 //! Kick ping-pong: two clients with one identity would replace each other
 //! forever, each `EventSource` reconnecting as soon as it is kicked. Owned by
 //! the [`DeviceRegistry`](crate::DeviceRegistry), which asks it before a
-//! stream is accepted and tells it about every kick.
+//! stream is accepted and tells it about every kick. A kick is a replacement
+//! that reached a stream whose client was still there, as the replaced
+//! stream decides (see `connection.rs`): a client that closes its stream and
+//! reopens it, however fast and however often, is not kicked by itself.
 //!
 //! - A client that names itself (`instance`) and was kicked by a different
 //!   instance is refused if it returns within `instance_window`.

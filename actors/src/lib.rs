@@ -26,6 +26,8 @@
 //!  admin routes ──Publish/Broadcast/DeleteDevice▶ SessionStore ──Deliver/DeliverEach/CloseDevice─▶ DeviceRegistry
 //!                                   SessionStore ◀──Detach────────────  DeviceRegistry
 //!  DeviceRegistry ──Begin/Push/Kick/Close──▶ DeviceConnection ──Unregister──▶ DeviceRegistry
+//!                                             DeviceConnection ──Kicked──────▶ DeviceRegistry
+//!                                             DeviceConnection ──CountKick───▶ SessionStore
 //!  DeviceConnection ──Watch/Unwatch──▶ Heartbeat ──SendHeartbeat──▶ DeviceConnection
 //!  Heartbeat ──Unregister (connection found dead)──▶ DeviceRegistry
 //! ```

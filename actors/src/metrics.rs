@@ -82,7 +82,7 @@ impl Metrics {
             ),
             kicks: counter(
                 "herald_kicks_total",
-                "Streams kicked: replaced by a newer one, or by an operator",
+                "Streams kicked while their client was connected: replaced by a newer one, or by an operator",
             ),
             resets: labelled(
                 "herald_resets_total",

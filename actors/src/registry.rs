@@ -3,8 +3,10 @@
 //!
 //! Invariants:
 //! - at most one live connection per device: registering a second one makes
-//!   it the live one and kicks the first (which writes `kicked` and ends), so
-//!   no event is routed to the first after the second was registered;
+//!   it the live one and ends the first, so no event is routed to the first
+//!   after the second was registered. Whether that was a kick is not decided
+//!   here: the first connection decides it (its client may have closed
+//!   before herald noticed) and, if it was, reports it ([`Kicked`]);
 //! - a connection's `Begin` (hello and replay) is sent before any `Push` to it,
 //!   because both come from this actor in the order the store sent them;
 //! - a connection that is gone is forgotten and its session detached, so its
@@ -55,6 +57,28 @@ pub struct Register {
 #[rtype(result = "Vec<bool>")]
 pub struct DeliverEach {
     pub events: Vec<(DeviceId, StoredEvent)>,
+}
+
+/// A stream replaced by a newer one of its device: what the kick rules and
+/// the `device.flapping` line need, should the replaced stream find its
+/// client still there.
+pub struct Replacement {
+    /// The newer stream.
+    pub by: ConnectionId,
+    /// The replaced stream's instance, and the newer one's.
+    pub instances: (Option<String>, Option<String>),
+    /// The replaced stream's client address, and the newer one's.
+    pub peers: (String, String),
+}
+
+/// A replacement reached a stream whose client was still there: a kick, for
+/// the kick rules. Sent by the replaced connection, before it writes
+/// `kicked` (so before its client can come back).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kicked {
+    pub device: DeviceId,
+    pub replacement: Replacement,
 }
 
 /// A connection is gone. Sent by the connection when it stops, and by the
@@ -224,22 +248,14 @@ impl Handler<Register> for DeviceRegistry {
         };
         let (new_instance, new_peer) = (new.instance.clone(), new.peer.clone());
         if let Some(old) = self.live.insert(msg.device.clone(), new) {
+            let replacement = Replacement {
+                by: msg.connection_id,
+                instances: (old.instance, new_instance),
+                peers: (old.peer, new_peer),
+            };
             old.connection.do_send(Kick {
-                by: Some(msg.connection_id),
+                replacement: Some(replacement),
             });
-            let now = Instant::now();
-            let (old_instance, new_instance) = (old.instance.as_deref(), new_instance.as_deref());
-            if self
-                .kicks
-                .record_kick(&msg.device, old_instance, new_instance, now)
-            {
-                log::warn!(
-                    "device.flapping device={} addrs={},{new_peer} policy={}",
-                    msg.device,
-                    old.peer,
-                    self.kicks.policy_name()
-                );
-            }
         }
         self.send_live(
             &msg.device,
@@ -258,6 +274,29 @@ impl Handler<DeliverEach> for DeviceRegistry {
             .into_iter()
             .map(|(device, event)| self.send_live(&device, Push { event }))
             .collect()
+    }
+}
+
+impl Handler<Kicked> for DeviceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Kicked, _: &mut Self::Context) {
+        let Replacement {
+            instances, peers, ..
+        } = msg.replacement;
+        let (old, new) = (instances.0.as_deref(), instances.1.as_deref());
+        if self
+            .kicks
+            .record_kick(&msg.device, old, new, Instant::now())
+        {
+            log::warn!(
+                "device.flapping device={} addrs={},{} policy={}",
+                msg.device,
+                peers.0,
+                peers.1,
+                self.kicks.policy_name()
+            );
+        }
     }
 }
 
@@ -302,7 +341,7 @@ impl Handler<Disconnect> for DeviceRegistry {
                 reason: DisconnectReason::Admin,
             });
         } else {
-            live.connection.do_send(Kick { by: None });
+            live.connection.do_send(Kick { replacement: None });
             self.kicks.block(&msg.device, Instant::now());
         }
         true
@@ -376,6 +415,50 @@ mod tests {
         let hello = expect_signal(&mut second_frames, "hello").await;
         assert_eq!(hello["connection_id"], second_id.to_string());
         assert_eq!(count_live(&actors).await, 1);
+    }
+
+    #[actix::test]
+    async fn only_a_replacement_that_finds_its_client_there_is_a_kick() {
+        let strict = KickConfig {
+            flapping_kicks: 2,
+            flapping_policy: crate::FlappingPolicy::Refuse,
+            ..lenient_kicks()
+        };
+        let ttl = Duration::from_secs(60);
+        let actors = crate::start(session_config(ttl), quiet_heartbeat(), strict);
+        let dev = device("d1");
+        let admit = || Admit {
+            device: dev.clone(),
+            instance: None,
+            peer: "test".to_owned(),
+        };
+        let kicks = async || {
+            let describe = crate::DescribeDevice {
+                device: dev.clone(),
+            };
+            let view = actors.store.send(describe).await.unwrap();
+            view.expect("a session").kicks
+        };
+
+        // A client that closes its stream and reopens, again and again.
+        for _ in 0..5 {
+            assert_eq!(actors.registry.send(admit()).await.unwrap(), Ok(()));
+            let (_, frames, _) = connect(&actors, &dev, None, 8).await;
+            drop(frames);
+        }
+        assert_eq!(kicks().await, 0);
+
+        // Two live clients replacing each other: the second kick is flapping.
+        let (_, mut first, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut first, "hello").await;
+        let (_, mut second, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut first, "kicked").await;
+        let (_, _third, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut second, "hello").await;
+        expect_signal(&mut second, "kicked").await;
+        assert_eq!(kicks().await, 2);
+        let refused = actors.registry.send(admit()).await.unwrap();
+        assert_eq!(refused, Err(Refusal::Flapping));
     }
 
     #[actix::test]

@@ -93,6 +93,14 @@ pub struct Detach {
     pub connection_id: ConnectionId,
 }
 
+/// A stream of this device was kicked while its client was there; the admin
+/// view counts it. Sent by the kicked connection, before it writes `kicked`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CountKick {
+    pub device: DeviceId,
+}
+
 /// Forget a device: its session, buffer and retained events; its stream is
 /// ended. Answers whether there was anything to forget. Sent by the admin
 /// delete route.
@@ -247,6 +255,14 @@ impl Handler<Detach> for SessionStore {
 
     fn handle(&mut self, msg: Detach, _: &mut Self::Context) {
         self.storage.detach(&msg.device, msg.connection_id);
+    }
+}
+
+impl Handler<CountKick> for SessionStore {
+    type Result = ();
+
+    fn handle(&mut self, msg: CountKick, _: &mut Self::Context) {
+        self.storage.count_kick(&msg.device);
     }
 }
 

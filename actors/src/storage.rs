@@ -126,7 +126,8 @@ pub struct DeviceView {
     pub retained: usize,
     /// Streams attached after the first.
     pub reconnects: u64,
-    /// Streams replaced by a newer one.
+    /// Streams kicked while their client was there: replaced by a newer
+    /// one, or ended by an operator's kick.
     pub kicks: u64,
     /// Streams that started with `reset`.
     pub resets: u64,
@@ -324,7 +325,6 @@ impl Storage {
             .map_or_else(Vec::new, |r| r.events().to_vec());
         let entry = self.session(device);
         let was_due = entry.expires_at.take();
-        let replaces = entry.session.is_attached();
         let opening = entry
             .session
             .attach(connection, progress, last_event_id, &retained);
@@ -333,12 +333,19 @@ impl Storage {
         (history.connected_since, history.last_seen) = (Some(now), now);
         history.peer = Some(peer.to_owned());
         history.attaches += 1;
-        history.kicks += u64::from(replaces);
         history.resets += u64::from(matches!(opening.start, Start::Reset { .. }));
         if let Some(at) = was_due {
             self.expiries.remove(&(at, device.clone()));
         }
         Ok(opening)
+    }
+
+    /// Counts a kick of the device's stream (decided by the stream itself);
+    /// nothing if the device was forgotten meanwhile.
+    pub fn count_kick(&mut self, device: &DeviceId) {
+        if let Some(entry) = self.sessions.get_mut(device) {
+            entry.history.kicks += 1;
+        }
     }
 
     /// Detaches `connection` if it is the device's attached stream; the

@@ -88,7 +88,10 @@ pub(crate) async fn connect(
         peer: "test".to_owned(),
         queue,
         registry: actors.registry.clone(),
+        store: actors.store.clone(),
         heartbeat: actors.heartbeat.clone(),
+        // The test holds the receiving end: dropping it is the client's close.
+        client_closed: Box::new(|| false),
         heartbeat_timeout: Duration::from_secs(60),
         progress: progress.clone(),
     });

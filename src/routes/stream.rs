@@ -5,7 +5,7 @@
 //! written by that actor into the stream's queue, which this module turns
 //! into SSE (framing by actix-web-lab).
 
-use std::{net::IpAddr, vec};
+use std::{net::IpAddr, rc::Rc, vec};
 
 use actix_web::{
     HttpRequest, HttpResponse, Responder as _,
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{AppState, drain_hint::DrainHint};
-use crate::{error::ApiError, slots::SlotRefusal};
+use crate::{client_socket::ClientSocket, error::ApiError, slots::SlotRefusal};
 
 #[derive(Deserialize)]
 pub struct StreamQuery {
@@ -78,16 +78,24 @@ pub async fn open_stream(
             SlotRefusal::AddressFull => ApiError::TooManyStreamsFromAddress,
         })?;
     let (queue, frames) = mpsc::channel(state.stream.queue_frames);
+    // Held by the response body: while it lives, the connection's socket is
+    // open, and the stream's actor may ask the kernel about it.
+    let body = Rc::new(());
     if state.is_draining() {
         // Not an error status: EventSource would stop reconnecting. The
         // stream ends after `retry:`, and the client comes back after it.
         drop(queue);
     } else {
-        attach(&state, device, client, queue).await?;
+        let client_closed = match req.conn_data::<ClientSocket>() {
+            Some(socket) => socket.probe(Rc::downgrade(&body)),
+            // Not a TCP connection: the HTTP body alone tells.
+            None => Box::new(|| false),
+        };
+        attach(&state, device, client, queue, client_closed).await?;
     }
     // The response holds the slot: it is released when the response ends.
     let events = ReceiverStream::new(frames).flat_map(move |frame| {
-        let _held = &slot;
+        let _held = (&slot, &body);
         stream::iter(FrameEvents::from(frame))
     });
     let sse =
@@ -138,6 +146,7 @@ async fn attach(
     device: DeviceId,
     client: Client,
     queue: mpsc::Sender<Frame>,
+    client_closed: Box<dyn Fn() -> bool>,
 ) -> Result<(), ApiError> {
     let connection_id = ConnectionId::new();
     let progress = Progress::default();
@@ -147,7 +156,9 @@ async fn attach(
         peer: client.peer.clone(),
         queue,
         registry: state.actors.registry.clone(),
+        store: state.actors.store.clone(),
         heartbeat: state.actors.heartbeat.clone(),
+        client_closed,
         heartbeat_timeout: state.heartbeat_timeout,
         progress: progress.clone(),
     });

@@ -6,12 +6,16 @@
 
 use std::{path::Path, time::Duration};
 
+use actix_web::web::Bytes;
 use futures_util::{StreamExt as _, stream::BoxStream};
 use herald::{
     config::Settings,
     startup::{Application, Shutdown},
 };
-use reqwest::{StatusCode, header::HeaderMap};
+use reqwest::{
+    StatusCode,
+    header::{HeaderMap, HeaderName, HeaderValue},
+};
 use serde_json::{Value, json};
 use sse_stream::{Sse, SseStream};
 
@@ -150,6 +154,28 @@ impl TestServer {
         read_json(request).await
     }
 
+    /// Publishes events named `tick` to `device`, each as soon as the
+    /// previous one was accepted, until [`Publishing::stop`].
+    pub fn keep_publishing(&self, device: &str) -> Publishing {
+        use tokio::sync::oneshot::{self, error::TryRecvError};
+
+        let (stop, mut stopped) = oneshot::channel();
+        let url = self.url(&format!("/v1/devices/{device}/events"));
+        let (http, token) = (self.http.clone(), self.admin_token().to_owned());
+        let task = actix_web::rt::spawn(async move {
+            let mut ids = Vec::new();
+            while let Err(TryRecvError::Empty) = stopped.try_recv() {
+                let body = json!({ "event": "tick", "data": ids.len() });
+                let request = http.post(&url).bearer_auth(&token).json(&body);
+                let (status, reply) = read_json(request).await;
+                assert_eq!(status, StatusCode::ACCEPTED, "publish: {reply}");
+                ids.push(reply["id"].as_str().expect("an event id").to_owned());
+            }
+            ids
+        });
+        Publishing { stop, task }
+    }
+
     /// A request built by the test, for malformed input.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.url(path))
@@ -223,6 +249,142 @@ pub fn raw_status(answer: &[u8]) -> Option<u16> {
     let answer = String::from_utf8_lossy(answer);
     let rest = answer.strip_prefix("HTTP/1.1 ")?;
     rest.get(..3)?.parse().ok()
+}
+
+/// A stream request (with these headers) on a TCP connection of the test's
+/// own to `addr`, so that the test knows when its socket is closed (see
+/// [`RawStream::close`]); answers the stream, or the refusal.
+pub async fn try_open_raw(
+    addr: &str,
+    device: &str,
+    headers: &[(&str, &str)],
+) -> Result<RawStream, Refusal> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = tcp.into_split();
+    let mut request = format!(
+        "GET /v1/devices/{device}/events HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        addr
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    write
+        .write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let mut received = Vec::new();
+    let head_end = loop {
+        if let Some(at) = find(&received, b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut buf = [0; 8192];
+        let n = tokio::time::timeout(PATIENCE, read.read(&mut buf))
+            .await
+            .expect("a response head within the patience")
+            .expect("read");
+        assert!(n > 0, "the server closed without answering");
+        received.extend_from_slice(&buf[..n]);
+    };
+    let status = raw_status(&received).expect("a status line");
+    let status = StatusCode::from_u16(status).expect("a status code");
+    let headers = raw_headers(&received[..head_end]);
+    let mut body = received.split_off(head_end);
+    if status != StatusCode::OK {
+        // `Connection: close`: the body ends with the connection.
+        tokio::time::timeout(PATIENCE, read.read_to_end(&mut body))
+            .await
+            .expect("the refusal within the patience")
+            .expect("read");
+        let body = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| panic!("refusal body is JSON: {}", String::from_utf8_lossy(&body)));
+        return Err(Refusal {
+            status,
+            headers,
+            body,
+        });
+    }
+    assert_eq!(
+        headers.get("transfer-encoding").map(|v| v.as_bytes()),
+        Some(&b"chunked"[..]),
+        "a stream is sent in chunks"
+    );
+    let events = SseStream::from_bytes_stream(dechunked(read, body)).boxed();
+    Ok(RawStream {
+        stream: EventStream { headers, events },
+        write,
+    })
+}
+
+/// The header lines of a raw HTTP/1.1 head.
+fn raw_headers(head: &[u8]) -> HeaderMap {
+    let head = std::str::from_utf8(head).expect("an ASCII head");
+    let lines = head.split("\r\n").skip(1).filter(|line| !line.is_empty());
+    lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').expect("a header line");
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("a header name");
+            (
+                name,
+                HeaderValue::from_str(value.trim()).expect("a header value"),
+            )
+        })
+        .collect()
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// The decoded body of a chunked response read from `read`, starting with
+/// `buffered` (what came with the head). Ends when the server closes the
+/// connection (or resets it).
+fn dechunked(
+    read: tokio::net::tcp::OwnedReadHalf,
+    buffered: Vec<u8>,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    use tokio::io::AsyncReadExt as _;
+
+    futures_util::stream::unfold((read, buffered), |(mut read, mut buffered)| async move {
+        loop {
+            if let Some((data, taken)) = first_chunk(&buffered) {
+                buffered.drain(..taken);
+                return Some((Ok(data), (read, buffered)));
+            }
+            let mut buf = [0; 8192];
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buffered.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+/// The data of the first complete chunk in `buffered`, and how many bytes
+/// the chunk takes there.
+fn first_chunk(buffered: &[u8]) -> Option<(Bytes, usize)> {
+    let line_end = find(buffered, b"\r\n")?;
+    let line = std::str::from_utf8(&buffered[..line_end]).expect("a chunk size line");
+    let size = line.split(';').next().unwrap_or_default().trim();
+    let size = usize::from_str_radix(size, 16).expect("a chunk size");
+    let (start, end) = (line_end + 2, line_end + 2 + size);
+    let data = buffered.get(start..end)?;
+    (buffered.len() >= end + 2).then(|| (Bytes::copy_from_slice(data), end + 2))
+}
+
+/// The value of the sample `name` (with its labels, as exposed) in a
+/// `/metrics` exposition.
+pub fn sample(exposition: &str, name: &str) -> f64 {
+    let line = exposition
+        .lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '));
+    let line = line.unwrap_or_else(|| panic!("no sample {name} in:\n{exposition}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 /// Sends and answers status and JSON body (`Null` when the body is empty).
@@ -331,6 +493,52 @@ impl EventStream {
             events.push(event.expect("well-formed stream"));
         }
         events
+    }
+}
+
+/// A stream on a TCP connection of the test's own (see
+/// [`try_open_raw`]), read like any [`EventStream`].
+pub struct RawStream {
+    stream: EventStream,
+    write: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl RawStream {
+    /// Closes the connection, as a client closing its stream does: when this
+    /// returns, the socket is closed and its FIN (or, with events still
+    /// unread, its reset) is sent.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl std::ops::Deref for RawStream {
+    type Target = EventStream;
+
+    fn deref(&self) -> &EventStream {
+        &self.stream
+    }
+}
+
+impl std::ops::DerefMut for RawStream {
+    fn deref_mut(&mut self) -> &mut EventStream {
+        &mut self.stream
+    }
+}
+
+/// Publishes to one device back to back, from a task of its own, until
+/// stopped (see [`TestServer::keep_publishing`]).
+pub struct Publishing {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: actix_web::rt::task::JoinHandle<Vec<String>>,
+}
+
+impl Publishing {
+    /// Stops after the publish under way; answers the id of every event
+    /// published, in order.
+    pub async fn stop(self) -> Vec<String> {
+        let _ = self.stop.send(());
+        self.task.await.expect("the publishing task")
     }
 }
 
