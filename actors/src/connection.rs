@@ -16,6 +16,14 @@
 //!
 //! Its mailbox is unbounded so that senders never wait on it; it only moves
 //! frames into the bounded queue, so the mailbox does not grow.
+//!
+//! Order does not rest on mailboxes alone: a stream writes its device's live
+//! events by sequence number, each exactly the one after the last it wrote
+//! (the replay ends at [`Opening::through`]). One it already wrote is
+//! skipped; one that would leave a hole ends the stream (`reason=gap`), and
+//! the client's resume fills the hole from the buffer. So a storage backend
+//! whose deliveries could arrive late or twice can neither reorder nor
+//! duplicate what a client sees.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +50,8 @@ pub enum DisconnectReason {
     Deleted,
     /// An operator ended the stream through the admin API.
     Admin,
+    /// A live event arrived that would have left a hole in the stream.
+    Gap,
 }
 
 impl DisconnectReason {
@@ -53,6 +63,7 @@ impl DisconnectReason {
             Self::Shutdown => "shutdown",
             Self::Deleted => "deleted",
             Self::Admin => "admin",
+            Self::Gap => "gap",
         }
     }
 }
@@ -148,6 +159,8 @@ pub struct DeviceConnection {
     activity: Activity,
     /// When `Begin` arrived; `None` until then.
     began: Option<Instant>,
+    /// The seq of the next live event this stream may write; set by `Begin`.
+    next_seq: Option<u64>,
     reason: DisconnectReason,
 }
 
@@ -160,6 +173,7 @@ impl DeviceConnection {
                 params,
                 activity: Activity::default(),
                 began: None,
+                next_seq: None,
                 reason: DisconnectReason::ClientGone,
             }
         })
@@ -245,7 +259,9 @@ impl Handler<Begin> for DeviceConnection {
             start,
             state,
             replay,
+            through,
         } = msg.opening;
+        self.next_seq = Some(through + 1);
         let p = &self.params;
         let resumed = start == Start::Resumed;
         log::info!(
@@ -298,6 +314,28 @@ impl Handler<Push> for DeviceConnection {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        let seq = msg.event.id.seq;
+        // The registry sends `Begin` first; without it there is no position
+        // to keep, and the first event sets it.
+        let next = self.next_seq.unwrap_or(seq);
+        if seq < next {
+            log::debug!(
+                "stream.duplicate_skipped device={} conn={} seq={seq}",
+                self.params.device,
+                self.params.connection_id
+            );
+            return;
+        }
+        if seq > next {
+            log::warn!(
+                "stream.gap device={} conn={} expected={next} got={seq}",
+                self.params.device,
+                self.params.connection_id
+            );
+            self.stop(DisconnectReason::Gap, ctx);
+            return;
+        }
+        self.next_seq = Some(seq + 1);
         self.write(Frame::Event(Box::new(msg.event)), ctx);
     }
 }
@@ -395,6 +433,45 @@ mod tests {
         assert!(stopped(&conn).await, "the connection outlived its client");
         assert_eq!(count_live(&actors).await, 0);
         assert!(!publish_to(&actors, &dev, "too late").await.delivered);
+    }
+
+    #[actix::test]
+    async fn a_live_event_already_written_is_skipped_and_one_past_a_hole_ends_the_stream() {
+        let actors = start_actors(Duration::from_secs(60));
+        let dev = device("d1");
+        let (conn, mut frames, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut frames, "hello").await;
+        let live_seq = |frame: Option<Frame>| match frame {
+            Some(Frame::Event(event)) => event.id.seq,
+            other => panic!("expected a live event, got {other:?}"),
+        };
+        let first = publish_to(&actors, &dev, "1").await.id;
+        assert_eq!(live_seq(next(&mut frames).await), 1);
+
+        // Delivered again, as a backend that retries might: skipped.
+        let again = StoredEvent {
+            id: first,
+            name: crate::EventName::parse("note").unwrap(),
+            data: "1".into(),
+            published_at: Instant::now(),
+        };
+        conn.send(Push {
+            event: again.clone(),
+        })
+        .await
+        .unwrap();
+        publish_to(&actors, &dev, "2").await;
+        assert_eq!(live_seq(next(&mut frames).await), 2);
+
+        // Seq 4 while 3 was never written: the stream ends, and its client's
+        // resume fills the hole from the buffer.
+        let past_a_hole = StoredEvent {
+            id: crate::EventId { seq: 4, ..first },
+            ..again
+        };
+        conn.send(Push { event: past_a_hole }).await.unwrap();
+        assert!(next(&mut frames).await.is_none(), "the stream ended");
+        assert!(stopped(&conn).await);
     }
 
     #[actix::test]

@@ -77,6 +77,9 @@ pub struct Opening {
     pub state: Vec<StoredEvent>,
     /// Events sent with their ids.
     pub replay: Vec<StoredEvent>,
+    /// The session's last seq when the stream attached: the replay ends
+    /// here, and the stream's live events start right after it.
+    pub through: u64,
 }
 
 #[derive(Debug)]
@@ -209,6 +212,7 @@ impl Session {
                     start: Start::Resumed,
                     state: Vec::new(),
                     replay: self.after(seq),
+                    through: self.last_seq,
                 };
             }
             Some((raw, Err(reason))) => Start::Reset {
@@ -231,6 +235,7 @@ impl Session {
             start,
             state,
             replay,
+            through: self.last_seq,
         }
     }
 
