@@ -16,7 +16,7 @@ use actix_web::{
     middleware::from_fn,
     rt::net::TcpStream,
 };
-use herald_actors::{Actors, CloseAll};
+use herald_actors::{Actors, DisconnectAll};
 use socket2::{Domain, Socket, Type};
 
 use crate::{
@@ -155,8 +155,8 @@ impl Shutdown {
     pub async fn drain(&self) -> usize {
         self.draining.start();
         self.server.pause().await;
-        let close_all = CloseAll { over: self.window };
-        let streams = self.actors.registry.send(close_all).await.unwrap_or(0);
+        let disconnect_all = DisconnectAll { over: self.window };
+        let streams = self.actors.registry.send(disconnect_all).await.unwrap_or(0);
         let window_ms = self.window.as_millis();
         log::info!("server.draining streams={streams} window_ms={window_ms}");
         streams

@@ -1,18 +1,18 @@
 //! DeviceConnection: one actor per live stream. It owns the sending half of
 //! the stream's bounded queue and is the only writer to it.
 //!
-//! Lifecycle: created by the stream route, attached by the store, begun by the
+//! Lifecycle: created by the stream route, connected by the store, begun by the
 //! registry (`hello`, an optional `reset`, the replay), then fed live events.
 //! It stops when the client is gone (queue closed), when the client cannot
 //! keep up (queue full), when it is kicked, or at shutdown. Stopping drops the
 //! queue's sender, which ends the HTTP response after the queued frames.
 //!
-//! It decides whether a [`Kick`] is a kick (see its handler): only a stream
-//! whose client is still there is kicked. The metric, the `device.kicked`
-//! line, the admin view's count ([`CountKick`]) and the kick rules
-//! ([`Kicked`]) all follow from that one decision, and all of them are
-//! recorded before `kicked` is written, so a client that reads `kicked` and
-//! comes back finds its kick counted.
+//! It decides whether a replacement is a kick (see its [`Disconnect`]
+//! handler): only a stream whose client is still there is kicked. The
+//! metric, the `device.kicked` line, the admin view's count and the kick
+//! rules ([`Kicked`], to the store) all follow from that one decision, and
+//! all of them are recorded before `kicked` is written, so a client that
+//! reads `kicked` and comes back finds its kick counted.
 //!
 //! Its mailbox is unbounded so that senders never wait on it; it only moves
 //! frames into the bounded queue, so the mailbox does not grow.
@@ -33,10 +33,10 @@ use tokio::sync::mpsc::{Sender, error::TrySendError};
 use crate::{
     ConnectionId, DeviceId, Frame, Opening, Progress, Signal, Start, StoredEvent,
     event::HEARTBEAT,
-    heartbeat::{Activity, Heartbeat, Unwatch, Watch},
+    heartbeat::{Activity, ConnectWatch, DisconnectWatch, Heartbeat},
     metrics::metrics,
-    registry::{DeviceRegistry, Kicked, Replacement, Unregister},
-    session_store::{CountKick, SessionStore},
+    registry::{DeviceRegistry, Disconnected},
+    session_store::{Kicked, SessionStore},
 };
 
 /// Why a stream ended; logged as `reason=` in `device.disconnected`.
@@ -69,10 +69,10 @@ impl DisconnectReason {
 }
 
 /// Start the stream: hello, an optional reset, the replay. Sent by the
-/// registry once, before any `Push`.
+/// registry once, before any `Push`: the third step of a connect.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Begin {
+pub struct ConnectBegin {
     pub opening: Opening,
 }
 
@@ -83,21 +83,39 @@ pub struct Push {
     pub event: StoredEvent,
 }
 
-/// Stop, and write `kicked` if the client is still there: another connection
-/// of the same device replaced this one, or an operator ended it for good
-/// (`replacement` is `None`). Sent by the registry.
+/// End the stream. Sent by the registry.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Kick {
-    pub replacement: Option<Replacement>,
+pub struct Disconnect {
+    pub ending: Ending,
 }
 
-/// End the stream without a kick. Sent by the registry (shutdown, device
-/// deleted).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Close {
-    pub reason: DisconnectReason,
+/// Why the registry ends a stream.
+pub enum Ending {
+    /// A newer stream of the device replaced it: a kick, if the client is
+    /// still there.
+    Replaced(Replacement),
+    /// An operator ended it and asked the device not to come back for a
+    /// while: a kick (`kicked`, reason `admin`), if the client is still there.
+    Blocked,
+    /// An operator ended it; the client may come straight back.
+    Admin,
+    /// The device was deleted.
+    Deleted,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// A stream replaced by a newer one of its device: what the kick rules and
+/// the `device.flapping` line need, should the replaced stream find its
+/// client still there.
+pub struct Replacement {
+    /// The newer stream.
+    pub by: ConnectionId,
+    /// The replaced stream's instance, and the newer one's.
+    pub instances: (Option<String>, Option<String>),
+    /// The replaced stream's client address, and the newer one's.
+    pub peers: (String, String),
 }
 
 /// The stream has been idle: write a heartbeat. Sent by the heartbeat.
@@ -157,9 +175,9 @@ impl Written {
 pub struct DeviceConnection {
     params: ConnectionParams,
     activity: Activity,
-    /// When `Begin` arrived; `None` until then.
+    /// When `ConnectBegin` arrived; `None` until then.
     began: Option<Instant>,
-    /// The seq of the next live event this stream may write; set by `Begin`.
+    /// The seq of the next live event this stream may write; set by `ConnectBegin`.
     next_seq: Option<u64>,
     reason: DisconnectReason,
 }
@@ -242,19 +260,21 @@ impl Actor for DeviceConnection {
                 self.reason.as_str(),
                 began.elapsed().as_millis()
             );
-            self.params.heartbeat.do_send(Unwatch { connection_id });
+            self.params
+                .heartbeat
+                .do_send(DisconnectWatch { connection_id });
         }
-        self.params.registry.do_send(Unregister {
+        self.params.registry.do_send(Disconnected {
             device,
             connection_id,
         });
     }
 }
 
-impl Handler<Begin> for DeviceConnection {
+impl Handler<ConnectBegin> for DeviceConnection {
     type Result = ();
 
-    fn handle(&mut self, msg: Begin, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: ConnectBegin, ctx: &mut Self::Context) {
         let Opening {
             start,
             state,
@@ -302,7 +322,7 @@ impl Handler<Begin> for DeviceConnection {
         if !replay.is_empty() {
             self.write(Frame::Replay(replay), ctx);
         }
-        self.params.heartbeat.do_send(Watch {
+        self.params.heartbeat.do_send(ConnectWatch {
             connection_id: self.params.connection_id,
             connection: ctx.address(),
             activity: self.activity.clone(),
@@ -315,7 +335,7 @@ impl Handler<Push> for DeviceConnection {
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
         let seq = msg.event.id.seq;
-        // The registry sends `Begin` first; without it there is no position
+        // The registry sends `ConnectBegin` first; without it there is no position
         // to keep, and the first event sets it.
         let next = self.next_seq.unwrap_or(seq);
         if seq < next {
@@ -340,10 +360,11 @@ impl Handler<Push> for DeviceConnection {
     }
 }
 
-impl Handler<Kick> for DeviceConnection {
+impl Handler<Disconnect> for DeviceConnection {
     type Result = ();
 
-    /// The one place that decides whether this is a kick.
+    /// Ends the stream; for a replacement or an operator's block, this is
+    /// the one place that decides whether it is a kick.
     ///
     /// A kick ends a stream whose client is still there. A client that closed
     /// its stream and reopened at once (a page reload, an app restart) must
@@ -369,14 +390,21 @@ impl Handler<Kick> for DeviceConnection {
     /// lost FIN being resent) or a client that vanished without one (a
     /// zombie) cannot be told from a live client: that is a kick, and one
     /// kick never makes a device flapping.
-    fn handle(&mut self, msg: Kick, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
+        let replacement = match msg.ending {
+            Ending::Replaced(replacement) => Some(replacement),
+            Ending::Blocked => None,
+            Ending::Admin => return self.stop(DisconnectReason::Admin, ctx),
+            Ending::Deleted => return self.stop(DisconnectReason::Deleted, ctx),
+            Ending::Shutdown => return self.stop(DisconnectReason::Shutdown, ctx),
+        };
         let running = ctx.state() == ActorState::Running;
         if !running || self.params.queue.is_closed() || (self.params.client_closed)() {
             self.stop(DisconnectReason::ClientGone, ctx);
             return;
         }
         let p = &self.params;
-        let by = msg.replacement.as_ref().map(|r| r.by);
+        let by = replacement.as_ref().map(|r| r.by);
         log::info!(
             "device.kicked device={} conn={} by={}",
             p.device,
@@ -384,25 +412,12 @@ impl Handler<Kick> for DeviceConnection {
             by.map_or_else(|| "admin".to_owned(), |by| by.to_string())
         );
         metrics().kicks.inc();
-        p.store.do_send(CountKick {
+        p.store.do_send(Kicked {
             device: p.device.clone(),
+            replacement,
         });
-        if let Some(replacement) = msg.replacement {
-            p.registry.do_send(Kicked {
-                device: p.device.clone(),
-                replacement,
-            });
-        }
         self.write(Frame::Signal(Box::new(Signal::kicked(by))), ctx);
         self.stop(DisconnectReason::Kicked, ctx);
-    }
-}
-
-impl Handler<Close> for DeviceConnection {
-    type Result = ();
-
-    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
-        self.stop(msg.reason, ctx);
     }
 }
 

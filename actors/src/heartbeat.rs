@@ -80,10 +80,11 @@ impl Activity {
     }
 }
 
-/// Watch a stream that has begun. Sent by its connection.
+/// Watch a stream that has begun: the last step of a connect. Sent by its
+/// connection.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Watch {
+pub struct ConnectWatch {
     pub connection_id: ConnectionId,
     pub connection: Addr<DeviceConnection>,
     pub activity: Activity,
@@ -92,7 +93,7 @@ pub struct Watch {
 /// Stop watching a stream that ended. Sent by its connection.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Unwatch {
+pub struct DisconnectWatch {
     pub connection_id: ConnectionId,
 }
 
@@ -128,10 +129,10 @@ impl Actor for Heartbeat {
     }
 }
 
-impl Handler<Watch> for Heartbeat {
+impl Handler<ConnectWatch> for Heartbeat {
     type Result = ();
 
-    fn handle(&mut self, msg: Watch, _: &mut Self::Context) {
+    fn handle(&mut self, msg: ConnectWatch, _: &mut Self::Context) {
         let watched = Watched {
             connection: msg.connection,
             activity: msg.activity,
@@ -140,10 +141,10 @@ impl Handler<Watch> for Heartbeat {
     }
 }
 
-impl Handler<Unwatch> for Heartbeat {
+impl Handler<DisconnectWatch> for Heartbeat {
     type Result = ();
 
-    fn handle(&mut self, msg: Unwatch, _: &mut Self::Context) {
+    fn handle(&mut self, msg: DisconnectWatch, _: &mut Self::Context) {
         self.watched.remove(&msg.connection_id);
     }
 }

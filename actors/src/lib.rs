@@ -13,29 +13,36 @@
 //! | `storage.rs`       | the store's in-memory storage: sessions, retained events, bounds, expiry index |
 //! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
-//! | `kicks.rs`         | [`KickConfig`]: ending kick ping-pong between two clients |
+//! | `kicks.rs`         | [`KickConfig`]: the store's rules ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |
 //! | `metrics.rs`       | counters and gauges read by `/metrics` and the stats line |
 //! | `heartbeat.rs`     | [`Heartbeat`] actor: heartbeats for idle streams         |
 //!
 //! # Who sends what to whom
 //!
+//! Opening a stream is one family of messages, `Connect…`, and ending one
+//! is another, `Disconnect…`, in the order the steps happen:
+//!
 //! ```text
-//!  stream route ──Admit──────────▶ DeviceRegistry (may refuse: kick ping-pong)
-//!  stream route ──Attach──────────▶ SessionStore ──Register{opening}──▶ DeviceRegistry
-//!  admin routes ──Publish/Broadcast/DeleteDevice▶ SessionStore ──Deliver/DeliverEach/CloseDevice─▶ DeviceRegistry
-//!                                   SessionStore ◀──Detach────────────  DeviceRegistry
-//!  DeviceRegistry ──Begin/Push/Kick/Close──▶ DeviceConnection ──Unregister──▶ DeviceRegistry
-//!                                             DeviceConnection ──Kicked──────▶ DeviceRegistry
-//!                                             DeviceConnection ──CountKick───▶ SessionStore
-//!  DeviceConnection ──Watch/Unwatch──▶ Heartbeat ──SendHeartbeat──▶ DeviceConnection
-//!  Heartbeat ──Unregister (connection found dead)──▶ DeviceRegistry
+//!  connect:    stream route ──Connect──▶ SessionStore         admit (kick rules, blocks) + attach, one turn
+//!              SessionStore ──ConnectLive{opening}──▶ DeviceRegistry   make it live, end the old stream
+//!              DeviceRegistry ──ConnectBegin──▶ DeviceConnection       hello, reset, replay
+//!              DeviceConnection ──ConnectWatch──▶ Heartbeat
+//!  publish:    admin routes ──Publish/Broadcast──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──Push──▶ DeviceConnection
+//!  disconnect: admin route ──DisconnectDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
+//!              admin route ──DeleteDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
+//!              shutdown ──DisconnectAll──▶ DeviceRegistry
+//!              DeviceRegistry ──Disconnect{ending}──▶ DeviceConnection  (replaced, blocked, admin, deleted, shutdown)
+//!              DeviceConnection ──Kicked──▶ SessionStore              only if its client was still there
+//!              DeviceConnection ──Disconnected──▶ DeviceRegistry ──DisconnectSession──▶ SessionStore (TTL starts)
+//!              DeviceConnection ──DisconnectWatch──▶ Heartbeat
+//!  heartbeat:  Heartbeat ──SendHeartbeat──▶ DeviceConnection
 //! ```
 //!
 //! Ordering is the core guarantee. A publish goes through the store (which
 //! assigns the id and buffers the event) and then, in the store's send order,
 //! through the registry to the connection. A connecting stream goes through
-//! the same path: the store cuts its replay and sends `Register` in that same
+//! the same path: the store cuts its replay and sends `ConnectLive` in that same
 //! order. Actix mailboxes are FIFO per sender, and every mailbox on this path
 //! is unbounded (so a send never waits and cannot overtake another), so a
 //! stream sees its replay and then exactly the events published after it.
@@ -43,7 +50,7 @@
 //! # Failure
 //!
 //! A connection actor that panics loses only its own stream: actix still runs
-//! its `stopped` while dropping it, which unregisters it and starts its
+//! its `stopped` while dropping it, which reports it `Disconnected` and starts its
 //! session's TTL; should a connection vanish otherwise, the registry finds its
 //! mailbox closed on the next send and does the same.
 //!
@@ -79,11 +86,11 @@ pub use heartbeat::{Heartbeat, HeartbeatConfig};
 pub use ids::{ConnectionId, DeviceId, EventName, MAX_NAME_LEN, NameError, check_name};
 pub use kicks::{FlappingPolicy, KickConfig, Refusal};
 pub use metrics::{Metrics, metrics};
-pub use registry::{Admit, CloseAll, CountLive, DeviceRegistry, Disconnect, Flapping};
+pub use registry::{CountLive, DeviceRegistry, DisconnectAll};
 pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{
-    Attach, Broadcast, BroadcastReceipt, CountSessions, DeleteDevice, DescribeDevice, ListDevices,
-    Publish, PublishReceipt, SessionStore,
+    Broadcast, BroadcastReceipt, Connect, ConnectError, CountSessions, DeleteDevice,
+    DescribeDevice, DisconnectDevice, ListDevices, Publish, PublishReceipt, SessionStore,
 };
 pub use storage::{DevicePage, DeviceView, SessionConfig, StoreError};
 
@@ -106,10 +113,10 @@ pub fn start(session: SessionConfig, heartbeat: HeartbeatConfig, kicks: KickConf
         let store = ctx.address();
         let created = DeviceRegistry::create(move |ctx| {
             ctx.set_mailbox_capacity(0);
-            DeviceRegistry::new(store, kicks)
+            DeviceRegistry::new(store)
         });
         registry = Some(created.clone());
-        SessionStore::new(session, created)
+        SessionStore::new(session, kicks, created)
     });
     let registry = registry.expect("Actor::create runs the constructor at once");
     let heartbeat = Heartbeat::create(move |ctx| {

@@ -1,37 +1,42 @@
-//! SessionStore: the single entry point for publishing and for attaching a
+//! SessionStore: the single entry point for publishing and for connecting a
 //! stream. It owns the [`Storage`] (every device's session, replay buffer,
-//! id sequence and retained events) and routes what it stores to the
-//! [`DeviceRegistry`].
+//! id sequence and retained events) and the kick rules ([`KickPolicy`]), and
+//! routes what it stores to the [`DeviceRegistry`].
 //!
 //! Invariants:
 //! - every published event is appended here first and gets the next id of its
 //!   session, whether or not the device is connected;
 //! - the store forwards to the [`DeviceRegistry`] with FIFO sends from this one
-//!   actor, so a stream's replay (sent in `Register`) always reaches it before
+//!   actor, so a stream's replay (sent in `ConnectLive`) always reaches it before
 //!   any event published after the replay was cut: nothing lost, nothing twice;
 //! - a publish that would break a bound (sessions, bytes, retained names) is
 //!   refused before anything changes;
+//! - a connect is admitted (kick rules, reconnect blocks) and attached in one
+//!   turn, so no two connects can pass the same admission;
 //! - a session with no attached stream is removed `ttl` after it detached; the
 //!   sweep visits only sessions that are due (an index ordered by expiry).
 //!   Retained events outlive it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
 use crate::{
     ConnectionId, DeviceConnection, DeviceId, EventId, EventName, Progress,
-    registry::{CloseDevice, DeliverEach, DeviceRegistry, Register},
+    connection::{Ending, Replacement},
+    kicks::{KickConfig, KickPolicy, Refusal},
+    registry::{ConnectLive, DeliverEach, DeviceRegistry, DisconnectLive},
     storage::{DevicePage, DeviceView, SessionConfig, Storage, StoreError},
 };
 
-/// Attach a new stream to its device's session (creating the session if
-/// needed). The store decides where the stream starts and hands the stream,
-/// with its replay, to the registry. Sent by the stream route.
+/// Connect a new stream: admit it (kick rules, reconnect blocks), attach it
+/// to its device's session (creating the session if needed) and decide where
+/// it starts, all in one turn; then hand it, with its replay, to the
+/// registry. The first step of a connect. Sent by the stream route.
 #[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct Attach {
+#[rtype(result = "Result<(), ConnectError>")]
+pub struct Connect {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
     pub connection: Addr<DeviceConnection>,
@@ -84,21 +89,48 @@ pub struct BroadcastReceipt {
     pub delivered: usize,
 }
 
+/// Why a connect was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The kick rules or an operator's block refuse it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// It would need a new session, and the server holds its maximum.
+    #[error(transparent)]
+    Full(#[from] StoreError),
+}
+
 /// A stream ended; its session starts counting down its TTL unless another
 /// stream is already attached. Sent by the registry.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Detach {
+pub struct DisconnectSession {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
 }
 
-/// A stream of this device was kicked while its client was there; the admin
-/// view counts it. Sent by the kicked connection, before it writes `kicked`.
+/// A replacement or an operator's block found its stream's client still
+/// there: a kick. The admin view counts it and, for a replacement, the kick
+/// rules record it. Sent by the kicked connection, before it writes
+/// `kicked` (so before its client can come back).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CountKick {
+pub struct Kicked {
     pub device: DeviceId,
+    /// `None`: an operator's kick.
+    pub replacement: Option<Replacement>,
+}
+
+/// End a device's live stream through the admin API. With `reconnect`, the
+/// stream just ends (the client comes back); without, it gets `kicked`
+/// (reason `admin`) and the device's connects are refused for
+/// `kicks.reconnect_block`. Answers whether there was a live stream. Sent by
+/// the admin route.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct DisconnectDevice {
+    pub device: DeviceId,
+    pub reconnect: bool,
 }
 
 /// Forget a device: its session, buffer and retained events; its stream is
@@ -144,21 +176,29 @@ pub struct SweepExpired;
 
 pub struct SessionStore {
     storage: Storage,
+    kicks: KickPolicy,
     registry: Addr<DeviceRegistry>,
 }
 
 impl SessionStore {
-    pub fn new(config: SessionConfig, registry: Addr<DeviceRegistry>) -> Self {
+    pub fn new(config: SessionConfig, kicks: KickConfig, registry: Addr<DeviceRegistry>) -> Self {
         Self {
             storage: Storage::new(config),
+            kicks: KickPolicy::new(kicks),
             registry,
         }
+    }
+
+    /// `view` with the kick rules' flag.
+    fn flagged(&self, mut view: DeviceView) -> DeviceView {
+        view.flapping = self.kicks.is_flapping(&view.device, Instant::now());
+        view
     }
 
     /// Publishes one event to each of `devices` — all of them or, if a bound
     /// refuses, none — and routes each to its live stream. `send` enqueues at
     /// once (the registry's mailbox is unbounded), keeping FIFO order with
-    /// `Register`; only the answer is awaited.
+    /// `ConnectLive`; only the answer is awaited.
     fn publish(
         &mut self,
         devices: Vec<DeviceId>,
@@ -200,22 +240,36 @@ impl Actor for SessionStore {
         let sweep_every =
             (self.storage.ttl() / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         ctx.run_interval(sweep_every, |_, ctx| ctx.notify(SweepExpired));
+        ctx.run_interval(self.kicks.forget_interval(), |act, _| {
+            act.kicks.forget_old(Instant::now())
+        });
     }
 }
 
-impl Handler<Attach> for SessionStore {
-    type Result = Result<(), StoreError>;
+impl Handler<Connect> for SessionStore {
+    type Result = Result<(), ConnectError>;
 
-    fn handle(&mut self, msg: Attach, _: &mut Self::Context) -> Self::Result {
-        let last_event_id = msg.last_event_id.as_deref();
+    fn handle(&mut self, msg: Connect, _: &mut Self::Context) -> Self::Result {
+        let instance = msg.instance.as_deref();
+        self.kicks
+            .admit(&msg.device, instance, Instant::now())
+            .inspect_err(|refusal| {
+                log::info!(
+                    "device.refused device={} addr={} instance={} reason={}",
+                    msg.device,
+                    msg.peer,
+                    instance.unwrap_or("-"),
+                    refusal.as_str()
+                );
+            })?;
         let opening = self.storage.attach(
             &msg.device,
             msg.connection_id,
             msg.progress,
-            last_event_id,
+            msg.last_event_id.as_deref(),
             &msg.peer,
         )?;
-        self.registry.do_send(Register {
+        self.registry.do_send(ConnectLive {
             device: msg.device,
             connection_id: msg.connection_id,
             connection: msg.connection,
@@ -250,19 +304,61 @@ impl Handler<Broadcast> for SessionStore {
     }
 }
 
-impl Handler<Detach> for SessionStore {
+impl Handler<DisconnectSession> for SessionStore {
     type Result = ();
 
-    fn handle(&mut self, msg: Detach, _: &mut Self::Context) {
+    fn handle(&mut self, msg: DisconnectSession, _: &mut Self::Context) {
         self.storage.detach(&msg.device, msg.connection_id);
     }
 }
 
-impl Handler<CountKick> for SessionStore {
+impl Handler<Kicked> for SessionStore {
     type Result = ();
 
-    fn handle(&mut self, msg: CountKick, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Kicked, _: &mut Self::Context) {
         self.storage.count_kick(&msg.device);
+        let Some(Replacement {
+            instances, peers, ..
+        }) = msg.replacement
+        else {
+            return;
+        };
+        let (old, new) = (instances.0.as_deref(), instances.1.as_deref());
+        if self
+            .kicks
+            .record_kick(&msg.device, old, new, Instant::now())
+        {
+            log::warn!(
+                "device.flapping device={} addrs={},{} policy={}",
+                msg.device,
+                peers.0,
+                peers.1,
+                self.kicks.policy_name()
+            );
+        }
+    }
+}
+
+impl Handler<DisconnectDevice> for SessionStore {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: DisconnectDevice, _: &mut Self::Context) -> Self::Result {
+        if !self.storage.is_attached(&msg.device) {
+            return Box::pin(async { false });
+        }
+        let ending = if msg.reconnect {
+            Ending::Admin
+        } else {
+            // Blocked in the same turn as the stream is told to end, so its
+            // client's next connect is refused.
+            self.kicks.block(&msg.device, Instant::now());
+            Ending::Blocked
+        };
+        let disconnect = self.registry.send(DisconnectLive {
+            device: msg.device,
+            ending,
+        });
+        Box::pin(async move { disconnect.await.unwrap_or(false) })
     }
 }
 
@@ -273,7 +369,10 @@ impl Handler<DeleteDevice> for SessionStore {
         let existed = self.storage.delete(&msg.device);
         if existed {
             log::info!("device.deleted device={}", msg.device);
-            self.registry.do_send(CloseDevice { device: msg.device });
+            self.registry.do_send(DisconnectLive {
+                device: msg.device,
+                ending: Ending::Deleted,
+            });
         }
         existed
     }
@@ -283,7 +382,8 @@ impl Handler<DescribeDevice> for SessionStore {
     type Result = Option<DeviceView>;
 
     fn handle(&mut self, msg: DescribeDevice, _: &mut Self::Context) -> Self::Result {
-        self.storage.view(&msg.device)
+        let view = self.storage.view(&msg.device)?;
+        Some(self.flagged(view))
     }
 }
 
@@ -291,10 +391,11 @@ impl Handler<ListDevices> for SessionStore {
     type Result = MessageResult<ListDevices>;
 
     fn handle(&mut self, msg: ListDevices, _: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.storage
-                .page(msg.connected, msg.after.as_ref(), msg.limit),
-        )
+        let mut page = self
+            .storage
+            .page(msg.connected, msg.after.as_ref(), msg.limit);
+        page.devices = page.devices.into_iter().map(|v| self.flagged(v)).collect();
+        MessageResult(page)
     }
 }
 

@@ -131,6 +131,8 @@ pub struct DeviceView {
     pub kicks: u64,
     /// Streams that started with `reset`.
     pub resets: u64,
+    /// Found flapping recently (filled in by the store's kick rules).
+    pub flapping: bool,
 }
 
 pub struct Storage {
@@ -164,6 +166,13 @@ impl Storage {
     /// How many sessions there are.
     pub fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Whether a stream is attached to the device's session.
+    pub fn is_attached(&self, device: &DeviceId) -> bool {
+        self.sessions
+            .get(device)
+            .is_some_and(|entry| entry.session.is_attached())
     }
 
     /// Every device that has a session.
@@ -410,6 +419,7 @@ impl Storage {
                 reconnects: 0,
                 kicks: 0,
                 resets: 0,
+                flapping: false,
             }),
             None => None,
         }
@@ -474,6 +484,7 @@ impl Storage {
             reconnects: history.attaches.saturating_sub(1),
             kicks: history.kicks,
             resets: history.resets,
+            flapping: false,
         }
     }
 }

@@ -6,8 +6,8 @@ use actix::Addr;
 use tokio::sync::mpsc::{Receiver, channel};
 
 use crate::{
-    Actors, Attach, ConnectionId, ConnectionParams, CountLive, DeviceConnection, DeviceId,
-    EventName, FlappingPolicy, Frame, HeartbeatConfig, KickConfig, Progress, Publish,
+    Actors, Connect, ConnectError, ConnectionId, ConnectionParams, CountLive, DeviceConnection,
+    DeviceId, EventName, FlappingPolicy, Frame, HeartbeatConfig, KickConfig, Progress, Publish,
     PublishReceipt, SessionConfig,
 };
 
@@ -79,6 +79,19 @@ pub(crate) async fn connect(
     last_event_id: Option<String>,
     capacity: usize,
 ) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectionId) {
+    match try_connect(actors, device, last_event_id, capacity).await {
+        Ok(connected) => connected,
+        Err(refusal) => panic!("connect refused: {refusal}"),
+    }
+}
+
+/// Like [`connect`], but a refusal is an answer.
+pub(crate) async fn try_connect(
+    actors: &Actors,
+    device: &DeviceId,
+    last_event_id: Option<String>,
+    capacity: usize,
+) -> Result<(Addr<DeviceConnection>, Receiver<Frame>, ConnectionId), ConnectError> {
     let (queue, frames) = channel(capacity);
     let connection_id = ConnectionId::new();
     let progress = Progress::default();
@@ -95,7 +108,7 @@ pub(crate) async fn connect(
         heartbeat_timeout: Duration::from_secs(60),
         progress: progress.clone(),
     });
-    let attach = Attach {
+    let connect = Connect {
         device: device.clone(),
         connection_id,
         connection: addr.clone(),
@@ -104,8 +117,8 @@ pub(crate) async fn connect(
         instance: None,
         peer: "test".to_owned(),
     };
-    actors.store.send(attach).await.unwrap().unwrap();
-    (addr, frames, connection_id)
+    actors.store.send(connect).await.unwrap()?;
+    Ok((addr, frames, connection_id))
 }
 
 /// The next frame, or `None` once the queue ended; panics if nothing comes.

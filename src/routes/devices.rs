@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use std::time::SystemTime;
 
 use herald_actors::{
-    DeleteDevice, DescribeDevice, DeviceId, DeviceView, Disconnect, Flapping, ListDevices,
+    DeleteDevice, DescribeDevice, DeviceId, DeviceView, DisconnectDevice, ListDevices,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -56,13 +56,13 @@ pub async fn disconnect(
 ) -> Result<HttpResponse, ApiError> {
     let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
     let reconnect = query.reconnect;
-    let disconnect = Disconnect {
+    let disconnect = DisconnectDevice {
         device: device.clone(),
         reconnect,
     };
     let ended = state
         .actors
-        .registry
+        .store
         .send(disconnect)
         .await
         .map_err(|_| ApiError::Unavailable)?;
@@ -112,7 +112,7 @@ pub async fn list_devices(
         .await
         .map_err(|_| ApiError::Unavailable)?;
     let next = page.next.map(|device| device.to_string());
-    let devices = with_flapping(page.devices, &state).await?;
+    let devices: Vec<Value> = page.devices.iter().map(to_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "devices": devices, "next": next })))
 }
 
@@ -129,27 +129,10 @@ pub async fn get_device(
         .await
         .map_err(|_| ApiError::Unavailable)?;
     let view = view.ok_or(ApiError::UnknownDevice)?;
-    let mut devices = with_flapping(vec![view], &state).await?;
-    Ok(HttpResponse::Ok().json(devices.pop()))
+    Ok(HttpResponse::Ok().json(to_json(&view)))
 }
 
-/// The views as JSON, each with the registry's flapping flag.
-async fn with_flapping(views: Vec<DeviceView>, state: &AppState) -> Result<Vec<Value>, ApiError> {
-    let devices = views.iter().map(|v| v.device.clone()).collect();
-    let flapping = state
-        .actors
-        .registry
-        .send(Flapping { devices })
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
-    Ok(views
-        .iter()
-        .zip(flapping)
-        .map(|(view, flapping)| to_json(view, flapping))
-        .collect())
-}
-
-fn to_json(view: &DeviceView, flapping: bool) -> Value {
+fn to_json(view: &DeviceView) -> Value {
     let time = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
     json!({
         "device": view.device.as_str(),
@@ -165,6 +148,6 @@ fn to_json(view: &DeviceView, flapping: bool) -> Value {
         "reconnects": view.reconnects,
         "kicks": view.kicks,
         "resets": view.resets,
-        "flapping": flapping,
+        "flapping": view.flapping,
     })
 }

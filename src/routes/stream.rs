@@ -16,8 +16,8 @@ use actix_web::{
 use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use herald_actors::{
-    Admit, Attach, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame, Progress,
-    Refusal, StoredEvent, check_name, metrics,
+    Connect, ConnectError, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame,
+    Progress, Refusal, StoredEvent, check_name, metrics,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -53,23 +53,6 @@ pub async fn open_stream(
         .authorizer
         .authorize(&req, &device, query.token.as_deref())?;
     let client = Client::of(&req, query)?;
-    let admit = Admit {
-        device: device.clone(),
-        instance: client.instance.clone(),
-        peer: client.peer.clone(),
-    };
-    let admitted = state
-        .actors
-        .registry
-        .send(admit)
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
-    match admitted {
-        Ok(()) => {}
-        // The one answer that tells EventSource to stop without an error.
-        Err(Refusal::Blocked) => return Ok(HttpResponse::NoContent().finish()),
-        Err(refusal) => return Err(ApiError::Refused(refusal)),
-    }
     let slot = state
         .slots
         .claim(client.address)
@@ -91,7 +74,18 @@ pub async fn open_stream(
             // Not a TCP connection: the HTTP body alone tells.
             None => Box::new(|| false),
         };
-        attach(&state, device, client, queue, client_closed).await?;
+        match connect(&state, device, client, queue, client_closed).await? {
+            Ok(()) => {}
+            // The one answer that tells EventSource to stop without an error.
+            Err(ConnectError::Refused(Refusal::Blocked)) => {
+                return Ok(HttpResponse::NoContent().finish());
+            }
+            Err(ConnectError::Refused(refusal)) => return Err(ApiError::Refused(refusal)),
+            // A stream only ever needs a new session; the other bounds guard
+            // publishes. A full server is a passing state: 503 with
+            // Retry-After.
+            Err(ConnectError::Full(_)) => return Err(ApiError::ServerFull),
+        }
     }
     // The response holds the slot: it is released when the response ends.
     let events = ReceiverStream::new(frames).flat_map(move |frame| {
@@ -140,14 +134,15 @@ impl Client {
     }
 }
 
-/// Starts the stream's connection actor and has the store attach it.
-async fn attach(
+/// Starts the stream's connection actor and has the store connect it
+/// (admission and attach in one turn); answers the store's refusal, if any.
+async fn connect(
     state: &AppState,
     device: DeviceId,
     client: Client,
     queue: mpsc::Sender<Frame>,
     client_closed: Box<dyn Fn() -> bool>,
-) -> Result<(), ApiError> {
+) -> Result<Result<(), ConnectError>, ApiError> {
     let connection_id = ConnectionId::new();
     let progress = Progress::default();
     let connection = DeviceConnection::spawn(ConnectionParams {
@@ -162,7 +157,7 @@ async fn attach(
         heartbeat_timeout: state.heartbeat_timeout,
         progress: progress.clone(),
     });
-    let attach = Attach {
+    let connect = Connect {
         device,
         connection_id,
         connection,
@@ -171,15 +166,14 @@ async fn attach(
         instance: client.instance,
         peer: client.peer,
     };
+    // A refused connect's actor stops by itself: the refusal drops the
+    // queue's receiver.
     state
         .actors
         .store
-        .send(attach)
+        .send(connect)
         .await
-        .map_err(|_| ApiError::Unavailable)?
-        // A stream only ever needs a new session; the other bounds guard
-        // publishes. A full server is a passing state: 503 with Retry-After.
-        .map_err(|_| ApiError::ServerFull)
+        .map_err(|_| ApiError::Unavailable)
 }
 
 /// The `Last-Event-ID` header, else the `lastEventId` query parameter. Empty

@@ -127,3 +127,41 @@ async fn pass_ttl(ttl: Duration) {
     tokio::time::pause();
     tokio::time::advance(ttl + Duration::from_millis(1)).await;
 }
+
+#[actix::test]
+async fn only_a_replacement_that_finds_its_client_there_is_a_kick() {
+    let strict = crate::KickConfig {
+        flapping_kicks: 2,
+        flapping_policy: crate::FlappingPolicy::Refuse,
+        ..lenient_kicks()
+    };
+    let ttl = Duration::from_secs(60);
+    let actors = crate::start(session_config(ttl), quiet_heartbeat(), strict);
+    let dev = device("d1");
+    let kicks = async || {
+        let describe = crate::DescribeDevice {
+            device: dev.clone(),
+        };
+        let view = actors.store.send(describe).await.unwrap();
+        view.expect("a session").kicks
+    };
+
+    // A client that closes its stream and reopens, again and again.
+    for _ in 0..5 {
+        let (_, frames, _) = connect(&actors, &dev, None, 8).await;
+        drop(frames);
+    }
+    assert_eq!(kicks().await, 0);
+
+    // Two live clients replacing each other: the second kick is flapping.
+    let (_, mut first, _) = connect(&actors, &dev, None, 8).await;
+    expect_signal(&mut first, "hello").await;
+    let (_, mut second, _) = connect(&actors, &dev, None, 8).await;
+    expect_signal(&mut first, "kicked").await;
+    let (_, _third, _) = connect(&actors, &dev, None, 8).await;
+    expect_signal(&mut second, "hello").await;
+    expect_signal(&mut second, "kicked").await;
+    assert_eq!(kicks().await, 2);
+    let refused = try_connect(&actors, &dev, None, 8).await.err();
+    assert_eq!(refused, Some(ConnectError::Refused(Refusal::Flapping)));
+}
