@@ -39,6 +39,9 @@ pub struct ServerSettings {
     /// On shutdown, the open streams are ended spread over this long.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
+    /// How long a connection may stay idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +238,7 @@ impl Settings {
             ("kicks.flapping_cooldown", self.kicks.flapping_cooldown),
             ("kicks.reconnect_block", self.kicks.reconnect_block),
             ("limits.request_timeout", limits.request_timeout),
+            ("server.keep_alive", self.server.keep_alive),
             ("log.stats_interval", self.log.stats_interval),
             ("session.ttl", self.session.ttl),
             ("heartbeat.timeout", self.heartbeat.timeout),

@@ -16,6 +16,7 @@
 //! | `tokens.rs`          | device tokens (JWT): mint and check                      |
 //! | `stats.rs`           | totals for `/v1/stats` and the periodic `server.stats` line |
 //! | `slots.rs`           | open-stream counts, in all and per address               |
+//! | `watched.rs`         | the time rule: a connection serves a request or gets one soon |
 //! | `access_log.rs`      | one `http.request` line per request (paths only)         |
 //! | `logging.rs`         | log output: text, or one JSON object per line            |
 //! | `error.rs`           | [`error::ApiError`]: every HTTP error, status and JSON   |
@@ -33,3 +34,4 @@ pub mod slots;
 pub mod startup;
 pub mod stats;
 pub mod tokens;
+pub mod watched;

@@ -9,9 +9,11 @@ use std::{
 };
 
 use actix_cors::Cors;
+use actix_http::{HttpService, error::DispatchError};
+use actix_service::{ServiceFactoryExt as _, map_config};
 use actix_web::{
-    App, HttpServer,
-    dev::{Server, ServerHandle},
+    App,
+    dev::{AppConfig, Extensions, Server, ServerHandle, fn_service},
     http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
     middleware::from_fn,
     rt::net::TcpStream,
@@ -24,6 +26,7 @@ use crate::{
     config::{CorsSettings, Settings},
     routes::{Draining, Shared, configure_routes},
     stats,
+    watched::{Timeouts, Watched, track_requests},
 };
 
 pub struct Application {
@@ -32,10 +35,22 @@ pub struct Application {
     shutdown: Shutdown,
 }
 
+/// actix-http's disconnect timeout, as actix-web's `HttpServer` sets it: how
+/// long a closing connection may take to flush and shut down.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Application {
+    /// The server is assembled here rather than by actix-web's `HttpServer`,
+    /// which cannot put anything between accepting a socket and serving it:
+    /// herald wraps each socket in a deadline (`watched.rs`). What follows
+    /// is what `HttpServer::listen` does, with that in place.
     pub fn build(settings: Settings) -> io::Result<Self> {
         let listener = listen(&settings.server.bind, settings.server.backlog)?;
-        let port = listener.local_addr()?.port();
+        let local_addr = listener.local_addr()?;
+        let timeouts = Timeouts {
+            head: settings.limits.request_timeout,
+            keep_alive: settings.server.keep_alive,
+        };
         let actors = herald_actors::start(
             settings.session.clone(),
             settings.heartbeat.clone(),
@@ -44,34 +59,60 @@ impl Application {
         let shared = Shared::new(&settings, actors.clone());
         let draining = shared.draining.clone();
         let routes_settings = settings.clone();
-        let mut server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .wrap(cors(&routes_settings.cors))
                 .wrap(from_fn(access_log))
                 .configure(|cfg| configure_routes(cfg, &routes_settings, shared.clone()))
-        })
-        // A client that does not finish its request headers in time is cut
-        // off, so slow (or slowloris) clients cannot hold connections.
-        .client_request_timeout(settings.limits.request_timeout)
-        // End a stream as soon as its client closes the connection, rather
-        // than at the next failed write.
-        .h1_allow_half_closed(false)
-        // Events are small writes that must leave at once; Nagle's algorithm
-        // would hold one back until the previous write is acknowledged.
-        .on_connect(|connection, _| {
-            if let Some(tcp) = connection.downcast_ref::<TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        // Shutdown is ours: streams must be ended before the server waits
-        // for in-flight responses, or it waits for the timeout.
-        .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1))
-        .listen(listener)?;
+        };
+        let mut builder = Server::build()
+            // Shutdown is ours: streams must be ended before the server waits
+            // for in-flight responses, or it waits for the timeout.
+            .disable_signals()
+            .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
         if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
+            builder = builder.workers(settings.server.workers);
         }
-        let server = server.run();
+        // Tells keep-alive connections to close when the server stops, as
+        // `HttpServer` does (actix-http's hook for it is doc-hidden).
+        let stopping = builder.graceful_shutdown_signal();
+        let keep_alive = settings.server.keep_alive;
+        let server = builder
+            .listen("herald", listener, move || {
+                let stopping = stopping.clone();
+                let http = HttpService::<Watched, _, _>::build()
+                    // Equal to the keep-alive of `Watched`, which only backs
+                    // it up: actix-http's closes an idle connection gently.
+                    .keep_alive(keep_alive)
+                    // Disabled: it covers only a connection's first request;
+                    // `Watched` bounds every request head.
+                    .client_request_timeout(Duration::ZERO)
+                    .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+                    // End a stream as soon as its client closes the
+                    // connection, rather than at the next failed write.
+                    .h1_allow_half_closed(false)
+                    .local_addr(local_addr)
+                    .graceful_shutdown_signal(move || {
+                        let stopping = stopping.clone();
+                        async move { stopping.notified().await }
+                    })
+                    .on_connect_ext(|socket: &Watched, data: &mut Extensions| {
+                        data.insert(socket.conn());
+                    })
+                    // No handler needs the host or address `AppConfig` would
+                    // carry (for URL generation only).
+                    .h1(track_requests(map_config(app(), |()| AppConfig::default())));
+                fn_service(move |tcp: TcpStream| async move {
+                    // Events are small writes that must leave at once;
+                    // Nagle's algorithm would hold one back until the
+                    // previous write is acknowledged.
+                    let _ = tcp.set_nodelay(true);
+                    let peer = tcp.peer_addr().ok();
+                    Ok::<_, DispatchError>((Watched::new(tcp, peer, timeouts), peer))
+                })
+                .and_then(http)
+            })?
+            .run();
         actix_web::rt::spawn(stats::log_every(settings.log.stats_interval));
         let shutdown = Shutdown {
             server: server.handle(),
@@ -80,7 +121,7 @@ impl Application {
             window: settings.server.drain_window,
         };
         Ok(Self {
-            port,
+            port: local_addr.port(),
             server,
             shutdown,
         })

@@ -174,10 +174,8 @@ async fn an_event_over_max_event_bytes_gets_413_and_one_at_the_limit_passes() {
 
 #[actix_web::test]
 async fn a_client_that_stalls_in_its_request_line_is_cut_off_while_streams_go_on() {
-    // actix-http computes the deadline from a clock it updates every 500 ms,
-    // so a connection gets between `request_timeout - 500ms` and
-    // `request_timeout`: with 500 ms, an honest request right after a tick
-    // can get 408 at once. One second leaves every honest request ≥ 500 ms.
+    // One second: the least `limits.request_timeout` may be. Later heads on
+    // a connection are tested in `connections.rs`.
     let server =
         TestServer::start_with(|s| s.limits.request_timeout = Duration::from_secs(1)).await;
     let mut stream = streaming(&server, "edge-1").await;

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Requests answered with an error, by error code.
     pub rejected: IntCounterVec,
+    /// Connections closed because no request came in time, by reason
+    /// (`head`, `keep_alive`).
+    pub connections_timed_out: IntCounterVec,
     /// From a publish to the write of the event to a live stream.
     pub publish_to_write: Histogram,
 }
@@ -96,6 +99,11 @@ impl Metrics {
             rejected: labelled(
                 "herald_rejected_requests_total",
                 "Requests answered with an error",
+                "reason",
+            ),
+            connections_timed_out: labelled(
+                "herald_connections_timed_out_total",
+                "Connections closed because no complete request came in time",
                 "reason",
             ),
             publish_to_write: register(&registry, Histogram::with_opts(latency)),
