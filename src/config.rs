@@ -91,6 +91,10 @@ pub struct LimitSettings {
     /// Time a client has to send its request headers.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Open connections, server-wide (streams and all others).
+    pub max_connections: usize,
+    /// Open connections from one remote address.
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +218,13 @@ impl Settings {
         check(
             limits.max_streams > 0 && limits.max_streams_per_address > 0 && limits.max_devices_per_publish > 0,
             "limits.max_streams, max_streams_per_address and max_devices_per_publish must be above zero".into(),
+        )?;
+        // Every stream is a connection: room above the stream limits lets a
+        // client whose streams are at their limit still publish and probe.
+        check(
+            limits.max_connections > limits.max_streams
+                && limits.max_connections_per_address > limits.max_streams_per_address,
+            "limits.max_connections must be above limits.max_streams, and max_connections_per_address above max_streams_per_address".into(),
         )?;
         check(
             limits.max_event_bytes > 0 && limits.max_event_bytes <= self.session.buffer_bytes,

@@ -5,18 +5,18 @@
 use std::{
     io,
     net::{SocketAddr, TcpListener, ToSocketAddrs as _},
+    num::NonZeroUsize,
     time::Duration,
 };
 
 use actix_cors::Cors;
-use actix_http::{HttpService, error::DispatchError};
+use actix_http::HttpService;
 use actix_service::{ServiceFactoryExt as _, map_config};
 use actix_web::{
     App,
     dev::{AppConfig, Extensions, Server, ServerHandle, fn_service},
     http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
     middleware::from_fn,
-    rt::net::TcpStream,
 };
 use herald_actors::{Actors, CloseAll};
 use socket2::{Domain, Socket, Type};
@@ -24,6 +24,7 @@ use socket2::{Domain, Socket, Type};
 use crate::{
     access_log::access_log,
     config::{CorsSettings, Settings},
+    connections::{Gate, Plan},
     routes::{Draining, Shared, configure_routes},
     stats,
     watched::{Timeouts, Watched, track_requests},
@@ -42,15 +43,25 @@ const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 impl Application {
     /// The server is assembled here rather than by actix-web's `HttpServer`,
     /// which cannot put anything between accepting a socket and serving it:
-    /// herald wraps each socket in a deadline (`watched.rs`). What follows
-    /// is what `HttpServer::listen` does, with that in place.
+    /// herald needs to refuse connections over its limits (`connections.rs`)
+    /// and to wrap each socket in a deadline (`watched.rs`). What follows is
+    /// what `HttpServer::listen` does, with those two in place.
     pub fn build(settings: Settings) -> io::Result<Self> {
         let listener = listen(&settings.server.bind, settings.server.backlog)?;
         let local_addr = listener.local_addr()?;
+        let workers = match settings.server.workers {
+            // As actix-server counts them by default.
+            0 => std::thread::available_parallelism()
+                .map_or(2, NonZeroUsize::get)
+                .min(512),
+            n => n,
+        };
+        let plan = Plan::new(&settings.limits, workers)?;
         let timeouts = Timeouts {
             head: settings.limits.request_timeout,
             keep_alive: settings.server.keep_alive,
         };
+        let gate = Gate::new(&plan, timeouts);
         let actors = herald_actors::start(
             settings.session.clone(),
             settings.heartbeat.clone(),
@@ -66,12 +77,13 @@ impl Application {
                 .configure(|cfg| configure_routes(cfg, &routes_settings, shared.clone()))
         };
         let mut builder = Server::build()
+            .workers(workers)
             // Shutdown is ours: streams must be ended before the server waits
             // for in-flight responses, or it waits for the timeout.
             .disable_signals()
             .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
-        if settings.server.workers > 0 {
-            builder = builder.workers(settings.server.workers);
+        if let Some(per_worker) = plan.per_worker {
+            builder = builder.max_concurrent_connections(per_worker);
         }
         // Tells keep-alive connections to close when the server stops, as
         // `HttpServer` does (actix-http's hook for it is doc-hidden).
@@ -79,6 +91,7 @@ impl Application {
         let keep_alive = settings.server.keep_alive;
         let server = builder
             .listen("herald", listener, move || {
+                let gate = gate.on_worker();
                 let stopping = stopping.clone();
                 let http = HttpService::<Watched, _, _>::build()
                     // Equal to the keep-alive of `Watched`, which only backs
@@ -102,15 +115,7 @@ impl Application {
                     // No handler needs the host or address `AppConfig` would
                     // carry (for URL generation only).
                     .h1(track_requests(map_config(app(), |()| AppConfig::default())));
-                fn_service(move |tcp: TcpStream| async move {
-                    // Events are small writes that must leave at once;
-                    // Nagle's algorithm would hold one back until the
-                    // previous write is acknowledged.
-                    let _ = tcp.set_nodelay(true);
-                    let peer = tcp.peer_addr().ok();
-                    Ok::<_, DispatchError>((Watched::new(tcp, peer, timeouts), peer))
-                })
-                .and_then(http)
+                fn_service(move |tcp| gate.clone().admit(tcp)).and_then(http)
             })?
             .run();
         actix_web::rt::spawn(stats::log_every(settings.log.stats_interval));

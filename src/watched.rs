@@ -49,6 +49,8 @@ use tokio::{
     time::{Instant, Sleep, sleep_until},
 };
 
+use crate::slots::Slot;
+
 /// The two time limits of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -183,17 +185,19 @@ impl Conn {
     }
 }
 
-/// A connection's socket under the time rule.
+/// A connection's socket under the time rule; it also holds the
+/// connection's slot, released when actix-http drops the socket.
 pub struct Watched {
     tcp: TcpStream,
     conn: Rc<Conn>,
     timer: Pin<Box<Sleep>>,
     peer: Option<SocketAddr>,
     timed_out: bool,
+    _slot: Slot,
 }
 
 impl Watched {
-    pub fn new(tcp: TcpStream, peer: Option<SocketAddr>, timeouts: Timeouts) -> Self {
+    pub fn new(tcp: TcpStream, peer: Option<SocketAddr>, slot: Slot, timeouts: Timeouts) -> Self {
         let conn = Conn::new(timeouts);
         let first = conn
             .state
@@ -206,6 +210,7 @@ impl Watched {
             timer: Box::pin(sleep_until(first)),
             peer,
             timed_out: false,
+            _slot: slot,
         }
     }
 

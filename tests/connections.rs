@@ -1,6 +1,8 @@
-//! Connections (`limits.request_timeout`, `server.keep_alive`): a
-//! connection that is not serving a request is bounded in time, whichever
-//! request on it is next.
+//! Connections (`limits.request_timeout`, `server.keep_alive`,
+//! `limits.max_connections…`): a connection that is not serving a request is
+//! bounded in time, whichever request on it is next; connections are
+//! bounded in number, server-wide and per address, with room left for
+//! streams, probes and publishes; and the process never runs out of files.
 
 mod common;
 
@@ -9,7 +11,8 @@ use std::{
     time::Duration,
 };
 
-use common::{PATIENCE, TestServer};
+use common::{HeraldProcess, PATIENCE, TestServer, read_json};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -19,6 +22,8 @@ use tokio::{
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: herald\r\n\r\n";
 const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+/// Another source address: Linux routes all of 127/8 to the loopback.
+const ELSEWHERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 /// How late a cut-off may come on a loaded machine.
 const SLACK: Duration = Duration::from_millis(2500);
 
@@ -42,6 +47,19 @@ impl Answer {
             let (key, value) = line.split_once(':')?;
             key.eq_ignore_ascii_case(name).then(|| value.trim())
         })
+    }
+
+    /// Asserts this is a connection refusal: `status` and `code`, with
+    /// `Retry-After` and `Connection: close`.
+    fn assert_refusal(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{self:?}"
+        );
+        let retry_after: u64 = self.header("retry-after").unwrap().parse().unwrap();
+        assert!((10..=60).contains(&retry_after), "{self:?}");
+        assert_eq!(self.header("connection"), Some("close"), "{self:?}");
     }
 }
 
@@ -80,6 +98,21 @@ async fn read_answer(tcp: &mut TcpStream) -> Answer {
         .expect("an answer within the patience")
 }
 
+/// The sequence of the fault: a complete request on a kept-alive
+/// connection, then one byte of the next. Answers the stalled connection, or
+/// the answer of a connection that was refused (and then closed).
+async fn stall(server: SocketAddr, from: IpAddr) -> Result<TcpStream, Answer> {
+    let mut tcp = connect_from(server, from).await;
+    tcp.write_all(HEALTHZ).await.unwrap();
+    let answer = read_answer(&mut tcp).await;
+    if answer.status != 200 {
+        closed_within(&mut tcp, PATIENCE).await;
+        return Err(answer);
+    }
+    tcp.write_all(b"G").await.unwrap();
+    Ok(tcp)
+}
+
 /// Reads until the server closes the connection (a reset counts); answers
 /// how long that took. Fails if it is still open after `cap`.
 async fn closed_within(tcp: &mut TcpStream, cap: Duration) -> Duration {
@@ -102,6 +135,33 @@ fn assert_cut_off_after(elapsed: Duration, at_least: Duration, what: &str) {
 
 fn socket_addr(server: &TestServer) -> SocketAddr {
     server.addr().parse().unwrap()
+}
+
+/// A client whose connections come from `from`.
+fn client_from(from: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(from)
+        .build()
+        .unwrap()
+}
+
+/// From `client`: a probe, a stream, and a publish the stream receives.
+async fn assert_served(base: &str, admin_token: &str, client: &reqwest::Client, device: &str) {
+    let (status, _) = read_json(client.get(format!("{base}/healthz"))).await;
+    assert_eq!(status, StatusCode::OK, "probe");
+    let url = format!("{base}/v1/devices/{device}/events");
+    let response = client.get(&url).send().await.expect("stream request");
+    let mut stream = common::EventStream::from_response(response)
+        .await
+        .expect("a stream");
+    stream.hello().await;
+    let publish = client
+        .post(&url)
+        .bearer_auth(admin_token)
+        .json(&json!({"event": "tick", "data": 1}));
+    let (status, reply) = read_json(publish).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "publish: {reply}");
+    assert_eq!(stream.next_event().await.data.as_deref(), Some("1"));
 }
 
 #[actix_web::test]
@@ -181,4 +241,135 @@ async fn an_idle_kept_alive_connection_is_closed_after_keep_alive_and_streams_go
 
     server.publish("edge-1", "tick", json!(1)).await;
     assert_eq!(stream.next_event().await.data.as_deref(), Some("1"));
+}
+
+#[actix_web::test]
+async fn stalled_connections_beyond_the_per_address_limit_get_429_and_other_addresses_are_served() {
+    let server = TestServer::start_with(|s| {
+        s.limits.max_connections_per_address = 12;
+        s.limits.max_streams_per_address = 2;
+        // The stalled connections stay for the whole test.
+        s.limits.request_timeout = Duration::from_secs(60);
+        s.server.keep_alive = Duration::from_secs(60);
+    })
+    .await;
+    let addr = socket_addr(&server);
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(stall(addr, HERE).await.expect("within the limit"));
+    }
+    for _ in 0..5 {
+        let answer = stall(addr, HERE).await.expect_err("over the limit");
+        answer.assert_refusal(429, "too_many_connections");
+    }
+
+    let elsewhere = client_from(ELSEWHERE);
+    assert_served(&server.base, server.admin_token(), &elsewhere, "edge-9").await;
+
+    // The held connections were left alone: each can finish its request.
+    for tcp in &mut held {
+        tcp.write_all(b"ET /healthz HTTP/1.1\r\nHost: herald\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_answer(tcp).await.status, 200);
+    }
+}
+
+#[actix_web::test]
+async fn at_the_stream_limit_probes_and_publishes_still_connect_and_beyond_max_connections_503() {
+    let server = TestServer::start_with(|s| {
+        s.limits.max_streams = 2;
+        s.limits.max_connections = 6;
+        s.limits.request_timeout = Duration::from_secs(60);
+        s.server.keep_alive = Duration::from_secs(60);
+    })
+    .await;
+    let mut streams = Vec::new();
+    for device in ["edge-1", "edge-2"] {
+        let mut stream = server.connect(device).await;
+        stream.hello().await;
+        streams.push(stream);
+    }
+    // The streams are at their limit; a probe and a publish get in.
+    let (status, _) = read_json(server.request(reqwest::Method::GET, "/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
+    server.publish("edge-1", "tick", json!(1)).await;
+    assert_eq!(streams[0].next_event().await.data.as_deref(), Some("1"));
+
+    // Stalled connections take the rest; then every address gets 503.
+    let addr = socket_addr(&server);
+    let mut held = Vec::new();
+    let refusal = loop {
+        match stall(addr, HERE).await {
+            Ok(tcp) => held.push(tcp),
+            Err(answer) => break answer,
+        }
+        assert!(held.len() < 6, "no refusal within max_connections");
+    };
+    refusal.assert_refusal(503, "server_full");
+    assert!(!held.is_empty(), "the probe and publish left room");
+    let answer = stall(addr, ELSEWHERE)
+        .await
+        .expect_err("the server is full");
+    answer.assert_refusal(503, "server_full");
+
+    // A closed connection makes room again, once the server has seen it go.
+    drop(held.pop());
+    let deadline = Instant::now() + PATIENCE;
+    while let Err(answer) = stall(addr, ELSEWHERE).await {
+        answer.assert_refusal(503, "server_full");
+        assert!(Instant::now() < deadline, "no room within {PATIENCE:?}");
+    }
+    for (n, stream) in streams.iter_mut().enumerate() {
+        let device = format!("edge-{}", n + 1);
+        server.publish(&device, "tick", json!(2)).await;
+        assert_eq!(stream.next_event().await.data.as_deref(), Some("2"));
+    }
+}
+
+#[actix_web::test]
+async fn under_a_low_open_file_limit_a_flood_of_stalled_connections_never_exhausts_files() {
+    const OPEN_FILES: usize = 256;
+    let herald = HeraldProcess::start_with_open_files(
+        &[
+            ("HERALD_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "100"),
+            ("HERALD_LIMITS__MAX_STREAMS_PER_ADDRESS", "50"),
+            ("HERALD_LIMITS__REQUEST_TIMEOUT", "60s"),
+            ("HERALD_SERVER__KEEP_ALIVE", "60s"),
+        ],
+        OPEN_FILES as u64,
+    )
+    .await;
+    // More than the process could hold, from one address.
+    let addr = SocketAddr::new(HERE, herald.port);
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for _ in 0..OPEN_FILES + 50 {
+        match stall(addr, HERE).await {
+            Ok(tcp) => held.push(tcp),
+            Err(answer) => {
+                answer.assert_refusal(429, "too_many_connections");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((held.len(), refused), (100, OPEN_FILES + 50 - 100));
+    let open_files = herald.open_files();
+    assert!(
+        (100..OPEN_FILES).contains(&open_files),
+        "herald holds {open_files} files"
+    );
+
+    let elsewhere = client_from(ELSEWHERE);
+    let base = format!("http://127.0.0.1:{}", herald.port);
+    assert_served(&base, "local-admin-token-change-me", &elsewhere, "edge-1").await;
+
+    drop(held);
+    let log = herald.terminate().await;
+    assert!(!log.contains("Too many open files"), "{log}");
+    // max_connections (19,500 in config.toml) was lowered to fit, and said so.
+    assert!(
+        log.lines()
+            .any(|line| line.contains("server.open_file_limit open_files=256")),
+        "{log}"
+    );
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Requests answered with an error, by error code.
     pub rejected: IntCounterVec,
+    /// Open HTTP connections (streams and every other).
+    pub connections: IntGauge,
     /// Connections closed because no request came in time, by reason
     /// (`head`, `keep_alive`).
     pub connections_timed_out: IntCounterVec,
@@ -101,6 +103,7 @@ impl Metrics {
                 "Requests answered with an error",
                 "reason",
             ),
+            connections: gauge("herald_connections", "Open HTTP connections"),
             connections_timed_out: labelled(
                 "herald_connections_timed_out_total",
                 "Connections closed because no complete request came in time",
