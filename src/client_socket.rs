@@ -38,10 +38,10 @@ impl ClientSocket {
             };
             // SAFETY: the descriptor is open. What holds `body` (the stream
             // route's handler, then the response body) lives, so does the
-            // HTTP/1 dispatcher that owns both it and this socket (actix drops
-            // them together; `listen` serves plain TCP as HTTP/1 only), and
-            // this runs on that dispatcher's thread, so neither is dropped
-            // while it runs.
+            // HTTP/1 dispatcher that owns both it and this socket (inside
+            // `Watched`; actix drops them together, and the server serves
+            // plain TCP as HTTP/1 only), and this runs on that dispatcher's
+            // thread, so neither is dropped while it runs.
             let fd = unsafe { BorrowedFd::borrow_raw(self.0) };
             let mut byte = [MaybeUninit::uninit()];
             match SockRef::from(&fd).peek(&mut byte) {

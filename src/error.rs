@@ -40,6 +40,11 @@ pub enum ApiError {
     OriginNotAllowed,
     #[error("too many streams are open from this address")]
     TooManyStreamsFromAddress,
+    /// Answered by the accept stage (`connections.rs`), before any request.
+    #[error("too many connections are open from this address")]
+    TooManyConnectionsFromAddress,
+    #[error("the server holds as many connections as it may; try again later")]
+    ConnectionsFull,
     #[error("the event is larger than {limit} bytes (name and data)")]
     EventTooLarge { limit: usize },
     #[error("no such route")]
@@ -82,11 +87,12 @@ impl ApiError {
             Self::WrongDevice => "wrong_device",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::TooManyStreamsFromAddress => "too_many_streams",
+            Self::TooManyConnectionsFromAddress => "too_many_connections",
             Self::EventTooLarge { .. } => "event_too_large",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "unavailable",
-            Self::ServerFull => "server_full",
+            Self::ServerFull | Self::ConnectionsFull => "server_full",
             Self::Bound(StoreError::TooManySessions(_)) => "too_many_sessions",
             Self::Bound(StoreError::StorageFull(_)) => "storage_full",
             Self::Bound(StoreError::RetainedLimit(_)) => "retained_limit",
@@ -131,10 +137,12 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized | Self::DeviceUnauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::WrongDevice | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
-            Self::TooManyStreamsFromAddress => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyStreamsFromAddress | Self::TooManyConnectionsFromAddress => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::NotFound | Self::UnknownDevice | Self::NotConnected => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable | Self::ServerFull | Self::NotReady(_) => {
+            Self::Unavailable | Self::ServerFull | Self::ConnectionsFull | Self::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Bound(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -149,7 +157,10 @@ impl ResponseError for ApiError {
                 response.insert_header(("WWW-Authenticate", "Bearer"));
             }
             // Spread the retries of a full server's clients over a minute.
-            Self::ServerFull | Self::TooManyStreamsFromAddress => {
+            Self::ServerFull
+            | Self::TooManyStreamsFromAddress
+            | Self::ConnectionsFull
+            | Self::TooManyConnectionsFromAddress => {
                 response.insert_header(("Retry-After", fastrand::u32(10..=60).to_string()));
             }
             _ => {}

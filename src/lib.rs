@@ -15,7 +15,10 @@
 //! | `routes/devices.rs`  | admin device management                                  |
 //! | `tokens.rs`          | device tokens (JWT): mint and check                      |
 //! | `stats.rs`           | totals for `/v1/stats` and the periodic `server.stats` line |
-//! | `slots.rs`           | open-stream counts, in all and per address               |
+//! | `slots.rs`           | open-stream and connection counts, in all and per address |
+//! | `connections.rs`     | the accept stage: connection limits, refusals            |
+//! | `watched.rs`         | the time rule: a connection serves a request or gets one soon |
+//! | `open_files.rs`      | the open-file limit, raised at start                     |
 //! | `client_socket.rs`   | whether a stream's client closed, asked of the kernel    |
 //! | `access_log.rs`      | one `http.request` line per request (paths only)         |
 //! | `logging.rs`         | log output: text, or one JSON object per line            |
@@ -28,10 +31,13 @@ pub mod access_log;
 pub mod cli;
 pub mod client_socket;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod logging;
+pub mod open_files;
 pub mod routes;
 pub mod slots;
 pub mod startup;
 pub mod stats;
 pub mod tokens;
+pub mod watched;

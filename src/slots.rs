@@ -1,8 +1,10 @@
-//! Stream slots: how many streams are open, in all and per remote address.
+//! Slots: how many of something are open, in all and per remote address —
+//! streams (`limits.max_streams…`) and connections (`limits.max_connections…`).
 //! A stream claims a [`Slot`] before it starts and the response holds it, so
-//! it is released exactly when the HTTP response ends, however it ends.
+//! it is released exactly when the HTTP response ends, however it ends; a
+//! connection's slot is held by its socket.
 
-use herald_actors::metrics;
+use prometheus::IntGauge;
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -12,15 +14,17 @@ use std::{
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotRefusal {
-    /// `limits.max_streams` streams are open.
+    /// The server-wide limit is reached.
     ServerFull,
-    /// `limits.max_streams_per_address` streams are open from this address.
+    /// The limit for this address is reached.
     AddressFull,
 }
 
-pub struct StreamSlots {
+pub struct Slots {
     max_total: usize,
     max_per_address: usize,
+    /// Shows how many are open (e.g. `herald_streams`).
+    gauge: IntGauge,
     open: Mutex<Open>,
 }
 
@@ -30,11 +34,12 @@ struct Open {
     per_address: HashMap<IpAddr, usize>,
 }
 
-impl StreamSlots {
-    pub fn new(max_total: usize, max_per_address: usize) -> Arc<Self> {
+impl Slots {
+    pub fn new(max_total: usize, max_per_address: usize, gauge: IntGauge) -> Arc<Self> {
         Arc::new(Self {
             max_total,
             max_per_address,
+            gauge,
             open: Mutex::default(),
         })
     }
@@ -51,7 +56,7 @@ impl StreamSlots {
         }
         *from_address += 1;
         open.total += 1;
-        metrics().streams.inc();
+        self.gauge.inc();
         Ok(Slot {
             slots: Arc::clone(self),
             address,
@@ -59,9 +64,9 @@ impl StreamSlots {
     }
 }
 
-/// One open stream's claim; released on drop.
+/// One claim; released on drop.
 pub struct Slot {
-    slots: Arc<StreamSlots>,
+    slots: Arc<Slots>,
     address: IpAddr,
 }
 
@@ -73,7 +78,7 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         open.total = open.total.saturating_sub(1);
-        metrics().streams.dec();
+        self.slots.gauge.dec();
         if let Some(count) = open.per_address.get_mut(&self.address) {
             *count -= 1;
             if *count == 0 {
@@ -89,14 +94,17 @@ mod tests {
 
     #[test]
     fn slots_are_bounded_in_all_and_per_address_and_come_back_on_drop() {
-        let slots = StreamSlots::new(3, 2);
+        let gauge = IntGauge::new("test_open", "open").unwrap();
+        let slots = Slots::new(3, 2, gauge.clone());
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let first = slots.claim(a).unwrap();
         let _second = slots.claim(a).unwrap();
         assert_eq!(slots.claim(a).err(), Some(SlotRefusal::AddressFull));
         let _third = slots.claim(b).unwrap();
         assert_eq!(slots.claim(b).err(), Some(SlotRefusal::ServerFull));
+        assert_eq!(gauge.get(), 3);
         drop(first);
+        assert_eq!(gauge.get(), 2);
         assert!(slots.claim(a).is_ok());
     }
 }

@@ -5,16 +5,18 @@
 use std::{
     io,
     net::{SocketAddr, TcpListener, ToSocketAddrs as _},
+    num::NonZeroUsize,
     time::Duration,
 };
 
 use actix_cors::Cors;
+use actix_http::HttpService;
+use actix_service::{ServiceFactoryExt as _, map_config};
 use actix_web::{
-    App, HttpServer,
-    dev::{Server, ServerHandle},
+    App,
+    dev::{AppConfig, Extensions, Server, ServerHandle, fn_service},
     http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
     middleware::from_fn,
-    rt::net::TcpStream,
 };
 use herald_actors::{Actors, DisconnectAll};
 use socket2::{Domain, Socket, Type};
@@ -23,8 +25,10 @@ use crate::{
     access_log::access_log,
     client_socket::ClientSocket,
     config::{CorsSettings, Settings},
+    connections::{Gate, Plan},
     routes::{Draining, Shared, configure_routes},
     stats,
+    watched::{Timeouts, Watched, track_requests},
 };
 
 pub struct Application {
@@ -33,10 +37,32 @@ pub struct Application {
     shutdown: Shutdown,
 }
 
+/// actix-http's disconnect timeout, as actix-web's `HttpServer` sets it: how
+/// long a closing connection may take to flush and shut down.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Application {
+    /// The server is assembled here rather than by actix-web's `HttpServer`,
+    /// which cannot put anything between accepting a socket and serving it:
+    /// herald needs to refuse connections over its limits (`connections.rs`)
+    /// and to wrap each socket in a deadline (`watched.rs`). What follows is
+    /// what `HttpServer::listen` does, with those two in place.
     pub fn build(settings: Settings) -> io::Result<Self> {
         let listener = listen(&settings.server.bind, settings.server.backlog)?;
-        let port = listener.local_addr()?.port();
+        let local_addr = listener.local_addr()?;
+        let workers = match settings.server.workers {
+            // As actix-server counts them by default.
+            0 => std::thread::available_parallelism()
+                .map_or(2, NonZeroUsize::get)
+                .min(512),
+            n => n,
+        };
+        let plan = Plan::new(&settings.limits, workers)?;
+        let timeouts = Timeouts {
+            head: settings.limits.request_timeout,
+            keep_alive: settings.server.keep_alive,
+        };
+        let gate = Gate::new(&plan, timeouts);
         let actors = herald_actors::start(
             settings.session.clone(),
             settings.heartbeat.clone(),
@@ -45,37 +71,57 @@ impl Application {
         let shared = Shared::new(&settings, actors.clone());
         let draining = shared.draining.clone();
         let routes_settings = settings.clone();
-        let mut server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .wrap(cors(&routes_settings.cors))
                 .wrap(from_fn(access_log))
                 .configure(|cfg| configure_routes(cfg, &routes_settings, shared.clone()))
-        })
-        // A client that does not finish its request headers in time is cut
-        // off, so slow (or slowloris) clients cannot hold connections.
-        .client_request_timeout(settings.limits.request_timeout)
-        // End a stream as soon as its client closes the connection, rather
-        // than at the next failed write.
-        .h1_allow_half_closed(false)
-        // Events are small writes that must leave at once; Nagle's algorithm
-        // would hold one back until the previous write is acknowledged.
-        .on_connect(|connection, data| {
-            if let Some(tcp) = connection.downcast_ref::<TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-                // For the kick rule: did a stream's client close? (see
-                // `client_socket`).
-                data.insert(ClientSocket::of(tcp));
-            }
-        })
-        // Shutdown is ours: streams must be ended before the server waits
-        // for in-flight responses, or it waits for the timeout.
-        .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1))
-        .listen(listener)?;
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
+        };
+        let mut builder = Server::build()
+            .workers(workers)
+            // Shutdown is ours: streams must be ended before the server waits
+            // for in-flight responses, or it waits for the timeout.
+            .disable_signals()
+            .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
+        if let Some(per_worker) = plan.per_worker {
+            builder = builder.max_concurrent_connections(per_worker);
         }
-        let server = server.run();
+        // Tells keep-alive connections to close when the server stops, as
+        // `HttpServer` does (actix-http's hook for it is doc-hidden).
+        let stopping = builder.graceful_shutdown_signal();
+        let keep_alive = settings.server.keep_alive;
+        let server = builder
+            .listen("herald", listener, move || {
+                let gate = gate.on_worker();
+                let stopping = stopping.clone();
+                let http = HttpService::<Watched, _, _>::build()
+                    // Equal to the keep-alive of `Watched`, which only backs
+                    // it up: actix-http's closes an idle connection gently.
+                    .keep_alive(keep_alive)
+                    // Disabled: it covers only a connection's first request;
+                    // `Watched` bounds every request head.
+                    .client_request_timeout(Duration::ZERO)
+                    .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+                    // End a stream as soon as its client closes the
+                    // connection, rather than at the next failed write.
+                    .h1_allow_half_closed(false)
+                    .local_addr(local_addr)
+                    .graceful_shutdown_signal(move || {
+                        let stopping = stopping.clone();
+                        async move { stopping.notified().await }
+                    })
+                    .on_connect_ext(|socket: &Watched, data: &mut Extensions| {
+                        data.insert(socket.conn());
+                        // For the kick rule: did a stream's client close?
+                        // (see `client_socket`).
+                        data.insert(ClientSocket::of(socket.tcp()));
+                    })
+                    // No handler needs the host or address `AppConfig` would
+                    // carry (for URL generation only).
+                    .h1(track_requests(map_config(app(), |()| AppConfig::default())));
+                fn_service(move |tcp| gate.clone().admit(tcp)).and_then(http)
+            })?
+            .run();
         actix_web::rt::spawn(stats::log_every(settings.log.stats_interval));
         let shutdown = Shutdown {
             server: server.handle(),
@@ -84,7 +130,7 @@ impl Application {
             window: settings.server.drain_window,
         };
         Ok(Self {
-            port,
+            port: local_addr.port(),
             server,
             shutdown,
         })

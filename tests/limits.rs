@@ -174,12 +174,10 @@ async fn an_event_over_max_event_bytes_gets_413_and_one_at_the_limit_passes() {
 
 #[actix_web::test]
 async fn a_client_that_stalls_in_its_request_line_is_cut_off_while_streams_go_on() {
-    // actix-http computes the deadline from a clock it updates every 500 ms,
-    // so a connection gets between `request_timeout - 500ms` and
-    // `request_timeout`: with 500 ms, an honest request right after a tick
-    // can get 408 at once. One second leaves every honest request ≥ 500 ms.
-    let server =
-        TestServer::start_with(|s| s.limits.request_timeout = Duration::from_secs(1)).await;
+    // Not actix-http's own 5 s: the cut-off must follow the setting. Later
+    // heads on a connection are tested in `connections.rs`.
+    let timeout = Duration::from_secs(2);
+    let server = TestServer::start_with(|s| s.limits.request_timeout = timeout).await;
     let mut stream = streaming(&server, "edge-1").await;
 
     let started = Instant::now();
@@ -190,9 +188,12 @@ async fn a_client_that_stalls_in_its_request_line_is_cut_off_while_streams_go_on
         "closed, or answered 408: {:?}",
         String::from_utf8_lossy(&answer)
     );
+    // The deadline runs from the accept, just after `started`; the slack
+    // above it is for a loaded machine.
     assert!(
-        cut_off_after < Duration::from_secs(5),
-        "cut off soon after the request timeout, not after {cut_off_after:?}"
+        cut_off_after >= timeout - Duration::from_millis(50)
+            && cut_off_after < timeout + Duration::from_millis(2500),
+        "cut off {timeout:?} after connecting, not after {cut_off_after:?}"
     );
 
     // Headers that stop halfway are cut off too.

@@ -36,6 +36,19 @@ fn a_taken_address_or_an_invalid_config_exits_non_zero_with_a_message() {
         "{stderr}"
     );
 
+    // No room above the streams of one address for its probes and publishes.
+    let output = herald_command(&[])
+        .env("HERALD_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "1000")
+        .env("HERALD_LIMITS__MAX_STREAMS_PER_ADDRESS", "1000")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("max_connections_per_address above max_streams_per_address"),
+        "{stderr}"
+    );
+
     let mut missing = Command::new(env!("CARGO_BIN_EXE_herald"));
     let output = missing
         .args(["--config", "/nonexistent/herald.toml"])

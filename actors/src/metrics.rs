@@ -27,6 +27,11 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Requests answered with an error, by error code.
     pub rejected: IntCounterVec,
+    /// Open HTTP connections (streams and every other).
+    pub connections: IntGauge,
+    /// Connections closed because no request came in time, by reason
+    /// (`head`, `keep_alive`).
+    pub connections_timed_out: IntCounterVec,
     /// From a publish to the write of the event to a live stream.
     pub publish_to_write: Histogram,
 }
@@ -96,6 +101,12 @@ impl Metrics {
             rejected: labelled(
                 "herald_rejected_requests_total",
                 "Requests answered with an error",
+                "reason",
+            ),
+            connections: gauge("herald_connections", "Open HTTP connections"),
+            connections_timed_out: labelled(
+                "herald_connections_timed_out_total",
+                "Connections closed because no complete request came in time",
                 "reason",
             ),
             publish_to_write: register(&registry, Histogram::with_opts(latency)),

@@ -247,7 +247,7 @@ fn herald_command(options: &ServerOptions, addr: SocketAddr) -> Command {
 }
 
 /// The bench's overrides of `config.toml`: one HTTP worker (nginx runs one
-/// worker process), room for every stream from one address, the shared
+/// worker process), room for every stream (and connection) from one address, the shared
 /// buffer length and keep-alive, and a short drain so runs end quickly.
 pub fn herald_overrides(options: &ServerOptions) -> Vec<(&'static str, String)> {
     vec![
@@ -257,6 +257,14 @@ pub fn herald_overrides(options: &ServerOptions) -> Vec<(&'static str, String)> 
         ("HERALD_ADMIN__TOKENS", ADMIN_TOKEN.to_owned()),
         ("HERALD_LIMITS__MAX_STREAMS", "19800".to_owned()),
         ("HERALD_LIMITS__MAX_STREAMS_PER_ADDRESS", "19800".to_owned()),
+        // Above the stream limits (herald requires it), and within what an
+        // open-file limit of 20,000 leaves herald for sockets (19,932 with
+        // one worker), so it is not lowered.
+        ("HERALD_LIMITS__MAX_CONNECTIONS", "19900".to_owned()),
+        (
+            "HERALD_LIMITS__MAX_CONNECTIONS_PER_ADDRESS",
+            "19900".to_owned(),
+        ),
         (
             "HERALD_SESSION__BUFFER_EVENTS",
             options.buffer_events.to_string(),

@@ -47,6 +47,9 @@ pub struct ServerSettings {
     /// On shutdown, the open streams are ended spread over this long.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
+    /// How long a connection may stay idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
 }
 
 impl Default for ServerSettings {
@@ -59,6 +62,7 @@ impl Default for ServerSettings {
             max_body_bytes: 64 * 1024,
             shutdown_timeout: Duration::from_secs(5),
             drain_window: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(15),
         }
     }
 }
@@ -122,6 +126,10 @@ pub struct LimitSettings {
     /// Time a client has to send its request headers.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Open connections, server-wide (streams and all others).
+    pub max_connections: usize,
+    /// Open connections from one remote address.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for LimitSettings {
@@ -132,6 +140,8 @@ impl Default for LimitSettings {
             max_event_bytes: 64 * 1024,
             max_devices_per_publish: 1000,
             request_timeout: Duration::from_secs(5),
+            max_connections: 19_500,
+            max_connections_per_address: 1100,
         }
     }
 }

@@ -62,6 +62,13 @@ impl Settings {
             limits.max_streams > 0 && limits.max_streams_per_address > 0 && limits.max_devices_per_publish > 0,
             "limits.max_streams, max_streams_per_address and max_devices_per_publish must be above zero".into(),
         )?;
+        // Every stream is a connection: room above the stream limits lets a
+        // client whose streams are at their limit still publish and probe.
+        check(
+            limits.max_connections > limits.max_streams
+                && limits.max_connections_per_address > limits.max_streams_per_address,
+            "limits.max_connections must be above limits.max_streams, and max_connections_per_address above max_streams_per_address".into(),
+        )?;
         check(
             limits.max_event_bytes > 0 && limits.max_event_bytes <= self.session.buffer_bytes,
             "limits.max_event_bytes must be above zero and at most session.buffer_bytes".into(),
@@ -74,7 +81,9 @@ impl Settings {
             self.server.drain_window <= MAX_DURATION,
             "server.drain_window must be at most 30 days".into(),
         )?;
-        // actix-http reads its clock every 500 ms: shorter timeouts misfire.
+        // An honest client on a slow network needs about this long; and
+        // actix-http's keep-alive clock, which a short value would race,
+        // ticks every 500 ms.
         check(
             limits.request_timeout >= Duration::from_secs(1),
             "limits.request_timeout must be at least 1s".into(),
@@ -85,6 +94,7 @@ impl Settings {
             ("kicks.flapping_cooldown", self.kicks.flapping_cooldown),
             ("kicks.reconnect_block", self.kicks.reconnect_block),
             ("limits.request_timeout", limits.request_timeout),
+            ("server.keep_alive", self.server.keep_alive),
             ("log.stats_interval", self.log.stats_interval),
             ("session.ttl", self.session.ttl),
             ("heartbeat.timeout", self.heartbeat.timeout),

@@ -26,7 +26,7 @@ use herald_actors::Actors;
 use crate::{
     config::{DeviceAuth, Settings},
     error::ApiError,
-    slots::StreamSlots,
+    slots::Slots,
     tokens::DeviceTokens,
 };
 use auth::{AdminTokens, DeviceAuthorizer, require_admin};
@@ -36,7 +36,7 @@ use auth::{AdminTokens, DeviceAuthorizer, require_admin};
 pub struct Shared {
     pub actors: Actors,
     pub draining: Draining,
-    pub slots: Arc<StreamSlots>,
+    pub slots: Arc<Slots>,
 }
 
 impl Shared {
@@ -45,7 +45,11 @@ impl Shared {
         Self {
             actors,
             draining: Draining::default(),
-            slots: StreamSlots::new(limits.max_streams, limits.max_streams_per_address),
+            slots: Slots::new(
+                limits.max_streams,
+                limits.max_streams_per_address,
+                herald_actors::metrics().streams.clone(),
+            ),
         }
     }
 }
@@ -58,7 +62,7 @@ pub struct AppState {
     pub max_event_bytes: usize,
     pub max_devices_per_publish: usize,
     authorizer: DeviceAuthorizer,
-    slots: Arc<StreamSlots>,
+    slots: Arc<Slots>,
     draining: Draining,
 }
 

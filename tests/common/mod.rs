@@ -603,10 +603,43 @@ impl HeraldProcess {
     /// these environment variables; answers once it has logged
     /// `server.started`.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(env, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), with at most `open_files` open files
+    /// (soft and hard limit), as a constrained host would give it.
+    pub async fn start_with_open_files(env: &[(&str, &str)], open_files: u64) -> Self {
+        use std::os::unix::process::CommandExt as _;
+
+        Self::start_with(env, |command| {
+            let limit = libc::rlimit {
+                rlim_cur: open_files,
+                rlim_max: open_files,
+            };
+            // SAFETY: runs in the forked child before exec; setrlimit is a
+            // single async-signal-safe system call on a struct it only reads.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        })
+        .await
+    }
+
+    async fn start_with(
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Self {
         let mut command = herald_command(&["--bind", "127.0.0.1:0"]);
         // No drain window unless the test sets one (its `env` comes after).
         command.env("HERALD_SERVER__DRAIN_WINDOW", "0s");
         command.envs(env.iter().copied());
+        adjust(&mut command);
         Self::spawn(command).await
     }
 
@@ -654,6 +687,14 @@ impl HeraldProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// How many files the process has open now.
+    pub fn open_files(&self) -> usize {
+        let pid = self.child.as_ref().expect("running").id();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd is readable")
+            .count()
     }
 
     /// Waits for a log line containing every one of `parts`, and answers it.

@@ -1,0 +1,445 @@
+//! The time rule for connections: a connection is either serving a request
+//! or, within a bounded time, getting its next one.
+//!
+//! actix-http cannot say this. Its head timer is armed once per connection,
+//! for the first request only, and its keep-alive timer is cleared by the
+//! first byte of the next request: after `GET /healthz`, one byte held a
+//! connection open for good, and enough of them used up every file
+//! descriptor. Rather than fork actix-http, herald wraps each connection's
+//! socket in [`Watched`], which owns one deadline:
+//!
+//! - from connecting, and from the first byte after a response: the request
+//!   head must be complete within `limits.request_timeout` (`head`);
+//! - after a response, with nothing received: `server.keep_alive`
+//!   (`keep_alive`; actix-http's own keep-alive timer, set to the same
+//!   value, normally closes such a connection first and more gently);
+//! - while a request is in progress, from its complete head to the end of
+//!   its response body: none. A stream is a request in progress for as long
+//!   as it streams, so streams are never cut by this rule.
+//!
+//! When the deadline passes, the socket's next read, or a write that cannot
+//! proceed, fails with `TimedOut`, and actix-http drops the connection. The
+//! socket cannot see where a request ends: [`track_requests`] wraps the app,
+//! sees every request the dispatcher hands on and the end of its response
+//! body, and tells the socket through the connection's shared [`Conn`].
+
+use std::{
+    cell::{Cell, RefCell},
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use actix_http::{Payload, Request, Response};
+use actix_service::{Service, ServiceFactory, apply_fn_factory};
+use actix_web::{
+    Error,
+    body::{BodySize, BoxBody, MessageBody},
+    dev::ServiceResponse,
+    rt::net::TcpStream,
+    web::Bytes,
+};
+use herald_actors::metrics;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::{Instant, Sleep, sleep_until},
+};
+
+use crate::slots::Slot;
+
+/// The two time limits of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `limits.request_timeout`: to complete a request head.
+    pub head: Duration,
+    /// `server.keep_alive`: between a response and the next request.
+    pub keep_alive: Duration,
+}
+
+/// Why a connection was closed (the `reason` of `connection.timed_out`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Head,
+    KeepAlive,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Head => "head",
+            Self::KeepAlive => "keep_alive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    reason: Reason,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    /// `None` while a request is in progress.
+    deadline: Option<Deadline>,
+    in_progress: bool,
+    /// Bytes arrived while the request was in progress: its body, or the
+    /// start of the next request.
+    received_during_request: bool,
+    request_has_body: bool,
+}
+
+/// What the socket and the requests of one connection share. Single
+/// threaded: a connection lives on one worker.
+pub struct Conn {
+    timeouts: Timeouts,
+    state: Cell<State>,
+    /// The connection task, woken when a response ends: the deadline set
+    /// then must be registered by a poll of the socket.
+    task: RefCell<Option<Waker>>,
+}
+
+impl Conn {
+    fn new(timeouts: Timeouts) -> Rc<Self> {
+        Rc::new(Self {
+            timeouts,
+            state: Cell::new(State {
+                deadline: Some(Deadline {
+                    at: Instant::now() + timeouts.head,
+                    reason: Reason::Head,
+                }),
+                in_progress: false,
+                received_during_request: false,
+                request_has_body: false,
+            }),
+            task: RefCell::new(None),
+        })
+    }
+
+    fn update(&self, change: impl FnOnce(&mut State)) {
+        let mut state = self.state.get();
+        change(&mut state);
+        self.state.set(state);
+    }
+
+    /// Bytes arrived. Between requests they start a head, which then has
+    /// `limits.request_timeout` to complete, however slowly the rest comes.
+    fn received(&self) {
+        let head = self.timeouts.head;
+        self.update(|state| {
+            if state.in_progress {
+                state.received_during_request = true;
+            } else if state.deadline.is_none_or(|d| d.reason != Reason::Head) {
+                let at = Instant::now() + head;
+                state.deadline = Some(Deadline {
+                    at,
+                    reason: Reason::Head,
+                });
+            }
+        });
+    }
+
+    fn request_started(&self, has_body: bool) {
+        self.update(|state| {
+            *state = State {
+                deadline: None,
+                in_progress: true,
+                received_during_request: false,
+                request_has_body: has_body,
+            };
+        });
+    }
+
+    fn request_finished(&self) {
+        let Timeouts { head, keep_alive } = self.timeouts;
+        self.update(|state| {
+            // Bytes that came during a request without a body can only be
+            // the next request's head, already started. Otherwise nothing is
+            // known to be waiting (or bytes may be a body's, or a next head
+            // read together with this request): the keep-alive bounds it.
+            let deadline = if state.received_during_request && !state.request_has_body {
+                (head, Reason::Head)
+            } else {
+                (keep_alive, Reason::KeepAlive)
+            };
+            state.in_progress = false;
+            state.deadline = Some(Deadline {
+                at: Instant::now() + deadline.0,
+                reason: deadline.1,
+            });
+        });
+        if let Some(task) = self.task.borrow().as_ref() {
+            task.wake_by_ref();
+        }
+    }
+
+    fn remember_task(&self, waker: &Waker) {
+        let mut task = self.task.borrow_mut();
+        if !task.as_ref().is_some_and(|known| known.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+}
+
+/// A connection's socket under the time rule; it also holds the
+/// connection's slot, released when actix-http drops the socket.
+pub struct Watched {
+    tcp: TcpStream,
+    conn: Rc<Conn>,
+    timer: Pin<Box<Sleep>>,
+    peer: Option<SocketAddr>,
+    timed_out: bool,
+    _slot: Slot,
+}
+
+impl Watched {
+    pub fn new(tcp: TcpStream, peer: Option<SocketAddr>, slot: Slot, timeouts: Timeouts) -> Self {
+        let conn = Conn::new(timeouts);
+        let first = conn
+            .state
+            .get()
+            .deadline
+            .map_or_else(Instant::now, |d| d.at);
+        Self {
+            tcp,
+            conn,
+            timer: Box::pin(sleep_until(first)),
+            peer,
+            timed_out: false,
+            _slot: slot,
+        }
+    }
+
+    /// For the requests of this connection (actix's `on_connect_ext`).
+    pub fn conn(&self) -> Rc<Conn> {
+        Rc::clone(&self.conn)
+    }
+
+    /// The socket, for what the kernel knows of it (actix's
+    /// `on_connect_ext`).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Whether the deadline has passed; if not, the timer will wake the
+    /// connection task when it does.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timed_out {
+            return true;
+        }
+        self.conn.remember_task(cx.waker());
+        let Some(deadline) = self.conn.state.get().deadline else {
+            return false;
+        };
+        if self.timer.deadline() != deadline.at {
+            self.timer.as_mut().reset(deadline.at);
+        }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.timed_out = true;
+        let reason = deadline.reason.as_str();
+        let addr = self.peer.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        log::info!("connection.timed_out reason={reason} addr={addr}");
+        metrics()
+            .connections_timed_out
+            .with_label_values(&[reason])
+            .inc();
+        true
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "no complete request in time")
+}
+
+/// actix-http's dispatcher reads whenever it is polled (also while a
+/// response streams, and while idle), so reads are where the deadline is
+/// checked; writes only when they cannot proceed (a client that does not
+/// read what it was sent is held to the same deadline).
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.conn.received();
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.tcp).poll_write(cx, buf) {
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            written => written,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// Wraps the app so each connection's [`Conn`] knows when a request is in
+/// progress: from the dispatcher handing it on (its head is complete) until
+/// its response body is dropped — written out, or the connection gone.
+pub fn track_requests<SF, B>(
+    app: SF,
+) -> impl ServiceFactory<
+    Request,
+    Config = (),
+    Response = Response<Tracked>,
+    Error = Error,
+    InitError = SF::InitError,
+>
+where
+    SF: ServiceFactory<Request, Config = (), Response = ServiceResponse<B>, Error = Error>,
+    SF::Service: 'static,
+    <SF::Service as Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    apply_fn_factory(app, track::<SF::Service, B>)
+}
+
+fn track<S, B>(
+    mut req: Request,
+    app: &S,
+) -> impl Future<Output = Result<Response<Tracked>, Error>> + use<S, B>
+where
+    S: Service<Request, Response = ServiceResponse<B>, Error = Error>,
+    S::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let has_body = !matches!(req.payload(), Payload::None);
+    let in_progress = req.conn_data::<Rc<Conn>>().map(|conn| {
+        conn.request_started(has_body);
+        InProgress(Rc::clone(conn))
+    });
+    let response = app.call(req);
+    async move {
+        // An error becomes its response here rather than in the
+        // dispatcher, so its body, too, keeps the request in progress.
+        let response = match response.await {
+            Ok(response) => Response::from(response).map_into_boxed_body(),
+            Err(err) => Response::from(err),
+        };
+        Ok(response.map_body(|_, body| Tracked {
+            body,
+            _in_progress: in_progress,
+        }))
+    }
+}
+
+/// A request in progress; it ends when this is dropped.
+struct InProgress(Rc<Conn>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// A response body that keeps its request in progress while it lives.
+pub struct Tracked {
+    body: BoxBody,
+    _in_progress: Option<InProgress>,
+}
+
+impl MessageBody for Tracked {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        head: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(15),
+    };
+
+    fn deadline(conn: &Conn) -> Option<(Reason, Duration)> {
+        let deadline = conn.state.get().deadline?;
+        let left = deadline.at.saturating_duration_since(Instant::now());
+        Some((deadline.reason, left))
+    }
+
+    fn assert_deadline(conn: &Conn, reason: Reason, within: Duration) {
+        let (actual, left) = deadline(conn).expect("a deadline");
+        assert_eq!(actual, reason);
+        assert!(
+            left <= within && left > within - Duration::from_secs(1),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn a_connection_has_a_deadline_exactly_when_no_request_is_in_progress() {
+        let conn = Conn::new(TIMEOUTS);
+        assert_deadline(&conn, Reason::Head, TIMEOUTS.head);
+
+        conn.request_started(false);
+        assert!(
+            deadline(&conn).is_none(),
+            "none while a request is in progress"
+        );
+        conn.request_finished();
+        assert_deadline(&conn, Reason::KeepAlive, TIMEOUTS.keep_alive);
+
+        // The first byte of the next request starts its head's time; more
+        // bytes do not move it.
+        conn.received();
+        let first = conn.state.get().deadline.unwrap().at;
+        conn.received();
+        assert_eq!(conn.state.get().deadline.unwrap().at, first);
+        assert_deadline(&conn, Reason::Head, TIMEOUTS.head);
+    }
+
+    #[test]
+    fn bytes_during_a_request_are_a_next_head_unless_the_request_has_a_body() {
+        let conn = Conn::new(TIMEOUTS);
+        conn.request_started(false);
+        conn.received();
+        assert!(deadline(&conn).is_none());
+        conn.request_finished();
+        assert_deadline(&conn, Reason::Head, TIMEOUTS.head);
+
+        conn.request_started(true);
+        conn.received();
+        conn.request_finished();
+        assert_deadline(&conn, Reason::KeepAlive, TIMEOUTS.keep_alive);
+    }
+}
