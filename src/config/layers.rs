@@ -163,9 +163,8 @@ fn chosen_file(explicit: Option<&Path>) -> Option<PathBuf> {
     }
 }
 
-/// Refuses a file that cannot be read or names a key herald does not know:
-/// a typo must not pass silently as "left at its default".
-fn check_file_keys(path: &Path, known: &BTreeMap<String, Value>) -> Result<(), ConfigError> {
+/// Every key a TOML file sets (`section.key`), with its value.
+pub fn keys_in_file(path: &Path) -> Result<BTreeMap<String, Value>, ConfigError> {
     let fail = |message: String| ConfigError::File {
         path: path.display().to_string(),
         message,
@@ -173,8 +172,15 @@ fn check_file_keys(path: &Path, known: &BTreeMap<String, Value>) -> Result<(), C
     let text = std::fs::read_to_string(path).map_err(|err| fail(err.to_string()))?;
     let table: toml::Table = toml::from_str(&text).map_err(|err| fail(err.to_string()))?;
     let json = serde_json::to_value(table).map_err(|err| fail(err.to_string()))?;
-    let mut in_file = BTreeMap::new();
-    collect_leaves(&json, "", &mut in_file);
+    let mut keys = BTreeMap::new();
+    collect_leaves(&json, "", &mut keys);
+    Ok(keys)
+}
+
+/// Refuses a file that cannot be read or names a key herald does not know:
+/// a typo must not pass silently as "left at its default".
+fn check_file_keys(path: &Path, known: &BTreeMap<String, Value>) -> Result<(), ConfigError> {
+    let in_file = keys_in_file(path)?;
     match in_file.keys().find(|key| !known.contains_key(*key)) {
         Some(key) => Err(ConfigError::UnknownKey {
             key: key.clone(),

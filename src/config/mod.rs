@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::logging::LogFormat;
 
-pub use layers::{Loaded, Source, known_keys};
+pub use layers::{Loaded, Source, keys_in_file, known_keys};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
