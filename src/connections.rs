@@ -126,10 +126,12 @@ pub struct WorkerGate {
 
 impl WorkerGate {
     /// Takes a new connection in, under the time rule, or refuses it.
-    pub async fn admit(
-        self,
-        tcp: TcpStream,
-    ) -> Result<(Watched, Option<SocketAddr>), DispatchError> {
+    ///
+    /// Not `async`: actix-server keeps this stage's future for as long as the
+    /// connection it lets in lives (its state machine is sized for the
+    /// largest step), so a refusal's buffers here would cost every stream
+    /// several KiB. A refusal is answered on a task of its own.
+    pub fn admit(&self, tcp: TcpStream) -> Result<(Watched, Option<SocketAddr>), DispatchError> {
         // Events are small writes that must leave at once; Nagle's algorithm
         // would hold one back until the previous write is acknowledged.
         let _ = tcp.set_nodelay(true);
@@ -142,8 +144,9 @@ impl WorkerGate {
         };
         let addr = peer.map_or_else(|| "-".to_owned(), |a| a.to_string());
         log::info!("connection.refused reason={} addr={addr}", refusal.code());
-        self.refuse(tcp, &refusal).await;
-        Err(DispatchError::Io(io::Error::other(refusal.to_string())))
+        let error = DispatchError::Io(io::Error::other(refusal.to_string()));
+        actix_web::rt::spawn(self.clone().refuse(tcp, refusal));
+        Err(error)
     }
 
     /// Writes the refusal and closes. Closing a socket with unread input
@@ -151,7 +154,7 @@ impl WorkerGate {
     /// the answer before the client reads it: what the client sent is read
     /// and dropped first, and, while few are, the socket is kept until the
     /// client closes, for at most [`LINGER`].
-    async fn refuse(&self, mut tcp: TcpStream, refusal: &ApiError) {
+    async fn refuse(self, mut tcp: TcpStream, refusal: ApiError) {
         let answer = canned(refusal.error_response());
         let mut sink = [0; 4096];
         while tcp.try_read(&mut sink).is_ok_and(|n| n > 0) {}

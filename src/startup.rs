@@ -119,7 +119,7 @@ impl Application {
                     // No handler needs the host or address `AppConfig` would
                     // carry (for URL generation only).
                     .h1(track_requests(map_config(app(), |()| AppConfig::default())));
-                fn_service(move |tcp| gate.clone().admit(tcp)).and_then(http)
+                fn_service(move |tcp| std::future::ready(gate.admit(tcp))).and_then(http)
             })?
             .run();
         actix_web::rt::spawn(stats::log_every(settings.log.stats_interval));
