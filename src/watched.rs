@@ -51,6 +51,11 @@ use tokio::{
 
 use crate::slots::Slot;
 
+/// Where the timer waits while a request is in progress: far enough that it
+/// practically never fires (if it does, the wake-up finds no deadline and
+/// pushes it out again).
+const IDLE_TIMER: Duration = Duration::from_secs(24 * 3600);
+
 /// The two time limits of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -233,6 +238,13 @@ impl Watched {
         }
         self.conn.remember_task(cx.waker());
         let Some(deadline) = self.conn.state.get().deadline else {
+            // A request in progress (a stream, for its whole life): push the
+            // timer out of the way, or the deadline armed at connect would
+            // still fire and wake every stream's connection once for nothing.
+            let later = Instant::now() + IDLE_TIMER;
+            if self.timer.deadline() < later - IDLE_TIMER / 2 {
+                self.timer.as_mut().reset(later);
+            }
             return false;
         };
         if self.timer.deadline() != deadline.at {
