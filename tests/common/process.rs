@@ -1,0 +1,180 @@
+//! The real herald binary as a process, its log read line by line.
+
+use std::path::Path;
+
+use super::*;
+
+/// The herald binary on the shipped config, logging at info (the caller may
+/// override `RUST_LOG` and any `HERALD_…` variable).
+pub fn herald_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"));
+    command.args(args).env("RUST_LOG", "info");
+    command
+}
+
+/// A running herald process on an ephemeral port, its stderr (the log)
+/// collected line by line.
+pub struct HeraldProcess {
+    /// `None` once waited for.
+    child: Option<std::process::Child>,
+    pub port: u16,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    log: Vec<String>,
+}
+
+impl HeraldProcess {
+    /// Starts herald on the shipped config with `--bind 127.0.0.1:0` and
+    /// these environment variables; answers once it has logged
+    /// `server.started`.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(env, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), with at most `open_files` open files
+    /// (soft and hard limit), as a constrained host would give it.
+    pub async fn start_with_open_files(env: &[(&str, &str)], open_files: u64) -> Self {
+        use std::os::unix::process::CommandExt as _;
+
+        Self::start_with(env, |command| {
+            let limit = libc::rlimit {
+                rlim_cur: open_files,
+                rlim_max: open_files,
+            };
+            // SAFETY: runs in the forked child before exec; setrlimit is a
+            // single async-signal-safe system call on a struct it only reads.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        })
+        .await
+    }
+
+    async fn start_with(
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Self {
+        let mut command = herald_command(&["--bind", "127.0.0.1:0"]);
+        // No drain window unless the test sets one (its `env` comes after).
+        command.env("HERALD_SERVER__DRAIN_WINDOW", "0s");
+        command.envs(env.iter().copied());
+        adjust(&mut command);
+        Self::spawn(command).await
+    }
+
+    /// Starts `command` (a herald that binds port 0 and logs at info);
+    /// answers once it has logged `server.started`.
+    pub async fn spawn(mut command: std::process::Command) -> Self {
+        use std::io::{BufRead as _, BufReader};
+
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("herald binary starts");
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
+        std::thread::spawn(move || {
+            stderr
+                .lines()
+                .map_while(Result::ok)
+                .for_each(|line| drop(lines_tx.send(line)));
+        });
+        let mut log = Vec::new();
+        let port = loop {
+            let line = tokio::time::timeout(PATIENCE, lines.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("server.started is logged:\n{}", log.join("\n")));
+            log.push(line.clone());
+            if line.contains("server.started") {
+                // `port=N` in text format, `"port":N` in JSON.
+                let port = line
+                    .split(['=', ':', ' ', ',', '}'])
+                    .skip_while(|w| !w.ends_with("port") && *w != "\"port\"")
+                    .nth(1);
+                break port.expect("a port field").parse::<u16>().expect("a port");
+            }
+        };
+        Self {
+            child: Some(child),
+            port,
+            lines,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// How many files the process has open now.
+    pub fn open_files(&self) -> usize {
+        let pid = self.child.as_ref().expect("running").id();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd is readable")
+            .count()
+    }
+
+    /// Waits for a log line containing every one of `parts`, and answers it.
+    pub async fn expect_log(&mut self, parts: &[&str]) -> String {
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.lines.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("no log line with {parts:?}:\n{}", self.log.join("\n")));
+            self.log.push(line.clone());
+            if parts.iter().all(|part| line.contains(part)) {
+                return line;
+            }
+        }
+    }
+
+    /// The log lines read so far.
+    pub fn log_lines(&self) -> &[String] {
+        &self.log
+    }
+
+    /// Sends SIGTERM, expects exit status 0, and answers the whole log.
+    pub async fn terminate(mut self) -> String {
+        let mut child = self.child.take().expect("not yet waited for");
+        let pid = i32::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) on the pid of a child this test spawned and has
+        // not yet waited for, so the pid cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = tokio::task::spawn_blocking(move || child.wait());
+        let Ok(status) = tokio::time::timeout(PATIENCE, status).await else {
+            // SAFETY: as above; the child has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("herald did not exit within {PATIENCE:?} of SIGTERM");
+        };
+        let status = status.expect("wait task").expect("exit status");
+        // The child closed its stderr: the reader thread ends the channel.
+        while let Some(line) = self.lines.recv().await {
+            self.log.push(line);
+        }
+        let log = self.log.join("\n");
+        assert!(status.success(), "exit code 0: {status}\n{log}");
+        log
+    }
+}
+
+impl Drop for HeraldProcess {
+    /// A test that failed before [`terminate`](Self::terminate) leaves no
+    /// server behind.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
