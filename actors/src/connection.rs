@@ -19,9 +19,10 @@
 //!
 //! Order does not rest on mailboxes alone: a stream writes its device's live
 //! events by sequence number, each exactly the one after the last it wrote
-//! (the replay ends at [`Opening::through`]). One it already wrote is
-//! skipped; one that would leave a hole ends the stream (`reason=gap`), and
-//! the client's resume fills the hole from the buffer. So a storage backend
+//! (the replay ends at [`Opening::through`]), in its session's epoch. One it
+//! already wrote is skipped; one that would leave a hole, or comes from
+//! another epoch, ends the stream (`reason=gap`), and the client's resume
+//! fills the hole from the buffer (or gets `reset`). So a storage backend
 //! whose deliveries could arrive late or twice can neither reorder nor
 //! duplicate what a client sees.
 
@@ -31,7 +32,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 use crate::{
-    ConnectionId, DeviceId, Frame, Opening, Progress, Signal, Start, StoredEvent,
+    ConnectionId, DeviceId, EventId, Frame, Opening, Progress, Signal, Start, StoredEvent,
     event::HEARTBEAT,
     heartbeat::{Activity, ConnectWatch, DisconnectWatch, Heartbeat},
     metrics::metrics,
@@ -52,6 +53,9 @@ pub enum DisconnectReason {
     Admin,
     /// A live event arrived that would have left a hole in the stream.
     Gap,
+    /// A newer stream of the device was attached, then gone before it went
+    /// live; this one ends without `kicked`, and its client resumes.
+    Superseded,
 }
 
 impl DisconnectReason {
@@ -64,6 +68,7 @@ impl DisconnectReason {
             Self::Deleted => "deleted",
             Self::Admin => "admin",
             Self::Gap => "gap",
+            Self::Superseded => "superseded",
         }
     }
 }
@@ -104,6 +109,9 @@ pub enum Ending {
     Deleted,
     /// The server is shutting down.
     Shutdown,
+    /// A newer stream took the session over and was gone before it went
+    /// live: no kick, the client just resumes.
+    Superseded,
 }
 
 /// A stream replaced by a newer one of its device: what the kick rules and
@@ -177,8 +185,9 @@ pub struct DeviceConnection {
     activity: Activity,
     /// When `ConnectBegin` arrived; `None` until then.
     began: Option<Instant>,
-    /// The seq of the next live event this stream may write; set by `ConnectBegin`.
-    next_seq: Option<u64>,
+    /// The id of the next live event this stream may write; set by
+    /// `ConnectBegin`.
+    next: Option<EventId>,
     reason: DisconnectReason,
 }
 
@@ -191,7 +200,7 @@ impl DeviceConnection {
                 params,
                 activity: Activity::default(),
                 began: None,
-                next_seq: None,
+                next: None,
                 reason: DisconnectReason::ClientGone,
             }
         })
@@ -281,7 +290,10 @@ impl Handler<ConnectBegin> for DeviceConnection {
             replay,
             through,
         } = msg.opening;
-        self.next_seq = Some(through + 1);
+        self.next = Some(EventId {
+            seq: through.seq + 1,
+            ..through
+        });
         let p = &self.params;
         let resumed = start == Start::Resumed;
         log::info!(
@@ -334,28 +346,32 @@ impl Handler<Push> for DeviceConnection {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        let seq = msg.event.id.seq;
-        // The registry sends `ConnectBegin` first; without it there is no position
-        // to keep, and the first event sets it.
-        let next = self.next_seq.unwrap_or(seq);
-        if seq < next {
+        let id = msg.event.id;
+        // The registry sends `ConnectBegin` first; without it there is no
+        // position to keep, and the first event sets it.
+        let next = self.next.unwrap_or(id);
+        if id.epoch == next.epoch && id.seq < next.seq {
             log::debug!(
-                "stream.duplicate_skipped device={} conn={} seq={seq}",
+                "stream.duplicate_skipped device={} conn={} seq={}",
                 self.params.device,
-                self.params.connection_id
+                self.params.connection_id,
+                id.seq
             );
             return;
         }
-        if seq > next {
+        if id != next {
             log::warn!(
-                "stream.gap device={} conn={} expected={next} got={seq}",
+                "stream.gap device={} conn={} expected={next} got={id}",
                 self.params.device,
                 self.params.connection_id
             );
             self.stop(DisconnectReason::Gap, ctx);
             return;
         }
-        self.next_seq = Some(seq + 1);
+        self.next = Some(EventId {
+            seq: id.seq + 1,
+            ..id
+        });
         self.write(Frame::Event(Box::new(msg.event)), ctx);
     }
 }
@@ -397,6 +413,7 @@ impl Handler<Disconnect> for DeviceConnection {
             Ending::Admin => return self.stop(DisconnectReason::Admin, ctx),
             Ending::Deleted => return self.stop(DisconnectReason::Deleted, ctx),
             Ending::Shutdown => return self.stop(DisconnectReason::Shutdown, ctx),
+            Ending::Superseded => return self.stop(DisconnectReason::Superseded, ctx),
         };
         let running = ctx.state() == ActorState::Running;
         if !running || self.params.queue.is_closed() || (self.params.client_closed)() {

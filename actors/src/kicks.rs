@@ -206,6 +206,13 @@ impl KickPolicy {
             .blocked_until = Some(until);
     }
 
+    /// Lifts a block set by [`block`](Self::block).
+    pub fn unblock(&mut self, device: &DeviceId) {
+        if let Some(kicks) = self.devices.get_mut(device) {
+            kicks.blocked_until = None;
+        }
+    }
+
     /// Forgets what no rule can use any more, so memory follows activity.
     pub fn forget_old(&mut self, now: Instant) {
         let config = &self.config;
@@ -345,6 +352,10 @@ mod tests {
         );
         let later = now + Duration::from_secs(301);
         assert_eq!(policy.admit(&device(), None, later), Ok(()));
+
+        policy.block(&device(), now);
+        policy.unblock(&device());
+        assert_eq!(policy.admit(&device(), None, now), Ok(()), "lifted at once");
     }
 
     #[test]

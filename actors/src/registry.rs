@@ -157,8 +157,17 @@ impl Handler<ConnectLive> for DeviceRegistry {
             return;
         }
         // A connection can be gone before the store's `ConnectLive` for it
-        // gets here (its client left at once); it must not end a healthy one.
+        // gets here (its client left at once). The store attached the
+        // session to it all the same, so a stream still live here would go
+        // on unattached, its session counting down its TTL under it. It ends
+        // too, without `kicked` (nobody took over): its client resumes, and
+        // the store attaches it again.
         if !msg.connection.connected() {
+            if let Some(old) = self.live.remove(&msg.device) {
+                old.connection.do_send(Disconnect {
+                    ending: Ending::Superseded,
+                });
+            }
             return;
         }
         let new = Live {
@@ -282,6 +291,26 @@ mod tests {
         let hello = expect_signal(&mut second_frames, "hello").await;
         assert_eq!(hello["connection_id"], second_id.to_string());
         assert_eq!(count_live(&actors).await, 1);
+    }
+
+    #[actix::test]
+    async fn a_newcomer_gone_before_it_goes_live_ends_the_live_stream_without_a_kick() {
+        let actors = start_actors(Duration::from_secs(60));
+        let dev = device("d1");
+        let (live, mut frames, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut frames, "hello").await;
+
+        // The store attached the session to the newcomer; the stream still
+        // live must not go on unattached.
+        connect_gone(&actors, &dev).await;
+        assert!(next(&mut frames).await.is_none(), "ended, without `kicked`");
+        assert!(stopped(&live).await);
+        assert_eq!(count_live(&actors).await, 0);
+
+        // Its client resumes, and is the device's stream again.
+        let (_again, mut frames, _) = connect(&actors, &dev, None, 8).await;
+        expect_signal(&mut frames, "hello").await;
+        assert!(publish_to(&actors, &dev, "after").await.delivered);
     }
 
     #[actix::test]

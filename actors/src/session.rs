@@ -77,9 +77,10 @@ pub struct Opening {
     pub state: Vec<StoredEvent>,
     /// Events sent with their ids.
     pub replay: Vec<StoredEvent>,
-    /// The session's last seq when the stream attached: the replay ends
-    /// here, and the stream's live events start right after it.
-    pub through: u64,
+    /// The session's last id when the stream attached (seq 0 before its
+    /// first event): the replay ends here, and the stream's live events
+    /// start right after it, in the same epoch.
+    pub through: EventId,
 }
 
 #[derive(Debug)]
@@ -148,6 +149,14 @@ impl Session {
         })
     }
 
+    /// Where a stream attached now starts its live events from.
+    fn through(&self) -> EventId {
+        EventId {
+            epoch: self.epoch,
+            seq: self.last_seq,
+        }
+    }
+
     /// The stream attached to this session, if any.
     pub fn attached(&self) -> Option<ConnectionId> {
         self.attached.as_ref().map(|a| a.connection)
@@ -212,7 +221,7 @@ impl Session {
                     start: Start::Resumed,
                     state: Vec::new(),
                     replay: self.after(seq),
-                    through: self.last_seq,
+                    through: self.through(),
                 };
             }
             Some((raw, Err(reason))) => Start::Reset {
@@ -235,7 +244,7 @@ impl Session {
             start,
             state,
             replay,
-            through: self.last_seq,
+            through: self.through(),
         }
     }
 

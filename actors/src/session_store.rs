@@ -340,11 +340,11 @@ impl Handler<Kicked> for SessionStore {
 }
 
 impl Handler<DisconnectDevice> for SessionStore {
-    type Result = ResponseFuture<bool>;
+    type Result = ResponseActFuture<Self, bool>;
 
     fn handle(&mut self, msg: DisconnectDevice, _: &mut Self::Context) -> Self::Result {
         if !self.storage.is_attached(&msg.device) {
-            return Box::pin(async { false });
+            return Box::pin(fut::ready(false));
         }
         let ending = if msg.reconnect {
             Ending::Admin
@@ -354,11 +354,20 @@ impl Handler<DisconnectDevice> for SessionStore {
             self.kicks.block(&msg.device, Instant::now());
             Ending::Blocked
         };
+        let device = msg.device.clone();
         let disconnect = self.registry.send(DisconnectLive {
             device: msg.device,
             ending,
         });
-        Box::pin(async move { disconnect.await.unwrap_or(false) })
+        Box::pin(disconnect.into_actor(self).map(move |ended, act, _| {
+            let ended = ended.unwrap_or(false);
+            // The stream ended on its own meanwhile: the operator is told
+            // there was none (404), so nothing of the request may stay.
+            if !ended && !msg.reconnect {
+                act.kicks.unblock(&device);
+            }
+            ended
+        }))
     }
 }
 

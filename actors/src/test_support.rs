@@ -92,6 +92,29 @@ pub(crate) async fn try_connect(
     last_event_id: Option<String>,
     capacity: usize,
 ) -> Result<(Addr<DeviceConnection>, Receiver<Frame>, ConnectionId), ConnectError> {
+    let (addr, frames, connect) = spawn_connection(actors, device, last_event_id, capacity);
+    let connection_id = connect.connection_id;
+    actors.store.send(connect).await.unwrap()?;
+    Ok((addr, frames, connection_id))
+}
+
+/// A connect whose client is gone (its connection actor stopped) before the
+/// store hands it on, as when a client closes right after its request.
+pub(crate) async fn connect_gone(actors: &Actors, device: &DeviceId) {
+    let (addr, frames, connect) = spawn_connection(actors, device, None, 4);
+    drop(frames);
+    assert!(stopped(&addr).await, "the connection outlived its client");
+    actors.store.send(connect).await.unwrap().unwrap();
+}
+
+/// A connection actor, its queue's receiving end (the test holds it, as the
+/// HTTP response would), and the `Connect` the stream route would send.
+fn spawn_connection(
+    actors: &Actors,
+    device: &DeviceId,
+    last_event_id: Option<String>,
+    capacity: usize,
+) -> (Addr<DeviceConnection>, Receiver<Frame>, Connect) {
     let (queue, frames) = channel(capacity);
     let connection_id = ConnectionId::new();
     let progress = Progress::default();
@@ -117,8 +140,7 @@ pub(crate) async fn try_connect(
         instance: None,
         peer: "test".to_owned(),
     };
-    actors.store.send(connect).await.unwrap()?;
-    Ok((addr, frames, connection_id))
+    (addr, frames, connect)
 }
 
 /// The next frame, or `None` once the queue ended; panics if nothing comes.

@@ -170,24 +170,55 @@ pub fn keys_in_file(path: &Path) -> Result<BTreeMap<String, Value>, ConfigError>
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|err| fail(err.to_string()))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|err| fail(err.to_string()))?;
+    // The message and line only: toml's full report quotes the line, which
+    // may hold a secret.
+    let table: toml::Table = toml::from_str(&text).map_err(|err| {
+        let line = err.span().map_or(0, |span| {
+            text.get(..span.start)
+                .map_or(0, |before| before.lines().count().max(1))
+        });
+        fail(format!("line {line}: {}", err.message().trim_end()))
+    })?;
     let json = serde_json::to_value(table).map_err(|err| fail(err.to_string()))?;
     let mut keys = BTreeMap::new();
     collect_leaves(&json, "", &mut keys);
     Ok(keys)
 }
 
-/// Refuses a file that cannot be read or names a key herald does not know:
-/// a typo must not pass silently as "left at its default".
+/// Whether a value from a file has the type its key needs.
+type ValueCheck = fn(&Value) -> bool;
+
+/// Keys whose values are secrets, and what each must be: their values must
+/// never reach an error message (the `config` crate quotes a value of the
+/// wrong type).
+const SECRET_KEYS: [(&str, &str, ValueCheck); 2] = [
+    ("admin.tokens", "a list of strings", |v| {
+        v.as_array()
+            .is_some_and(|items| items.iter().all(Value::is_string))
+    }),
+    ("auth.secret", "a string", Value::is_string),
+];
+
+/// Refuses a file that cannot be read, names a key herald does not know (a
+/// typo must not pass silently as "left at its default"), or gives a secret
+/// a value of the wrong type.
 fn check_file_keys(path: &Path, known: &BTreeMap<String, Value>) -> Result<(), ConfigError> {
     let in_file = keys_in_file(path)?;
-    match in_file.keys().find(|key| !known.contains_key(*key)) {
-        Some(key) => Err(ConfigError::UnknownKey {
+    if let Some(key) = in_file.keys().find(|key| !known.contains_key(*key)) {
+        return Err(ConfigError::UnknownKey {
             key: key.clone(),
             path: path.display().to_string(),
-        }),
-        None => Ok(()),
+        });
     }
+    for (key, wanted, fits) in SECRET_KEYS {
+        if in_file.get(key).is_some_and(|value| !fits(value)) {
+            return Err(ConfigError::File {
+                path: path.display().to_string(),
+                message: format!("{key} must be {wanted}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One environment variable that sets a key.
@@ -294,6 +325,19 @@ mod tests {
         let (_dir, path) = file_with("[sesion]\nttl = \"5m\"\n");
         let err = layer(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("sesion.ttl"), "{err}");
+    }
+
+    #[test]
+    fn a_file_error_never_quotes_a_secret() {
+        for text in [
+            "[admin]\ntokens = \"secret-token-0123456789\"\n",
+            "[auth]\nsecret = [\"secret-token-0123456789\"]\n",
+            "[auth]\nsecret = \"secret-token-0123456789\n",
+        ] {
+            let (_dir, path) = file_with(text);
+            let err = layer(Some(&path), &[]).unwrap_err().to_string();
+            assert!(!err.contains("secret-token"), "{err}");
+        }
     }
 
     #[test]

@@ -49,9 +49,23 @@ async fn a_live_event_already_written_is_skipped_and_one_past_a_hole_ends_the_st
     // resume fills the hole from the buffer.
     let past_a_hole = StoredEvent {
         id: crate::EventId { seq: 4, ..first },
-        ..again
+        ..again.clone()
     };
     conn.send(Push { event: past_a_hole }).await.unwrap();
+    assert!(next(&mut frames).await.is_none(), "the stream ended");
+    assert!(stopped(&conn).await);
+
+    // The next seq, but of another session's history: it ends too.
+    let (conn, mut frames, _) = connect(&actors, &dev, None, 8).await;
+    expect_signal(&mut frames, "hello").await;
+    let other_epoch = StoredEvent {
+        id: crate::EventId {
+            epoch: crate::Epoch::new(first.epoch.boot().wrapping_add(1), 0),
+            seq: 3,
+        },
+        ..again
+    };
+    conn.send(Push { event: other_epoch }).await.unwrap();
     assert!(next(&mut frames).await.is_none(), "the stream ended");
     assert!(stopped(&conn).await);
 }
