@@ -13,9 +13,13 @@
 //! - after a response, with nothing received: `server.keep_alive`
 //!   (`keep_alive`; actix-http's own keep-alive timer, set to the same
 //!   value, normally closes such a connection first and more gently);
-//! - while a request is in progress, from its complete head to the end of
+//! - a request's body, from its complete head: within
+//!   `limits.request_timeout` too (`body`; only admin requests read bodies,
+//!   of at most `server.max_body_bytes`);
+//! - from the end of the request's body (at once, without one) to the end of
 //!   its response body: none. A stream is a request in progress for as long
-//!   as it streams, so streams are never cut by this rule.
+//!   as it streams, so streams are never cut by this rule; nor is a publish
+//!   whose answer waits on storage.
 //!
 //! When the deadline passes, the socket's next read, or a write that cannot
 //! proceed, fails with `TimedOut`, and actix-http drops the connection. The
@@ -69,6 +73,7 @@ pub struct Timeouts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
     Head,
+    Body,
     KeepAlive,
 }
 
@@ -76,6 +81,7 @@ impl Reason {
     fn as_str(self) -> &'static str {
         match self {
             Self::Head => "head",
+            Self::Body => "body",
             Self::KeepAlive => "keep_alive",
         }
     }
@@ -149,13 +155,27 @@ impl Conn {
     }
 
     fn request_started(&self, has_body: bool) {
+        let body = has_body.then(|| Deadline {
+            at: Instant::now() + self.timeouts.head,
+            reason: Reason::Body,
+        });
         self.update(|state| {
             *state = State {
-                deadline: None,
+                deadline: body,
                 in_progress: true,
                 received_during_request: false,
                 request_has_body: has_body,
             };
+        });
+    }
+
+    /// The request's body has all arrived (or will not be read): from here
+    /// to the end of the response, no deadline.
+    fn body_received(&self) {
+        self.update(|state| {
+            if state.in_progress {
+                state.deadline = None;
+            }
         });
     }
 
@@ -345,9 +365,19 @@ where
     B: MessageBody + 'static,
 {
     let has_body = !matches!(req.payload(), Payload::None);
-    let in_progress = req.conn_data::<Rc<Conn>>().map(|conn| {
+    let conn = req.conn_data::<Rc<Conn>>().cloned();
+    let in_progress = conn.map(|conn| {
         conn.request_started(has_body);
-        InProgress(Rc::clone(conn))
+        if has_body {
+            let body = BodyWatch {
+                payload: req.take_payload(),
+                conn: Some(Rc::clone(&conn)),
+            };
+            *req.payload() = Payload::Stream {
+                payload: Box::pin(body),
+            };
+        }
+        InProgress(conn)
     });
     let response = app.call(req);
     async move {
@@ -361,6 +391,41 @@ where
             body,
             _in_progress: in_progress,
         }))
+    }
+}
+
+/// A request's body, which tells its connection when it has all arrived (or
+/// is dropped unread).
+struct BodyWatch {
+    payload: Payload,
+    /// `None` once told.
+    conn: Option<Rc<Conn>>,
+}
+
+impl BodyWatch {
+    fn done(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.body_received();
+        }
+    }
+}
+
+impl futures_util::Stream for BodyWatch {
+    type Item = Result<Bytes, actix_http::error::PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let next = Pin::new(&mut this.payload).poll_next(cx);
+        if matches!(next, Poll::Ready(None | Some(Err(_)))) {
+            this.done();
+        }
+        next
+    }
+}
+
+impl Drop for BodyWatch {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 
@@ -416,6 +481,17 @@ mod tests {
             left <= within && left > within - Duration::from_secs(1),
             "{left:?}"
         );
+    }
+
+    #[test]
+    fn a_request_body_has_until_the_head_timeout_and_then_its_answer_has_all_the_time_it_needs() {
+        let conn = Conn::new(TIMEOUTS);
+        conn.request_started(true);
+        assert_deadline(&conn, Reason::Body, TIMEOUTS.head);
+        conn.body_received();
+        assert!(deadline(&conn).is_none(), "none while the answer is made");
+        conn.request_finished();
+        assert_deadline(&conn, Reason::KeepAlive, TIMEOUTS.keep_alive);
     }
 
     #[test]

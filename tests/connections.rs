@@ -223,6 +223,31 @@ async fn a_later_request_head_that_stalls_is_cut_off_after_request_timeout_and_s
 }
 
 #[actix_web::test]
+async fn a_request_body_that_stalls_is_cut_off_after_request_timeout() {
+    let request_timeout = Duration::from_secs(2);
+    let server = TestServer::start_with(|s| {
+        s.limits.request_timeout = request_timeout;
+        s.server.keep_alive = Duration::from_secs(60);
+    })
+    .await;
+    // A complete publish head announcing 100 bytes, then one of them.
+    let head = format!(
+        "POST /v1/devices/edge-1/events HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{",
+        server.admin_token()
+    );
+    let mut tcp = connect_from(socket_addr(&server), HERE).await;
+    let started = Instant::now();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    closed_within(&mut tcp, PATIENCE).await;
+    assert_cut_off_after(started.elapsed(), request_timeout, "a stalled body");
+
+    // A whole body in time is published as ever.
+    server.publish("edge-1", "tick", json!(1)).await;
+}
+
+#[actix_web::test]
 async fn an_idle_kept_alive_connection_is_closed_after_keep_alive_and_streams_go_on() {
     // Longer than actix-http's default (5 s), so its default cannot pass.
     let keep_alive = Duration::from_secs(8);
