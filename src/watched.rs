@@ -29,7 +29,6 @@
 
 use std::{
     cell::{Cell, RefCell},
-    future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -38,15 +37,7 @@ use std::{
     time::Duration,
 };
 
-use actix_http::{Payload, Request, Response};
-use actix_service::{Service, ServiceFactory, apply_fn_factory};
-use actix_web::{
-    Error,
-    body::{BodySize, BoxBody, MessageBody},
-    dev::ServiceResponse,
-    rt::net::TcpStream,
-    web::Bytes,
-};
+use actix_web::rt::net::TcpStream;
 use herald_actors::metrics;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -334,200 +325,8 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Wraps the app so each connection's [`Conn`] knows when a request is in
-/// progress: from the dispatcher handing it on (its head is complete) until
-/// its response body is dropped — written out, or the connection gone.
-pub fn track_requests<SF, B>(
-    app: SF,
-) -> impl ServiceFactory<
-    Request,
-    Config = (),
-    Response = Response<Tracked>,
-    Error = Error,
-    InitError = SF::InitError,
->
-where
-    SF: ServiceFactory<Request, Config = (), Response = ServiceResponse<B>, Error = Error>,
-    SF::Service: 'static,
-    <SF::Service as Service<Request>>::Future: 'static,
-    B: MessageBody + 'static,
-{
-    apply_fn_factory(app, track::<SF::Service, B>)
-}
-
-fn track<S, B>(
-    mut req: Request,
-    app: &S,
-) -> impl Future<Output = Result<Response<Tracked>, Error>> + use<S, B>
-where
-    S: Service<Request, Response = ServiceResponse<B>, Error = Error>,
-    S::Future: 'static,
-    B: MessageBody + 'static,
-{
-    let has_body = !matches!(req.payload(), Payload::None);
-    let conn = req.conn_data::<Rc<Conn>>().cloned();
-    let in_progress = conn.map(|conn| {
-        conn.request_started(has_body);
-        if has_body {
-            let body = BodyWatch {
-                payload: req.take_payload(),
-                conn: Some(Rc::clone(&conn)),
-            };
-            *req.payload() = Payload::Stream {
-                payload: Box::pin(body),
-            };
-        }
-        InProgress(conn)
-    });
-    let response = app.call(req);
-    async move {
-        // An error becomes its response here rather than in the
-        // dispatcher, so its body, too, keeps the request in progress.
-        let response = match response.await {
-            Ok(response) => Response::from(response).map_into_boxed_body(),
-            Err(err) => Response::from(err),
-        };
-        Ok(response.map_body(|_, body| Tracked {
-            body,
-            _in_progress: in_progress,
-        }))
-    }
-}
-
-/// A request's body, which tells its connection when it has all arrived (or
-/// is dropped unread).
-struct BodyWatch {
-    payload: Payload,
-    /// `None` once told.
-    conn: Option<Rc<Conn>>,
-}
-
-impl BodyWatch {
-    fn done(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.body_received();
-        }
-    }
-}
-
-impl futures_util::Stream for BodyWatch {
-    type Item = Result<Bytes, actix_http::error::PayloadError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let next = Pin::new(&mut this.payload).poll_next(cx);
-        if matches!(next, Poll::Ready(None | Some(Err(_)))) {
-            this.done();
-        }
-        next
-    }
-}
-
-impl Drop for BodyWatch {
-    fn drop(&mut self) {
-        self.done();
-    }
-}
-
-/// A request in progress; it ends when this is dropped.
-struct InProgress(Rc<Conn>);
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        self.0.request_finished();
-    }
-}
-
-/// A response body that keeps its request in progress while it lives.
-pub struct Tracked {
-    body: BoxBody,
-    _in_progress: Option<InProgress>,
-}
-
-impl MessageBody for Tracked {
-    type Error = <BoxBody as MessageBody>::Error;
-
-    fn size(&self) -> BodySize {
-        self.body.size()
-    }
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_next(cx)
-    }
-}
-
+mod requests;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    const TIMEOUTS: Timeouts = Timeouts {
-        head: Duration::from_secs(5),
-        keep_alive: Duration::from_secs(15),
-    };
-
-    fn deadline(conn: &Conn) -> Option<(Reason, Duration)> {
-        let deadline = conn.state.get().deadline?;
-        let left = deadline.at.saturating_duration_since(Instant::now());
-        Some((deadline.reason, left))
-    }
-
-    fn assert_deadline(conn: &Conn, reason: Reason, within: Duration) {
-        let (actual, left) = deadline(conn).expect("a deadline");
-        assert_eq!(actual, reason);
-        assert!(
-            left <= within && left > within - Duration::from_secs(1),
-            "{left:?}"
-        );
-    }
-
-    #[test]
-    fn a_request_body_has_until_the_head_timeout_and_then_its_answer_has_all_the_time_it_needs() {
-        let conn = Conn::new(TIMEOUTS);
-        conn.request_started(true);
-        assert_deadline(&conn, Reason::Body, TIMEOUTS.head);
-        conn.body_received();
-        assert!(deadline(&conn).is_none(), "none while the answer is made");
-        conn.request_finished();
-        assert_deadline(&conn, Reason::KeepAlive, TIMEOUTS.keep_alive);
-    }
-
-    #[test]
-    fn a_connection_has_a_deadline_exactly_when_no_request_is_in_progress() {
-        let conn = Conn::new(TIMEOUTS);
-        assert_deadline(&conn, Reason::Head, TIMEOUTS.head);
-
-        conn.request_started(false);
-        assert!(
-            deadline(&conn).is_none(),
-            "none while a request is in progress"
-        );
-        conn.request_finished();
-        assert_deadline(&conn, Reason::KeepAlive, TIMEOUTS.keep_alive);
-
-        // The first byte of the next request starts its head's time; more
-        // bytes do not move it.
-        conn.received();
-        let first = conn.state.get().deadline.unwrap().at;
-        conn.received();
-        assert_eq!(conn.state.get().deadline.unwrap().at, first);
-        assert_deadline(&conn, Reason::Head, TIMEOUTS.head);
-    }
-
-    #[test]
-    fn bytes_during_a_request_are_a_next_head_unless_the_request_has_a_body() {
-        let conn = Conn::new(TIMEOUTS);
-        conn.request_started(false);
-        conn.received();
-        assert!(deadline(&conn).is_none());
-        conn.request_finished();
-        assert_deadline(&conn, Reason::Head, TIMEOUTS.head);
-
-        conn.request_started(true);
-        conn.received();
-        conn.request_finished();
-        assert_deadline(&conn, Reason::KeepAlive, TIMEOUTS.keep_alive);
-    }
-}
+pub use requests::{Tracked, track_requests};
