@@ -107,6 +107,22 @@ fn without_an_admin_token_or_a_device_secret_it_refuses_with_one_line_naming_the
     }
 }
 
+#[test]
+fn herald_token_needs_only_the_device_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["token", "--device", "edge-1"];
+    let output = herald_in(dir.path(), &args, &[("HERALD_AUTH__SECRET", SECRET)])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let token = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(token.trim_end().split('.').count(), 3, "a JWT: {token}");
+
+    let output = herald_in(dir.path(), &args, &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("HERALD_AUTH__SECRET"));
+}
+
 #[actix_web::test]
 async fn other_herald_variables_are_ignored_with_one_warning_each_never_their_value() {
     let herald = HeraldProcess::start(&[

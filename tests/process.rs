@@ -25,7 +25,9 @@ fn a_taken_address_or_an_invalid_config_exits_non_zero_with_a_message() {
         "{stderr}"
     );
 
-    let output = herald_command(&[])
+    // Validation through `config check`, which exits either way: were a
+    // check missing, starting the server would serve instead of failing.
+    let output = herald_command(&["config", "check"])
         .env("HERALD_HEARTBEAT__MARGIN", "30s")
         .output()
         .unwrap();
@@ -37,7 +39,7 @@ fn a_taken_address_or_an_invalid_config_exits_non_zero_with_a_message() {
     );
 
     // No room above the streams of one address for its probes and publishes.
-    let output = herald_command(&[])
+    let output = herald_command(&["config", "check"])
         .env("HERALD_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "1000")
         .env("HERALD_LIMITS__MAX_STREAMS_PER_ADDRESS", "1000")
         .output()
