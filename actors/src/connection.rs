@@ -1,8 +1,10 @@
 //! DeviceConnection: one actor per live stream. It owns the sending half of
 //! the stream's bounded queue and is the only writer to it.
 //!
-//! Lifecycle: created by the stream route, connected by the store, begun by the
-//! registry (`hello`, an optional `reset`, the replay), then fed live events.
+//! Lifecycle: its mailbox is made by the stream route ([`Unstarted`]), the
+//! store admits and attaches it, the route then starts the actor, and the
+//! registry begins it (`hello`, an optional `reset`, the replay) and feeds it
+//! live events.
 //! It stops when the client is gone (queue closed), when the client cannot
 //! keep up (queue full), when it is kicked, or at shutdown. Stopping drops the
 //! queue's sender, which ends the HTTP response after the queued frames.
@@ -191,21 +193,33 @@ pub struct DeviceConnection {
     reason: DisconnectReason,
 }
 
-impl DeviceConnection {
-    /// Starts a connection actor with an unbounded mailbox.
-    pub fn spawn(params: ConnectionParams) -> Addr<Self> {
-        Self::create(|ctx| {
-            ctx.set_mailbox_capacity(0);
-            Self {
-                params,
-                activity: Activity::default(),
-                began: None,
-                next: None,
-                reason: DisconnectReason::ClientGone,
-            }
-        })
+/// A connection's mailbox (unbounded) before its actor runs: the store can
+/// be handed the address while it decides on the connect, messages sent to it
+/// meanwhile wait, and a refused connect never starts an actor. Dropped
+/// unstarted, the mailbox closes, and the registry forgets the address.
+pub struct Unstarted(Context<DeviceConnection>);
+
+impl Unstarted {
+    pub fn new() -> (Self, Addr<DeviceConnection>) {
+        let mut ctx = Context::new();
+        ctx.set_mailbox_capacity(0);
+        let addr = ctx.address();
+        (Self(ctx), addr)
     }
 
+    /// Runs the actor on this mailbox, on the current thread.
+    pub fn start(self, params: ConnectionParams) -> Addr<DeviceConnection> {
+        self.0.run(DeviceConnection {
+            params,
+            activity: Activity::default(),
+            began: None,
+            next: None,
+            reason: DisconnectReason::ClientGone,
+        })
+    }
+}
+
+impl DeviceConnection {
     fn write(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         if ctx.state() != ActorState::Running {
             return;

@@ -79,7 +79,7 @@ pub(crate) mod test_support;
 
 use actix::{Actor, Addr, AsyncContext};
 
-pub use connection::{ConnectionParams, DeviceConnection, DisconnectReason};
+pub use connection::{ConnectionParams, DeviceConnection, DisconnectReason, Unstarted};
 pub use event::{Frame, RESERVED_EVENT_NAMES, ResetReason, Signal, StoredEvent};
 pub use event_id::{Epoch, EventId, EventIdError};
 pub use heartbeat::{Heartbeat, HeartbeatConfig};

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::{Receiver, channel};
 use crate::{
     Actors, Connect, ConnectError, ConnectionId, ConnectionParams, CountLive, DeviceConnection,
     DeviceId, EventName, FlappingPolicy, Frame, HeartbeatConfig, KickConfig, Progress, Publish,
-    PublishReceipt, SessionConfig,
+    PublishReceipt, SessionConfig, Unstarted,
 };
 
 /// How long a test waits for something that should happen at once.
@@ -85,40 +85,20 @@ pub(crate) async fn connect(
     }
 }
 
-/// Like [`connect`], but a refusal is an answer.
+/// Like [`connect`], but a refusal is an answer. As the stream route does,
+/// the connection's actor starts only once the store admitted it.
 pub(crate) async fn try_connect(
     actors: &Actors,
     device: &DeviceId,
     last_event_id: Option<String>,
     capacity: usize,
 ) -> Result<(Addr<DeviceConnection>, Receiver<Frame>, ConnectionId), ConnectError> {
-    let (addr, frames, connect) = spawn_connection(actors, device, last_event_id, capacity);
-    let connection_id = connect.connection_id;
+    let (unstarted, addr) = Unstarted::new();
+    let connect = connect_message(device, addr.clone(), last_event_id);
+    let (connection_id, progress) = (connect.connection_id, connect.progress.clone());
     actors.store.send(connect).await.unwrap()?;
-    Ok((addr, frames, connection_id))
-}
-
-/// A connect whose client is gone (its connection actor stopped) before the
-/// store hands it on, as when a client closes right after its request.
-pub(crate) async fn connect_gone(actors: &Actors, device: &DeviceId) {
-    let (addr, frames, connect) = spawn_connection(actors, device, None, 4);
-    drop(frames);
-    assert!(stopped(&addr).await, "the connection outlived its client");
-    actors.store.send(connect).await.unwrap().unwrap();
-}
-
-/// A connection actor, its queue's receiving end (the test holds it, as the
-/// HTTP response would), and the `Connect` the stream route would send.
-fn spawn_connection(
-    actors: &Actors,
-    device: &DeviceId,
-    last_event_id: Option<String>,
-    capacity: usize,
-) -> (Addr<DeviceConnection>, Receiver<Frame>, Connect) {
     let (queue, frames) = channel(capacity);
-    let connection_id = ConnectionId::new();
-    let progress = Progress::default();
-    let addr = DeviceConnection::spawn(ConnectionParams {
+    unstarted.start(ConnectionParams {
         device: device.clone(),
         connection_id,
         peer: "test".to_owned(),
@@ -129,18 +109,36 @@ fn spawn_connection(
         // The test holds the receiving end: dropping it is the client's close.
         client_closed: Box::new(|| false),
         heartbeat_timeout: Duration::from_secs(60),
-        progress: progress.clone(),
-    });
-    let connect = Connect {
-        device: device.clone(),
-        connection_id,
-        connection: addr.clone(),
         progress,
+    });
+    Ok((addr, frames, connection_id))
+}
+
+/// A connect whose client is gone before the store hands it on (its
+/// connection's mailbox closed), as when a client closes right after its
+/// request.
+pub(crate) async fn connect_gone(actors: &Actors, device: &DeviceId) {
+    let (unstarted, addr) = Unstarted::new();
+    drop(unstarted);
+    let connect = connect_message(device, addr, None);
+    actors.store.send(connect).await.unwrap().unwrap();
+}
+
+/// The `Connect` the stream route sends for a connection at `addr`.
+fn connect_message(
+    device: &DeviceId,
+    addr: Addr<DeviceConnection>,
+    last_event_id: Option<String>,
+) -> Connect {
+    Connect {
+        device: device.clone(),
+        connection_id: ConnectionId::new(),
+        connection: addr,
+        progress: Progress::default(),
         last_event_id,
         instance: None,
         peer: "test".to_owned(),
-    };
-    (addr, frames, connect)
+    }
 }
 
 /// The next frame, or `None` once the queue ended; panics if nothing comes.

@@ -16,8 +16,8 @@ use actix_web::{
 use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use herald_actors::{
-    Connect, ConnectError, ConnectionId, ConnectionParams, DeviceConnection, DeviceId, Frame,
-    Progress, Refusal, StoredEvent, check_name, metrics,
+    Connect, ConnectError, ConnectionId, ConnectionParams, DeviceId, Frame, Progress, Refusal,
+    StoredEvent, Unstarted, check_name, metrics,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -134,8 +134,9 @@ impl Client {
     }
 }
 
-/// Starts the stream's connection actor and has the store connect it
-/// (admission and attach in one turn); answers the store's refusal, if any.
+/// Has the store connect the stream (admission and attach in one turn) and,
+/// once admitted, starts its connection actor; answers the store's refusal,
+/// if any.
 async fn connect(
     state: &AppState,
     device: DeviceId,
@@ -145,35 +146,39 @@ async fn connect(
 ) -> Result<Result<(), ConnectError>, ApiError> {
     let connection_id = ConnectionId::new();
     let progress = Progress::default();
-    let connection = DeviceConnection::spawn(ConnectionParams {
+    // The actor runs only once admitted; what the registry sends it before
+    // (its hello and replay) waits in its mailbox.
+    let (unstarted, connection) = Unstarted::new();
+    let connect = Connect {
         device: device.clone(),
         connection_id,
-        peer: client.peer.clone(),
-        queue,
-        registry: state.actors.registry.clone(),
-        store: state.actors.store.clone(),
-        heartbeat: state.actors.heartbeat.clone(),
-        client_closed,
-        heartbeat_timeout: state.heartbeat_timeout,
-        progress: progress.clone(),
-    });
-    let connect = Connect {
-        device,
-        connection_id,
         connection,
-        progress,
+        progress: progress.clone(),
         last_event_id: client.last_event_id,
         instance: client.instance,
-        peer: client.peer,
+        peer: client.peer.clone(),
     };
-    // A refused connect's actor stops by itself: the refusal drops the
-    // queue's receiver.
-    state
+    let admitted = state
         .actors
         .store
         .send(connect)
         .await
-        .map_err(|_| ApiError::Unavailable)
+        .map_err(|_| ApiError::Unavailable)?;
+    if admitted.is_ok() {
+        unstarted.start(ConnectionParams {
+            device,
+            connection_id,
+            peer: client.peer,
+            queue,
+            registry: state.actors.registry.clone(),
+            store: state.actors.store.clone(),
+            heartbeat: state.actors.heartbeat.clone(),
+            client_closed,
+            heartbeat_timeout: state.heartbeat_timeout,
+            progress,
+        });
+    }
+    Ok(admitted)
 }
 
 /// The `Last-Event-ID` header, else the `lastEventId` query parameter. Empty
