@@ -164,15 +164,21 @@ async fn assert_served(base: &str, admin_token: &str, client: &reqwest::Client, 
     assert_eq!(stream.next_event().await.data.as_deref(), Some("1"));
 }
 
-#[actix_web::test]
-async fn a_later_request_head_that_stalls_is_cut_off_after_request_timeout_and_streams_go_on() {
+/// A server whose request timeout (answered) is short, and whose keep-alive
+/// is far away: it is not what ends these tests' connections.
+async fn server_cutting_requests() -> (TestServer, Duration) {
     let request_timeout = Duration::from_secs(2);
     let server = TestServer::start_with(|s| {
         s.limits.request_timeout = request_timeout;
-        // Far away: it is not what ends these connections.
         s.server.keep_alive = Duration::from_secs(60);
     })
     .await;
+    (server, request_timeout)
+}
+
+#[actix_web::test]
+async fn a_later_request_head_that_stalls_is_cut_off_after_request_timeout_and_streams_go_on() {
+    let (server, request_timeout) = server_cutting_requests().await;
     let mut stream = server.connect("edge-1").await;
     stream.hello().await;
 
@@ -224,12 +230,7 @@ async fn a_later_request_head_that_stalls_is_cut_off_after_request_timeout_and_s
 
 #[actix_web::test]
 async fn a_request_body_that_stalls_is_cut_off_after_request_timeout() {
-    let request_timeout = Duration::from_secs(2);
-    let server = TestServer::start_with(|s| {
-        s.limits.request_timeout = request_timeout;
-        s.server.keep_alive = Duration::from_secs(60);
-    })
-    .await;
+    let (server, request_timeout) = server_cutting_requests().await;
     // A complete publish head announcing 100 bytes, then one of them.
     let head = format!(
         "POST /v1/devices/edge-1/events HTTP/1.1\r\nHost: x\r\n\
