@@ -12,7 +12,7 @@ use herald_actors::{DeviceId, NameError};
 use crate::{
     config::{ConfigError, Loaded, Settings},
     logging,
-    startup::{Application, Shutdown},
+    startup::{Application, BuildError, Shutdown},
     tokens::DeviceTokens,
 };
 
@@ -62,8 +62,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("invalid --device: {0}")]
     Device(NameError),
-    #[error("cannot listen on {bind}: {source}")]
-    Bind { bind: String, source: io::Error },
+    #[error(transparent)]
+    Build(#[from] BuildError),
     #[error("server failed: {0}")]
     Serve(io::Error),
     #[error("cannot listen for signals: {0}")]
@@ -122,10 +122,7 @@ async fn serve(loaded: Loaded) -> Result<(), RunError> {
     }
 
     let bind = settings.server.bind.clone();
-    let app = Application::build(settings).map_err(|source| RunError::Bind {
-        bind: bind.clone(),
-        source,
-    })?;
+    let app = Application::build(settings)?;
     let signals = Signals::listen().map_err(RunError::Signals)?;
     log::info!(
         "server.started bind={bind} port={} version={} config={}",

@@ -7,7 +7,7 @@ use actix_web::{
     error::{JsonPayloadError, QueryPayloadError},
     http::StatusCode,
 };
-use herald_actors::{NameError, Refusal, StoreError, metrics};
+use herald_actors::{NameError, Refusal, StoreError, WriteError, metrics};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,8 @@ impl ApiError {
             Self::Bound(StoreError::TooManySessions(_)) => "too_many_sessions",
             Self::Bound(StoreError::StorageFull(_)) => "storage_full",
             Self::Bound(StoreError::RetainedLimit(_)) => "retained_limit",
+            Self::Bound(StoreError::Write(WriteError::DiskFull)) => "storage_full",
+            Self::Bound(StoreError::Write(WriteError::Unavailable)) => "storage_unavailable",
             Self::UnknownDevice => "unknown_device",
             Self::NotReady(_) => "not_ready",
             Self::NotConnected => "not_connected",
@@ -143,6 +145,9 @@ impl ResponseError for ApiError {
             Self::NotFound | Self::UnknownDevice | Self::NotConnected => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable | Self::ServerFull | Self::ConnectionsFull | Self::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Bound(StoreError::Write(WriteError::Unavailable)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Bound(_) => StatusCode::INSUFFICIENT_STORAGE,

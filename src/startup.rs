@@ -1,12 +1,14 @@
 //! Startup and shutdown. [`Application::build`] binds the listener first (so
-//! a taken address fails before anything starts), then starts the actors and
-//! the HTTP server. Tests build it on port 0 and read the port back.
+//! a taken address fails before anything starts), opens the storage backend
+//! (so a store in use or corrupt fails before anything is served), then
+//! starts the actors and the HTTP server. Tests build it on port 0 and read
+//! the port back.
 
 use std::{
     io,
     net::{SocketAddr, TcpListener, ToSocketAddrs as _},
     num::NonZeroUsize,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use actix_cors::Cors;
@@ -18,7 +20,7 @@ use actix_web::{
     http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
     middleware::from_fn,
 };
-use herald_actors::{Actors, DisconnectAll};
+use herald_actors::{Actors, DisconnectAll, FlushStorage, OpenError, Opened};
 use socket2::{Domain, Socket, Type};
 
 use crate::{
@@ -30,6 +32,15 @@ use crate::{
     stats,
     watched::{Timeouts, Watched, track_requests},
 };
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot listen on {bind}: {source}")]
+    Bind { bind: String, source: io::Error },
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] OpenError),
+}
 
 pub struct Application {
     port: u16,
@@ -47,9 +58,13 @@ impl Application {
     /// herald needs to refuse connections over its limits (`connections.rs`)
     /// and to wrap each socket in a deadline (`watched.rs`). What follows is
     /// what `HttpServer::listen` does, with those two in place.
-    pub fn build(settings: Settings) -> io::Result<Self> {
-        let listener = listen(&settings.server.bind, settings.server.backlog)?;
-        let local_addr = listener.local_addr()?;
+    pub fn build(settings: Settings) -> Result<Self, BuildError> {
+        let bind = |source| BuildError::Bind {
+            bind: settings.server.bind.clone(),
+            source,
+        };
+        let listener = listen(&settings.server.bind, settings.server.backlog).map_err(bind)?;
+        let local_addr = listener.local_addr().map_err(bind)?;
         let workers = match settings.server.workers {
             // As actix-server counts them by default.
             0 => std::thread::available_parallelism()
@@ -57,16 +72,18 @@ impl Application {
                 .min(512),
             n => n,
         };
-        let plan = Plan::new(&settings.limits, workers)?;
+        let plan = Plan::new(&settings.limits, workers).map_err(bind)?;
         let timeouts = Timeouts {
             head: settings.limits.request_timeout,
             keep_alive: settings.server.keep_alive,
         };
         let gate = Gate::new(&plan, timeouts);
+        let storage = open_storage(&settings)?;
         let actors = herald_actors::start(
             settings.session.clone(),
             settings.heartbeat.clone(),
             settings.kicks.clone(),
+            storage,
         );
         let shared = Shared::new(&settings, actors.clone());
         let draining = shared.draining.clone();
@@ -120,7 +137,8 @@ impl Application {
                     // carry (for URL generation only).
                     .h1(track_requests(map_config(app(), |()| AppConfig::default())));
                 fn_service(move |tcp| std::future::ready(gate.admit(tcp))).and_then(http)
-            })?
+            })
+            .map_err(bind)?
             .run();
         actix_web::rt::spawn(stats::log_every(settings.log.stats_interval));
         let shutdown = Shutdown {
@@ -149,6 +167,27 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         self.server.await
     }
+}
+
+/// Opens the configured backend and reads back what it holds.
+fn open_storage(settings: &Settings) -> Result<(Opened, herald_actors::Snapshot), OpenError> {
+    let started = Instant::now();
+    let opened = Opened::open(&settings.storage)?;
+    let snapshot = &opened.1;
+    log::info!(
+        "storage.opened backend={} path={} sessions={} events={} retained={} ms={}",
+        settings.storage.backend.as_str(),
+        settings.storage.path.display(),
+        snapshot.sessions.len(),
+        snapshot
+            .sessions
+            .iter()
+            .map(|s| s.events.len())
+            .sum::<usize>(),
+        snapshot.retained.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(opened)
 }
 
 /// Cross-origin access for the configured origins only, with credentials
@@ -208,8 +247,9 @@ impl Shutdown {
         streams
     }
 
-    /// Drains, waits until the last stream's scheduled end, then lets the
-    /// HTTP server finish the remaining requests.
+    /// Drains, waits until the last stream's scheduled end, lets the HTTP
+    /// server finish the remaining requests, then waits for the storage
+    /// backend to commit what it was given (streams' positions and TTLs).
     pub async fn shut_down(&self) {
         let streams = self.drain().await;
         if streams > 1 {
@@ -217,5 +257,8 @@ impl Shutdown {
             actix_web::rt::time::sleep(last_close).await;
         }
         self.server.stop(true).await;
+        if let Ok(Err(error)) = self.actors.store.send(FlushStorage).await {
+            log::error!("storage.flush_failed error=\"{error}\"");
+        }
     }
 }

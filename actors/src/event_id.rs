@@ -23,6 +23,15 @@ impl Epoch {
         Self((u64::from(boot) << 32) | u64::from(session))
     }
 
+    /// The epoch as stored.
+    pub fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
+
     /// The boot nonce of the process that created this epoch.
     pub fn boot(self) -> u32 {
         (self.0 >> 32) as u32

@@ -182,7 +182,12 @@ mod tests {
             timeout: Duration::from_millis(200),
             margin: Duration::from_millis(100),
         };
-        crate::start(session, heartbeat, lenient_kicks())
+        crate::start(
+            session,
+            heartbeat,
+            lenient_kicks(),
+            crate::test_support::in_memory(),
+        )
     }
 
     #[actix::test]

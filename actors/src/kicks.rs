@@ -197,9 +197,16 @@ impl KickPolicy {
         flagged.is_some_and(|until| now < until)
     }
 
-    /// Refuses every stream of `device` for `reconnect_block` from `now`.
-    pub fn block(&mut self, device: &DeviceId, now: Instant) {
-        let until = now + self.config.reconnect_block;
+    /// Refuses every stream of `device` for `reconnect_block` from `now`;
+    /// answers how long.
+    pub fn block(&mut self, device: &DeviceId, now: Instant) -> Duration {
+        self.block_until(device, now + self.config.reconnect_block);
+        self.config.reconnect_block
+    }
+
+    /// Refuses every stream of `device` until `until` (a block read back
+    /// from storage).
+    pub fn block_until(&mut self, device: &DeviceId, until: Instant) {
         self.devices
             .entry(device.clone())
             .or_default()

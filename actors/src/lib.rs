@@ -11,6 +11,9 @@
 //! | `session.rs`       | one device's [`Session`]: buffer, ids, where a stream starts |
 //! | `retained.rs`      | one device's retained events (latest per name)          |
 //! | `storage.rs`       | the store's in-memory storage: sessions, retained events, bounds, expiry index |
+//! | `backend.rs`       | the storage seam: [`Backend`] (memory, embedded), its [`Change`]s and [`Snapshot`] |
+//! | `embedded.rs`      | the embedded backend: a redb file written by a group-committing thread |
+//! | `commits.rs`       | publishes between their ids and their commit           |
 //! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `kicks.rs`         | [`KickConfig`]: the store's rules ending kick ping-pong between two clients |
@@ -28,7 +31,8 @@
 //!              SessionStore ──ConnectLive{opening}──▶ DeviceRegistry   make it live, end the old stream
 //!              DeviceRegistry ──ConnectBegin──▶ DeviceConnection       hello, reset, replay
 //!              DeviceConnection ──ConnectWatch──▶ Heartbeat
-//!  publish:    admin routes ──Publish/Broadcast──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──Push──▶ DeviceConnection
+//!  publish:    admin routes ──Publish/Broadcast──▶ SessionStore ──batch──▶ Backend
+//!              Backend ──Committed──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──Push──▶ DeviceConnection
 //!  disconnect: admin route ──DisconnectDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
 //!              admin route ──DeleteDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
 //!              shutdown ──DisconnectAll──▶ DeviceRegistry
@@ -40,8 +44,11 @@
 //! ```
 //!
 //! Ordering is the core guarantee. A publish goes through the store (which
-//! assigns the id and buffers the event) and then, in the store's send order,
-//! through the registry to the connection. A connecting stream goes through
+//! assigns the id), its backend (which answers commits in submission order;
+//! the store buffers the event then) and then, in the store's send order,
+//! through the registry to the connection; the connection also refuses any
+//! id at or below the last it wrote, so a backend can never make a stream
+//! repeat or reorder. A connecting stream goes through
 //! the same path: the store cuts its replay and sends `ConnectLive` in that same
 //! order. Actix mailboxes are FIFO per sender, and every mailbox on this path
 //! is unbounded (so a send never waits and cannot overtake another), so a
@@ -59,10 +66,14 @@
 //! stays closed), and a restarted store would have lost every session anyway.
 //! So their handlers avoid panicking operations, and the server runs them on
 //! its main thread and exits when a panic happens there (`server.panicked`),
-//! for the process supervisor to restart it; clients then resume and get
-//! `reset` (`unknown_epoch`), never a silent gap.
+//! for the process supervisor to restart it; with the embedded backend
+//! clients then resume where they were, with the memory backend they get
+//! `reset` (`unknown_epoch`) — never a silent gap.
 
+mod backend;
+mod commits;
 mod connection;
+mod embedded;
 mod event;
 mod event_id;
 mod heartbeat;
@@ -79,7 +90,11 @@ pub(crate) mod test_support;
 
 use actix::{Actor, Addr, AsyncContext};
 
+pub use backend::{
+    Backend, BackendKind, Change, Opened, SavedSession, Snapshot, StorageConfig, WriteError,
+};
 pub use connection::{ConnectionParams, DeviceConnection, DisconnectReason, Unstarted};
+pub use embedded::OpenError;
 pub use event::{Frame, RESERVED_EVENT_NAMES, ResetReason, Signal, StoredEvent};
 pub use event_id::{Epoch, EventId, EventIdError};
 pub use heartbeat::{Heartbeat, HeartbeatConfig};
@@ -90,7 +105,8 @@ pub use registry::{CountLive, DeviceRegistry, DisconnectAll};
 pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{
     Broadcast, BroadcastReceipt, Connect, ConnectError, CountSessions, DeleteDevice,
-    DescribeDevice, DisconnectDevice, ListDevices, Publish, PublishReceipt, SessionStore,
+    DescribeDevice, DisconnectDevice, FlushStorage, ListDevices, Publish, PublishReceipt,
+    SessionStore,
 };
 pub use storage::{DevicePage, DeviceView, SessionConfig, StoreError};
 
@@ -102,9 +118,14 @@ pub struct Actors {
     pub heartbeat: Addr<Heartbeat>,
 }
 
-/// Starts the store, the registry and the heartbeat under supervision, wired
-/// to each other. Must run inside an actix `System`.
-pub fn start(session: SessionConfig, heartbeat: HeartbeatConfig, kicks: KickConfig) -> Actors {
+/// Starts the store (on what `storage` opened), the registry and the
+/// heartbeat, wired to each other. Must run inside an actix `System`.
+pub fn start(
+    session: SessionConfig,
+    heartbeat: HeartbeatConfig,
+    kicks: KickConfig,
+    storage: (Opened, Snapshot),
+) -> Actors {
     // The store and the registry address each other: the registry is created
     // inside the store's constructor, where the store's address exists.
     let mut registry = None;
@@ -116,7 +137,7 @@ pub fn start(session: SessionConfig, heartbeat: HeartbeatConfig, kicks: KickConf
             DeviceRegistry::new(store)
         });
         registry = Some(created.clone());
-        SessionStore::new(session, kicks, created)
+        SessionStore::new(session, kicks, created, storage, ctx.address())
     });
     let registry = registry.expect("Actor::create runs the constructor at once");
     let heartbeat = Heartbeat::create(move |ctx| {

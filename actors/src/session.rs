@@ -15,12 +15,9 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
 };
 
-use bytestring::ByteString;
-
-use crate::{ConnectionId, Epoch, EventId, EventName, ResetReason, StoredEvent, retained::signed};
+use crate::{ConnectionId, Epoch, EventId, ResetReason, StoredEvent, retained::signed};
 
 /// The highest sequence number a stream has written to its client's queue,
 /// shared between the stream's connection (writer) and its session (reader).
@@ -168,34 +165,58 @@ impl Session {
         self.written_before.max(attached)
     }
 
-    /// Appends an event with the next id, dropping the oldest beyond
-    /// `limits` (never the new one: limits admit any single event).
-    pub fn append(
-        &mut self,
-        name: EventName,
-        data: ByteString,
-        limits: BufferLimits,
-    ) -> StoredEvent {
-        self.last_seq += 1;
-        let id = EventId {
+    /// The id `ahead` events after the last one (ids reserved for events
+    /// not yet committed come first).
+    pub fn next_id(&self, ahead: u64) -> EventId {
+        EventId {
             epoch: self.epoch,
-            seq: self.last_seq,
-        };
-        let event = StoredEvent {
-            id,
-            name,
-            data,
-            published_at: Instant::now(),
-        };
+            seq: self.last_seq + ahead + 1,
+        }
+    }
+
+    /// Appends `event`, which carries the next id of this session, dropping
+    /// the oldest beyond `limits` (never the new one: limits admit any single
+    /// event). Answers the seq of the last event dropped, if any.
+    pub fn append(&mut self, event: StoredEvent, limits: BufferLimits) -> Option<u64> {
+        debug_assert_eq!(event.id, self.next_id(0), "appended out of order");
+        self.last_seq = event.id.seq;
         self.bytes += event.size();
-        self.buffer.push_back(event.clone());
+        self.buffer.push_back(event);
+        let mut evicted = None;
         while limits.exceeded_by(self.buffer.len(), self.bytes) {
             let Some(oldest) = self.buffer.pop_front() else {
                 break;
             };
             self.bytes -= oldest.size();
+            evicted = Some(oldest.id.seq);
         }
-        event
+        evicted
+    }
+
+    /// A session read back from storage: its events (oldest first, within
+    /// `limits` once restored) and what its streams had written.
+    pub fn restore(
+        epoch: Epoch,
+        written: u64,
+        events: Vec<StoredEvent>,
+        limits: BufferLimits,
+    ) -> Self {
+        let mut session = Self::new(epoch);
+        session.last_seq = events.last().map_or(written, |e| e.id.seq.max(written));
+        session.written_before = written;
+        session.bytes = events.iter().map(StoredEvent::size).sum();
+        session.buffer = events.into();
+        while limits.exceeded_by(session.buffer.len(), session.bytes) {
+            let Some(oldest) = session.buffer.pop_front() else {
+                break;
+            };
+            session.bytes -= oldest.size();
+        }
+        session
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
     }
 
     /// Attaches a new stream (replacing any other) and decides how it starts.

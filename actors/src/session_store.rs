@@ -1,11 +1,14 @@
 //! SessionStore: the single entry point for publishing and for connecting a
 //! stream. It owns the [`Storage`] (every device's session, replay buffer,
-//! id sequence and retained events) and the kick rules ([`KickPolicy`]), and
-//! routes what it stores to the [`DeviceRegistry`].
+//! id sequence and retained events), the kick rules ([`KickPolicy`]) and the
+//! storage [`Backend`], and routes what it stores to the [`DeviceRegistry`].
 //!
 //! Invariants:
-//! - every published event is appended here first and gets the next id of its
-//!   session, whether or not the device is connected;
+//! - every published event gets the next id of its session here, whether or
+//!   not the device is connected; it is appended to the session, handed to
+//!   the registry and acknowledged only once the backend has committed it
+//!   ([`Commits`]); if the backend fails, nothing of it is kept and its ids
+//!   are given again;
 //! - the store forwards to the [`DeviceRegistry`] with FIFO sends from this one
 //!   actor, so a stream's replay (sent in `ConnectLive`) always reaches it before
 //!   any event published after the replay was cut: nothing lost, nothing twice;
@@ -17,13 +20,16 @@
 //!   sweep visits only sessions that are due (an index ordered by expiry).
 //!   Retained events outlive it.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use tokio::sync::oneshot;
 
 use crate::{
-    ConnectionId, DeviceConnection, DeviceId, EventId, EventName, Progress,
+    ConnectionId, DeviceConnection, DeviceId, EventId, EventName, Progress, StoredEvent,
+    backend::{Backend, Change, Committed, Opened, Snapshot, WriteError, wall_in},
+    commits::{Commits, Waiting},
     connection::{Ending, Replacement},
     kicks::{KickConfig, KickPolicy, Refusal},
     registry::{ConnectLive, DeliverEach, DeviceRegistry, DisconnectLive},
@@ -174,19 +180,104 @@ pub struct CountSessions;
 #[rtype(result = "()")]
 pub struct SweepExpired;
 
+/// Answers once every change made so far is committed (or failed). Sent at
+/// shutdown, after the streams ended, so their positions and TTLs are kept.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct FlushStorage;
+
 pub struct SessionStore {
     storage: Storage,
     kicks: KickPolicy,
     registry: Addr<DeviceRegistry>,
+    backend: Backend,
+    commits: Commits,
 }
 
 impl SessionStore {
-    pub fn new(config: SessionConfig, kicks: KickConfig, registry: Addr<DeviceRegistry>) -> Self {
-        Self {
-            storage: Storage::new(config),
-            kicks: KickPolicy::new(kicks),
-            registry,
+    /// The store on what `opened` gave back; its backend answers `me`.
+    pub(crate) fn new(
+        config: SessionConfig,
+        kicks: KickConfig,
+        registry: Addr<DeviceRegistry>,
+        (opened, snapshot): (Opened, Snapshot),
+        me: Addr<Self>,
+    ) -> Self {
+        let mut kicks = KickPolicy::new(kicks);
+        let now = (Instant::now(), SystemTime::now());
+        for (device, until) in &snapshot.blocks {
+            let left = until.duration_since(now.1).unwrap_or_default();
+            kicks.block_until(device, now.0 + left);
         }
+        let mut storage = Storage::new(config);
+        storage.restore(snapshot);
+        Self {
+            storage,
+            kicks,
+            registry,
+            backend: opened.start(me),
+            commits: Commits::default(),
+        }
+    }
+
+    /// Hands the backend, as batch `batch`, the changes made since the last
+    /// call and `more`.
+    fn submit(&mut self, batch: u64, more: Option<Change>) {
+        let mut changes = self.storage.take_changes();
+        changes.extend(more);
+        if !self.backend.submit(batch, changes) {
+            // Nothing to wait for: the memory backend keeps nothing.
+            self.committed(batch, Ok(()));
+        }
+    }
+
+    /// Saves a change to a reconnect block, with the changes before it.
+    fn save_block(&mut self, change: Change) {
+        let batch = self.commits.next_batch();
+        self.submit(batch, Some(change));
+    }
+
+    /// Hands the backend the changes made since the last call, if any.
+    fn save(&mut self) {
+        if self.storage.has_changes() {
+            let batch = self.commits.next_batch();
+            self.submit(batch, None);
+        }
+    }
+
+    /// The backend's answer for `batch`: a committed publish reaches its
+    /// sessions and the registry (in commit order, which is id order); a
+    /// failed one is refused with the backend's error.
+    fn committed(&mut self, batch: u64, result: Result<(), WriteError>) {
+        let waiting = match result {
+            Ok(()) => self.commits.committed(batch),
+            Err(error) => {
+                let (news, waiting) = self.commits.failed(batch);
+                if news {
+                    self.backend.resume();
+                }
+                if let Some(waiting) = waiting {
+                    let _ = waiting.reply.send(Err(error.into()));
+                }
+                return;
+            }
+        };
+        let Some(Waiting {
+            events,
+            retain,
+            reply,
+            ..
+        }) = waiting
+        else {
+            return;
+        };
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|(device, event)| self.storage.append(device, event.clone(), retain))
+            .collect();
+        let delivery = self.registry.send(DeliverEach { events });
+        let _ = reply.send(Ok(delivery));
+        self.save();
     }
 
     /// `view` with the kick rules' flag.
@@ -196,9 +287,10 @@ impl SessionStore {
     }
 
     /// Publishes one event to each of `devices` — all of them or, if a bound
-    /// refuses, none — and routes each to its live stream. `send` enqueues at
-    /// once (the registry's mailbox is unbounded), keeping FIFO order with
-    /// `ConnectLive`; only the answer is awaited.
+    /// refuses, none: reserves their ids and submits the event to the
+    /// backend; once committed, it goes to the sessions and, through the
+    /// registry's unbounded mailbox (FIFO with `ConnectLive`), to the live
+    /// streams. Only the answers are awaited.
     fn publish(
         &mut self,
         devices: Vec<DeviceId>,
@@ -207,22 +299,48 @@ impl SessionStore {
         retain: bool,
     ) -> ResponseFuture<Result<Vec<PublishReceipt>, StoreError>> {
         let size = name.as_str().len() + data.len();
-        if let Err(refused) = self.storage.admit(devices.iter(), &name, size, retain) {
+        let reserved = self.commits.reserved_bytes();
+        if let Err(refused) = self
+            .storage
+            .admit(devices.iter(), &name, size, retain, reserved)
+        {
             return Box::pin(async move { Err(refused) });
         }
+        let published_at = std::time::Instant::now();
         let events: Vec<_> = devices
             .into_iter()
             .map(|device| {
-                let event = self
-                    .storage
-                    .append(&device, name.clone(), data.clone(), retain);
+                let ahead = self.commits.reserve(&device, size);
+                let event = StoredEvent {
+                    id: self.storage.next_id(&device, ahead),
+                    name: name.clone(),
+                    data: data.clone(),
+                    published_at,
+                };
                 (device, event)
             })
             .collect();
         let ids: Vec<_> = events.iter().map(|(_, event)| event.id).collect();
-        let delivery = self.registry.send(DeliverEach { events });
+        let append = Change::Append {
+            to: events.iter().map(|(d, e)| (d.clone(), e.id)).collect(),
+            name,
+            data,
+            published: SystemTime::now(),
+            retain,
+        };
+        let (reply, outcome) = oneshot::channel();
+        let batch = self.commits.next_batch();
+        self.commits.wait(Waiting {
+            batch,
+            events,
+            retain,
+            size,
+            reply,
+        });
+        self.submit(batch, Some(append));
         Box::pin(async move {
-            let delivered = delivery.await.unwrap_or_default();
+            let outcome = outcome.await.map_err(|_| WriteError::Unavailable)?;
+            let delivered = outcome?.await.unwrap_or_default();
             let delivered = delivered.into_iter().chain(std::iter::repeat(false));
             Ok(ids
                 .into_iter()
@@ -243,6 +361,41 @@ impl Actor for SessionStore {
         ctx.run_interval(self.kicks.forget_interval(), |act, _| {
             act.kicks.forget_old(Instant::now())
         });
+        // What restoring changed (TTLs of streams cut by the last exit).
+        self.save();
+    }
+}
+
+impl Handler<Committed> for SessionStore {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
+        self.committed(msg.batch, msg.result);
+    }
+}
+
+impl Handler<FlushStorage> for SessionStore {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: FlushStorage, _: &mut Self::Context) -> Self::Result {
+        // A batch waited on like a publish of nothing: the backend answers
+        // in order, so everything before it is answered by then.
+        let (reply, outcome) = oneshot::channel();
+        let batch = self.commits.next_batch();
+        self.commits.wait(Waiting {
+            batch,
+            events: Vec::new(),
+            retain: false,
+            size: 0,
+            reply,
+        });
+        self.submit(batch, None);
+        Box::pin(async move {
+            match outcome.await {
+                Ok(outcome) => outcome.map(drop),
+                Err(_) => Err(WriteError::Unavailable.into()),
+            }
+        })
     }
 }
 
@@ -277,6 +430,7 @@ impl Handler<Connect> for SessionStore {
             peer: msg.peer,
             opening,
         });
+        self.save();
         Ok(())
     }
 }
@@ -309,6 +463,7 @@ impl Handler<DisconnectSession> for SessionStore {
 
     fn handle(&mut self, msg: DisconnectSession, _: &mut Self::Context) {
         self.storage.detach(&msg.device, msg.connection_id);
+        self.save();
     }
 }
 
@@ -351,7 +506,11 @@ impl Handler<DisconnectDevice> for SessionStore {
         } else {
             // Blocked in the same turn as the stream is told to end, so its
             // client's next connect is refused.
-            self.kicks.block(&msg.device, Instant::now());
+            let blocked_for = self.kicks.block(&msg.device, Instant::now());
+            self.save_block(Change::Block {
+                device: msg.device.clone(),
+                until: wall_in(blocked_for),
+            });
             Ending::Blocked
         };
         let device = msg.device.clone();
@@ -365,6 +524,7 @@ impl Handler<DisconnectDevice> for SessionStore {
             // there was none (404), so nothing of the request may stay.
             if !ended && !msg.reconnect {
                 act.kicks.unblock(&device);
+                act.save_block(Change::Unblock { device });
             }
             ended
         }))
@@ -376,6 +536,7 @@ impl Handler<DeleteDevice> for SessionStore {
 
     fn handle(&mut self, msg: DeleteDevice, _: &mut Self::Context) -> bool {
         let existed = self.storage.delete(&msg.device);
+        self.save();
         if existed {
             log::info!("device.deleted device={}", msg.device);
             self.registry.do_send(DisconnectLive {
@@ -423,6 +584,7 @@ impl Handler<SweepExpired> for SessionStore {
         for (device, buffered) in self.storage.sweep(tokio::time::Instant::now()) {
             log::info!("session.expired device={device} buffered={buffered}");
         }
+        self.save();
     }
 }
 

@@ -1,8 +1,9 @@
-//! Storage: what the [`SessionStore`](crate::SessionStore) keeps — every
-//! device's [`Session`] and [`Retained`] events, the expiry index, the byte
-//! count — and the bounds on it. A plain in-memory data structure with one
-//! user, the store actor: a persistent or shared storage replaces this file,
-//! not the store's messages.
+//! Storage: what the [`SessionStore`](crate::SessionStore) keeps in memory —
+//! every device's [`Session`] and [`Retained`] events, the expiry index, the
+//! byte count — and the bounds on it. A plain data structure with one user,
+//! the store actor. Every change that must outlive the process is recorded as
+//! a [`Change`] for the store to hand to its [`Backend`](crate::backend::Backend),
+//! and [`restore`](Storage::restore) takes back what a backend kept.
 //!
 //! Invariants:
 //! - `total_bytes` is the sum of every buffer's and every retained set's bytes;
@@ -17,7 +18,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 // tokio's clock, so tests can pause it and move it past a TTL without
 // sleeping; in a running server it is the monotonic clock.
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::{
     BufferLimits, ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Session,
     Start, StoredEvent,
+    backend::{Change, Snapshot, WriteError, wall_in},
     metrics::metrics,
     retained::{Retained, signed},
 };
@@ -80,6 +81,10 @@ pub enum StoreError {
     StorageFull(usize),
     #[error("the device already retains its maximum of {0} event names")]
     RetainedLimit(usize),
+    /// The storage backend could not make the event durable; it was not
+    /// stored.
+    #[error("{0}; the event was not stored")]
+    Write(#[from] WriteError),
 }
 
 struct Entry {
@@ -87,6 +92,23 @@ struct Entry {
     /// Set while detached: when the session ends.
     expires_at: Option<Instant>,
     history: History,
+}
+
+impl Entry {
+    fn new(session: Session) -> Self {
+        Self {
+            session,
+            expires_at: None,
+            history: History {
+                peer: None,
+                connected_since: None,
+                last_seen: SystemTime::now(),
+                attaches: 0,
+                kicks: 0,
+                resets: 0,
+            },
+        }
+    }
 }
 
 /// What an operator sees of a session's streams.
@@ -144,6 +166,8 @@ pub struct Storage {
     retained: HashMap<DeviceId, Retained>,
     expiries: BTreeSet<(Instant, DeviceId)>,
     total_bytes: usize,
+    /// Made since the store last took them.
+    changes: Vec<Change>,
 }
 
 impl Storage {
@@ -156,7 +180,48 @@ impl Storage {
             retained: HashMap::new(),
             expiries: BTreeSet::new(),
             total_bytes: 0,
+            changes: Vec::new(),
         }
+    }
+
+    /// Takes back what a backend kept: sessions (their TTLs running again
+    /// where they left off; one whose stream was attached when the process
+    /// ended starts its TTL now) and retained events.
+    pub fn restore(&mut self, snapshot: Snapshot) {
+        let limits = self.config.limits();
+        let now = SystemTime::now();
+        for saved in snapshot.sessions {
+            let session = Session::restore(saved.epoch, saved.written, saved.events, limits);
+            metrics().sessions.inc();
+            metrics().buffered_events.add(session.buffered() as i64);
+            self.total_bytes += session.bytes();
+            let device = saved.device;
+            self.sessions.insert(device.clone(), Entry::new(session));
+            match saved.expires {
+                Some(at) => {
+                    let left = at.duration_since(now).unwrap_or_default();
+                    let at = Instant::now() + left;
+                    self.sessions.get_mut(&device).expect("inserted").expires_at = Some(at);
+                    self.expiries.insert((at, device));
+                }
+                None => self.start_ttl(&device),
+            }
+        }
+        for (device, event) in snapshot.retained {
+            let retained = self.retained.entry(device).or_default();
+            self.total_bytes += event.size();
+            retained.keep(event);
+        }
+        metrics().buffered_bytes.set(self.total_bytes as i64);
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
+    /// The changes made since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
     }
 
     pub fn ttl(&self) -> Duration {
@@ -188,6 +253,7 @@ impl Storage {
         name: &EventName,
         size: usize,
         retain: bool,
+        reserved_bytes: usize,
     ) -> Result<(), StoreError> {
         let config = &self.config;
         let mut growth: isize = 0;
@@ -213,7 +279,8 @@ impl Storage {
         if self.sessions.len() + new_sessions > config.max_sessions {
             return Err(StoreError::TooManySessions(config.max_sessions));
         }
-        if growth > 0 && self.total_bytes.saturating_add_signed(growth) > config.max_total_bytes {
+        let held = self.total_bytes + reserved_bytes;
+        if growth > 0 && held.saturating_add_signed(growth) > config.max_total_bytes {
             return Err(StoreError::StorageFull(config.max_total_bytes));
         }
         Ok(())
@@ -234,49 +301,57 @@ impl Storage {
             *sessions_created = sessions_created.wrapping_add(1);
             log::debug!("session.created device={device}");
             metrics().sessions.inc();
-            Entry {
-                session,
-                expires_at: None,
-                history: History {
-                    peer: None,
-                    connected_since: None,
-                    last_seen: SystemTime::now(),
-                    attaches: 0,
-                    kicks: 0,
-                    resets: 0,
-                },
-            }
+            Entry::new(session)
         })
     }
 
-    /// Appends to the device's session (and retained events), keeping the
-    /// byte count; the caller has admitted it.
-    pub fn append(
-        &mut self,
-        device: &DeviceId,
-        name: EventName,
-        data: ByteString,
-        retain: bool,
-    ) -> StoredEvent {
+    /// The id of the event `ahead` events after the device's last one,
+    /// creating its session if it has none. Bounds are the caller's to check.
+    pub fn next_id(&mut self, device: &DeviceId, ahead: u64) -> EventId {
+        let created = !self.sessions.contains_key(device);
+        let id = self.session(device).session.next_id(ahead);
+        if created {
+            // A session created by a publish has no stream yet: it lives
+            // for one TTL waiting for its device, like a session whose
+            // stream ended.
+            self.start_ttl(device);
+        }
+        id
+    }
+
+    /// Appends a committed event to the device's session (and retained
+    /// events), keeping the byte count. Answers `false`, changing nothing,
+    /// if that session ended while the event was being committed.
+    pub fn append(&mut self, device: &DeviceId, event: StoredEvent, retain: bool) -> bool {
         let limits = self.config.limits();
-        let entry = self.session(device);
+        let Some(entry) = self.sessions.get_mut(device) else {
+            return false;
+        };
+        if entry.session.epoch() != event.id.epoch {
+            return false;
+        }
         let (before, events_before) = (entry.session.bytes(), entry.session.buffered());
-        let event = entry.session.append(name, data, limits);
-        let (after, events_after) = (entry.session.bytes(), entry.session.buffered());
-        let evicted = events_before + 1 - events_after;
-        if evicted > 0 {
+        let retained_event = retain.then(|| event.clone());
+        if let Some(through) = entry.session.append(event, limits) {
+            let held = entry.session.buffered();
             // Per publish to a full buffer, so debug; a client that needed
             // them learns it from its `reset` (counted by reason).
-            log::debug!("buffer.evicted device={device} events={evicted} held={events_after}");
+            log::debug!(
+                "buffer.evicted device={device} events={} held={held}",
+                events_before + 1 - held
+            );
+            self.changes.push(Change::Evict {
+                device: device.clone(),
+                epoch: entry.session.epoch(),
+                through,
+            });
         }
-        // A session created by a publish has no stream yet: it lives for one
-        // TTL waiting for its device, like a session whose stream ended.
-        let detached = !entry.session.is_attached();
+        let (after, events_after) = (entry.session.bytes(), entry.session.buffered());
         self.total_bytes = self.total_bytes + after - before;
-        if retain {
+        if let Some(event) = retained_event {
             let retained = self.retained.entry(device.clone()).or_default();
             let before = retained.bytes();
-            retained.keep(event.clone());
+            retained.keep(event);
             self.total_bytes = self.total_bytes + retained.bytes() - before;
         }
         let metrics = metrics();
@@ -285,10 +360,7 @@ impl Storage {
             .buffered_events
             .add(events_after as i64 - events_before as i64);
         metrics.buffered_bytes.set(self.total_bytes as i64);
-        if detached {
-            self.start_ttl(device);
-        }
-        event
+        true
     }
 
     /// Starts the session's countdown, unless it is already counting down.
@@ -299,6 +371,12 @@ impl Storage {
         {
             entry.expires_at = Some(at);
             self.expiries.insert((at, device.clone()));
+            self.changes.push(Change::Detach {
+                device: device.clone(),
+                epoch: entry.session.epoch(),
+                written: entry.session.handed_out(),
+                expires: wall_in(self.config.ttl),
+            });
         }
     }
 
@@ -343,9 +421,14 @@ impl Storage {
         history.peer = Some(peer.to_owned());
         history.attaches += 1;
         history.resets += u64::from(matches!(opening.start, Start::Reset { .. }));
+        let epoch = entry.session.epoch();
         if let Some(at) = was_due {
             self.expiries.remove(&(at, device.clone()));
         }
+        self.changes.push(Change::Attach {
+            device: device.clone(),
+            epoch,
+        });
         Ok(opening)
     }
 
@@ -374,6 +457,10 @@ impl Storage {
     pub fn delete(&mut self, device: &DeviceId) -> bool {
         let session = self.remove_session(device);
         let retained = self.retained.remove(device);
+        self.changes.push(Change::Forget {
+            device: device.clone(),
+            retained: true,
+        });
         if let Some(retained) = &retained {
             self.total_bytes = self.total_bytes.saturating_sub(retained.bytes());
             metrics().buffered_bytes.set(self.total_bytes as i64);
@@ -395,6 +482,10 @@ impl Storage {
                 .get(&device)
                 .is_some_and(|e| e.expires_at == Some(at));
             if due && let Some(session) = self.remove_session(&device) {
+                self.changes.push(Change::Forget {
+                    device: device.clone(),
+                    retained: false,
+                });
                 expired.push((device, session.buffered()));
             }
         }

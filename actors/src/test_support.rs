@@ -47,8 +47,18 @@ pub(crate) fn lenient_kicks() -> KickConfig {
 }
 
 /// The store, registry and heartbeat with sessions kept for `ttl`.
+/// The memory backend, empty.
+pub(crate) fn in_memory() -> (crate::Opened, crate::Snapshot) {
+    (crate::Opened::Memory, crate::Snapshot::default())
+}
+
 pub(crate) fn start_actors(ttl: Duration) -> Actors {
-    crate::start(session_config(ttl), quiet_heartbeat(), lenient_kicks())
+    crate::start(
+        session_config(ttl),
+        quiet_heartbeat(),
+        lenient_kicks(),
+        in_memory(),
+    )
 }
 
 pub(crate) fn device(name: &str) -> DeviceId {

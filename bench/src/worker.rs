@@ -214,7 +214,7 @@ impl Worker {
 async fn run_stream(worker: Rc<Worker>, index: usize, gate: Arc<Semaphore>) {
     let device = worker.args.first + index;
     let path = worker.args.target.stream_path(&device_name(device));
-    let slow = worker.args.slow_every > 0 && device % worker.args.slow_every == 0;
+    let slow = worker.args.slow_every > 0 && device.is_multiple_of(worker.args.slow_every);
     let mut permit = gate.acquire_owned().await.ok();
     let mut counted = false;
     loop {

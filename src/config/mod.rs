@@ -11,7 +11,7 @@ mod validate;
 
 use std::time::Duration;
 
-use herald_actors::{HeartbeatConfig, KickConfig, SessionConfig};
+use herald_actors::{HeartbeatConfig, KickConfig, SessionConfig, StorageConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::logging::LogFormat;
@@ -28,6 +28,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub stream: StreamSettings,
     pub session: SessionConfig,
+    pub storage: StorageConfig,
     pub heartbeat: HeartbeatConfig,
     pub kicks: KickConfig,
     pub log: LogSettings,

@@ -36,6 +36,8 @@ pub struct TestServer {
     pub settings: Settings,
     http: reqwest::Client,
     shutdown: Shutdown,
+    /// The embedded store's directory, removed with the server.
+    _data: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -57,6 +59,8 @@ impl TestServer {
         // Tests that shut down do not wait out a drain window unless they
         // set one.
         settings.server.drain_window = Duration::ZERO;
+        let data = tempfile::tempdir().expect("a storage directory");
+        settings.storage.path = data.path().to_owned();
         adjust(&mut settings);
         settings.validate().expect("adjusted settings are valid");
         let app = Application::build(settings.clone()).expect("server starts");
@@ -68,6 +72,7 @@ impl TestServer {
             settings,
             http: reqwest::Client::new(),
             shutdown,
+            _data: data,
         }
     }
 

@@ -23,6 +23,9 @@ pub struct HeraldProcess {
     pub port: u16,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     log: Vec<String>,
+    /// The storage directory made for this process, unless the test gave
+    /// its own (`HERALD_STORAGE__PATH`).
+    _data: Option<tempfile::TempDir>,
 }
 
 impl HeraldProcess {
@@ -65,9 +68,14 @@ impl HeraldProcess {
         let mut command = herald_command(&["--bind", "127.0.0.1:0"]);
         // No drain window unless the test sets one (its `env` comes after).
         command.env("HERALD_SERVER__DRAIN_WINDOW", "0s");
+        // Each process its own store, unless the test names one.
+        let data = tempfile::tempdir().expect("a storage directory");
+        command.env("HERALD_STORAGE__PATH", data.path());
         command.envs(env.iter().copied());
         adjust(&mut command);
-        Self::spawn(command).await
+        let mut process = Self::spawn(command).await;
+        process._data = Some(data);
+        process
     }
 
     /// Starts `command` (a herald that binds port 0 and logs at info);
@@ -109,6 +117,7 @@ impl HeraldProcess {
             port,
             lines,
             log,
+            _data: None,
         }
     }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::EventName;
 
 const BOOT: u32 = 7;
 
@@ -10,7 +11,14 @@ fn at_most(events: usize) -> BufferLimits {
 }
 
 fn append(session: &mut Session, data: &str, limits: BufferLimits) -> StoredEvent {
-    session.append(EventName::parse("e").unwrap(), data.into(), limits)
+    let event = StoredEvent {
+        id: session.next_id(0),
+        name: EventName::parse("e").unwrap(),
+        data: data.into(),
+        published_at: std::time::Instant::now(),
+    };
+    session.append(event.clone(), limits);
+    event
 }
 
 fn session_with(events: u64, max_events: usize) -> Session {

@@ -136,7 +136,7 @@ async fn only_a_replacement_that_finds_its_client_there_is_a_kick() {
         ..lenient_kicks()
     };
     let ttl = Duration::from_secs(60);
-    let actors = crate::start(session_config(ttl), quiet_heartbeat(), strict);
+    let actors = crate::start(session_config(ttl), quiet_heartbeat(), strict, in_memory());
     let dev = device("d1");
     let kicks = async || {
         let describe = crate::DescribeDevice {

@@ -18,7 +18,7 @@ fn a_sparse_filtered_page_stops_after_max_scan_and_says_where_to_go_on() {
     let mut storage = storage();
     for n in 0..MAX_SCAN + 5 {
         let device = DeviceId::parse(&format!("d{n:06}")).unwrap();
-        storage.append(&device, EventName::parse("e").unwrap(), "x".into(), false);
+        storage.next_id(&device, 0);
     }
     let last = DeviceId::parse("z-connected").unwrap();
     storage

@@ -1,0 +1,215 @@
+//! The storage seam: where the [`SessionStore`](crate::SessionStore)'s data
+//! is kept beyond its memory. The store keeps the policy (bounds, ids and
+//! epochs, TTL decisions, kick rules) and its working copy of the data in
+//! [`Storage`](crate::storage::Storage); a [`Backend`] is told every change as
+//! a [`Change`] and gives the data back at start as a [`Snapshot`].
+//!
+//! - [`Backend::Memory`] keeps nothing: a change is "committed" as soon as it
+//!   is made, and a restart starts empty.
+//! - [`Backend::Embedded`] writes changes to a redb file from its own thread
+//!   ([`embedded`](crate::embedded)), group-committing what arrives while the
+//!   previous commit syncs, and answers the store with [`Committed`] in
+//!   submission order.
+//!
+//! Submitting never blocks the store and its answer arrives as a message, so
+//! a backend whose operations are asynchronous (Redis) fits the same seam.
+//! Ordering does not rest on the answer's timing alone: every event carries
+//! its id, the store hands a stream only committed events in id order, and a
+//! stream refuses an id at or below the last it wrote.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    DeviceId, Epoch, EventId, EventName, SessionStore, StoredEvent,
+    embedded::{Embedded, OpenError, Writer},
+};
+
+/// The `[storage]` config section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: BackendKind,
+    /// The embedded backend's directory (created if missing).
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Embedded,
+            path: PathBuf::from("herald-data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Durable, in a redb file under `path`.
+    Embedded,
+    /// Nothing survives the process.
+    Memory,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// One change to the stored data, in the order the store made it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// One event published to these devices, each at its own id. Several
+    /// devices share one stored payload.
+    Append {
+        name: EventName,
+        data: ByteString,
+        published: SystemTime,
+        retain: bool,
+        to: Vec<(DeviceId, EventId)>,
+    },
+    /// The device's events up to `through` left its buffer.
+    Evict {
+        device: DeviceId,
+        epoch: Epoch,
+        through: u64,
+    },
+    /// A stream attached: the session has no TTL running.
+    Attach {
+        device: DeviceId,
+        epoch: Epoch,
+    },
+    /// The session's stream ended: what streams wrote, and when the session
+    /// expires.
+    Detach {
+        device: DeviceId,
+        epoch: Epoch,
+        written: u64,
+        expires: SystemTime,
+    },
+    /// The session ended (expired, or deleted with its retained events).
+    Forget {
+        device: DeviceId,
+        retained: bool,
+    },
+    /// `reconnect=false`: the device's streams are refused until `until`.
+    Block {
+        device: DeviceId,
+        until: SystemTime,
+    },
+    Unblock {
+        device: DeviceId,
+    },
+}
+
+/// What a backend gives back at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub sessions: Vec<SavedSession>,
+    /// Retained events, per device in publish order.
+    pub retained: Vec<(DeviceId, StoredEvent)>,
+    pub blocks: Vec<(DeviceId, SystemTime)>,
+}
+
+#[derive(Debug)]
+pub struct SavedSession {
+    pub device: DeviceId,
+    pub epoch: Epoch,
+    /// The highest seq a stream wrote, as of the last detach.
+    pub written: u64,
+    /// `None`: a stream was attached when the process ended.
+    pub expires: Option<SystemTime>,
+    /// Oldest first.
+    pub events: Vec<StoredEvent>,
+}
+
+/// Why a batch of changes was not committed: nothing of it was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the disk holding the store is full")]
+    DiskFull,
+    #[error("the store could not be written")]
+    Unavailable,
+}
+
+/// A backend's answer to a submitted batch. Sent by the backend to the
+/// store, in submission order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    pub batch: u64,
+    pub result: Result<(), WriteError>,
+}
+
+/// A backend opened at start, before the store exists.
+pub enum Opened {
+    Memory,
+    Embedded(Embedded),
+}
+
+impl Opened {
+    /// Opens the configured backend and reads what it holds. Refuses a data
+    /// directory in use by another process, and an unreadable or corrupt one.
+    pub fn open(config: &StorageConfig) -> Result<(Self, Snapshot), OpenError> {
+        match config.backend {
+            BackendKind::Memory => Ok((Self::Memory, Snapshot::default())),
+            BackendKind::Embedded => {
+                let (embedded, snapshot) = Embedded::open(&config.path)?;
+                Ok((Self::Embedded(embedded), snapshot))
+            }
+        }
+    }
+
+    /// Starts the backend's writer, answering `store`.
+    pub(crate) fn start(self, store: Addr<SessionStore>) -> Backend {
+        match self {
+            Self::Memory => Backend::Memory,
+            Self::Embedded(embedded) => Backend::Embedded(embedded.spawn(store)),
+        }
+    }
+}
+
+/// A running backend, held by the store.
+pub enum Backend {
+    Memory,
+    Embedded(Writer),
+}
+
+impl Backend {
+    /// Submits `changes` as batch number `batch` (the store counts them).
+    /// Answers `false` when the backend keeps nothing, so the batch is
+    /// committed already.
+    pub(crate) fn submit(&self, batch: u64, changes: Vec<Change>) -> bool {
+        match self {
+            Self::Memory => false,
+            Self::Embedded(writer) => {
+                writer.submit(batch, changes);
+                true
+            }
+        }
+    }
+
+    /// The store has learned of a failed batch and dropped what it had
+    /// reserved: batches submitted from now on may commit again.
+    pub(crate) fn resume(&self) {
+        if let Self::Embedded(writer) = self {
+            writer.resume();
+        }
+    }
+}
+
+/// Wall-clock time `left` from now.
+pub(crate) fn wall_in(left: Duration) -> SystemTime {
+    SystemTime::now() + left
+}

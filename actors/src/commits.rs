@@ -1,0 +1,113 @@
+//! Publishes between their ids and their commit: what the
+//! [`SessionStore`](crate::SessionStore) has handed its backend and not yet
+//! heard back about. A plain data structure owned by the store.
+//!
+//! A publish reserves the next ids of its devices at once (so publishes that
+//! overlap get consecutive ids) and bytes against the store's bound; its
+//! events reach the sessions, and the streams, only once committed. The
+//! backend answers batches in the order they were submitted.
+//!
+//! Invariants:
+//! - `reserved[device]` counts the device's events submitted and not yet
+//!   answered, and `reserved_bytes` their sizes; both drop back when a batch
+//!   is answered, either way;
+//! - after a failure, every batch submitted before the store learned of it
+//!   fails too (it holds ids after the failed ones): the reservations are
+//!   dropped at once and those answers only fail their publishes.
+
+use std::collections::{HashMap, VecDeque};
+
+use actix::dev::Request;
+use tokio::sync::oneshot;
+
+use crate::{
+    DeviceId, StoredEvent,
+    registry::{DeliverEach, DeviceRegistry},
+    storage::StoreError,
+};
+
+/// What a waiting publish is answered: its events handed to the registry
+/// (whose answer says which were live), or why nothing was stored.
+pub type Outcome = Result<Request<DeviceRegistry, DeliverEach>, StoreError>;
+
+/// One publish waiting for its commit.
+pub struct Waiting {
+    pub batch: u64,
+    pub events: Vec<(DeviceId, StoredEvent)>,
+    pub retain: bool,
+    pub size: usize,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+#[derive(Default)]
+pub struct Commits {
+    /// The number of the last batch submitted.
+    last_batch: u64,
+    /// Batches up to this one fail because of an earlier failure.
+    failed_through: u64,
+    reserved: HashMap<DeviceId, u64>,
+    reserved_bytes: usize,
+    waiting: VecDeque<Waiting>,
+}
+
+impl Commits {
+    /// Numbers the next batch.
+    pub fn next_batch(&mut self) -> u64 {
+        self.last_batch += 1;
+        self.last_batch
+    }
+
+    /// Reserves one event of `size` bytes for `device`; answers how many of
+    /// its events were reserved before this one.
+    pub fn reserve(&mut self, device: &DeviceId, size: usize) -> u64 {
+        self.reserved_bytes += size;
+        let count = self.reserved.entry(device.clone()).or_default();
+        *count += 1;
+        *count - 1
+    }
+
+    pub fn reserved_bytes(&self) -> usize {
+        self.reserved_bytes
+    }
+
+    pub fn wait(&mut self, waiting: Waiting) {
+        self.waiting.push_back(waiting);
+    }
+
+    /// The publish of batch `batch`, now committed, its reservations
+    /// released. `None` for a batch no publish waits on.
+    pub fn committed(&mut self, batch: u64) -> Option<Waiting> {
+        let waiting = self.take(batch)?;
+        if batch > self.failed_through {
+            self.reserved_bytes -= waiting.size * waiting.events.len();
+            for (device, _) in &waiting.events {
+                if let Some(count) = self.reserved.get_mut(device) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.reserved.remove(device);
+                    }
+                }
+            }
+        }
+        Some(waiting)
+    }
+
+    /// Batch `batch` failed. Answers whether this is news (the backend must
+    /// be told to resume), and the publish that waited on it, if any.
+    pub fn failed(&mut self, batch: u64) -> (bool, Option<Waiting>) {
+        let news = batch > self.failed_through;
+        if news {
+            self.failed_through = self.last_batch;
+            self.reserved.clear();
+            self.reserved_bytes = 0;
+        }
+        (news, self.take(batch))
+    }
+
+    fn take(&mut self, batch: u64) -> Option<Waiting> {
+        match self.waiting.front() {
+            Some(front) if front.batch == batch => self.waiting.pop_front(),
+            _ => None,
+        }
+    }
+}
