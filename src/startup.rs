@@ -20,7 +20,7 @@ use actix_web::{
     http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
     middleware::from_fn,
 };
-use herald_actors::{Actors, DisconnectAll, FlushStorage, OpenError, Opened};
+use herald_actors::{Actors, CloseStorage, DisconnectAll, OpenError, Opened};
 use socket2::{Domain, Socket, Type};
 
 use crate::{
@@ -257,7 +257,7 @@ impl Shutdown {
             actix_web::rt::time::sleep(last_close).await;
         }
         self.server.stop(true).await;
-        if let Ok(Err(error)) = self.actors.store.send(FlushStorage).await {
+        if let Ok(Err(error)) = self.actors.store.send(CloseStorage).await {
             log::error!("storage.flush_failed error=\"{error}\"");
         }
     }

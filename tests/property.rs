@@ -1,5 +1,6 @@
 //! A property over many random rounds: whatever the interleaving of
-//! publishes, reads, disconnects, resumes and kicks, every client ends up with
+//! publishes, reads, disconnects, resumes, kicks and (on the embedded storage
+//! backend) server restarts, every client ends up with
 //! exactly the published sequence — nothing lost, nothing twice, nothing out
 //! of order. Seeded, so a failure replays: `PROPERTY_SEED=<seed> cargo test
 //! --test property` runs that seed alone.
@@ -22,7 +23,7 @@ use std::panic::AssertUnwindSafe;
 
 use common::{EventStream, TestServer, seq_of};
 use futures_util::{FutureExt as _, future::join_all};
-use herald_actors::FlappingPolicy;
+use herald_actors::{BackendKind, FlappingPolicy};
 use serde_json::{Value, json};
 
 const SEEDS: [u64; 5] = [1, 2, 3, 0x5eed_cafe, 0xdead_beef];
@@ -31,6 +32,8 @@ const DEVICES: [&str; 3] = ["alpha", "beta", "gamma"];
 const EVENT_NAMES: [&str; 3] = ["config", "note", "alert"];
 /// The most events one drain reads.
 const MAX_DRAIN: usize = 8;
+/// The chance of a restart before an operation, on the embedded backend.
+const RESTART_PERCENT: u8 = 3;
 
 /// Fails the run with the seed and a message; the run prints its trace.
 macro_rules! ensure {
@@ -58,6 +61,7 @@ struct Stats {
     disconnects: usize,
     resumes: usize,
     kicks: usize,
+    restarts: usize,
     /// Events a stream legitimately delivered again after a kick.
     replays: usize,
     /// Events a fresh connect skipped because an earlier stream wrote them.
@@ -71,6 +75,7 @@ impl Stats {
         self.disconnects += other.disconnects;
         self.resumes += other.resumes;
         self.kicks += other.kicks;
+        self.restarts += other.restarts;
         self.replays += other.replays;
         self.skipped += other.skipped;
     }
@@ -448,9 +453,13 @@ fn pick_op(rng: &mut fastrand::Rng, connected: bool) -> Op {
     }
 }
 
-async fn run_seed(seed: u64) -> Stats {
-    // Kicks here test delivery, not ping-pong: no flapping cool-down.
-    let server = TestServer::start_with(|s| s.kicks.flapping_policy = FlappingPolicy::Allow).await;
+async fn run_seed(seed: u64, backend: BackendKind) -> Stats {
+    let server = TestServer::start_with(|s| {
+        // Kicks here test delivery, not ping-pong: no flapping cool-down.
+        s.kicks.flapping_policy = FlappingPolicy::Allow;
+        s.storage.backend = backend;
+    })
+    .await;
     let mut run = Run {
         seed,
         server,
@@ -460,6 +469,17 @@ async fn run_seed(seed: u64) -> Stats {
     };
     let mut devices: Vec<Device> = DEVICES.into_iter().map(Device::new).collect();
     for n in 0..OPERATIONS {
+        // The server shuts down and starts again on its storage (every
+        // client loses its stream): only durable storage keeps the run going.
+        if backend == BackendKind::Embedded && run.rng.u8(..100) < RESTART_PERCENT {
+            run.note(format!("#{n} Restart"));
+            for dev in &mut devices {
+                dev.stream = None;
+            }
+            run.server.restart().await;
+            run.stats.restarts += 1;
+            continue;
+        }
         let dev = &mut devices[run.rng.usize(..DEVICES.len())];
         let op = pick_op(&mut run.rng, dev.stream.is_some());
         let stream = match dev.stream.as_ref().and_then(|s| s.position) {
@@ -503,7 +523,19 @@ async fn run_seed(seed: u64) -> Stats {
 }
 
 #[actix_web::test]
-async fn random_reconnects_and_kicks_never_lose_duplicate_or_reorder_an_event() {
+async fn on_the_memory_backend_random_reconnects_and_kicks_never_lose_duplicate_or_reorder_an_event()
+ {
+    check_seeds(BackendKind::Memory).await;
+}
+
+#[actix_web::test]
+async fn on_the_embedded_backend_random_reconnects_kicks_and_restarts_never_lose_duplicate_or_reorder_an_event()
+ {
+    check_seeds(BackendKind::Embedded).await;
+}
+
+/// Runs every seed (or `PROPERTY_SEED` alone) on `backend`.
+async fn check_seeds(backend: BackendKind) {
     let chosen = std::env::var("PROPERTY_SEED").ok();
     let seeds = match &chosen {
         Some(seed) => vec![seed.parse().expect("PROPERTY_SEED is a number")],
@@ -514,7 +546,7 @@ async fn random_reconnects_and_kicks_never_lose_duplicate_or_reorder_an_event() 
     let outcomes = join_all(
         seeds
             .iter()
-            .map(|&seed| AssertUnwindSafe(run_seed(seed)).catch_unwind()),
+            .map(|&seed| AssertUnwindSafe(run_seed(seed, backend)).catch_unwind()),
     )
     .await;
     let mut failed = Vec::new();
@@ -533,7 +565,11 @@ async fn random_reconnects_and_kicks_never_lose_duplicate_or_reorder_an_event() 
         "seeds {failed:?} failed (see above); PROPERTY_SEED=<seed> runs one alone"
     );
     // The cases that matter were exercised, not just drawn.
-    let covered =
-        total.kicks > 0 && total.replays > 0 && total.resumes > 0 && total.disconnects > 0;
+    let restarted = backend == BackendKind::Memory || total.restarts > 0;
+    let covered = total.kicks > 0
+        && total.replays > 0
+        && total.resumes > 0
+        && total.disconnects > 0
+        && restarted;
     assert!(chosen.is_some() || covered, "{total:?}");
 }

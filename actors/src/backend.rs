@@ -207,6 +207,21 @@ impl Backend {
             writer.resume();
         }
     }
+
+    /// Commits what was submitted, then closes: the embedded file is
+    /// released, and later batches fail.
+    pub(crate) fn close(&self) -> impl Future<Output = Result<(), WriteError>> + 'static {
+        let closed = match self {
+            Self::Memory => None,
+            Self::Embedded(writer) => Some(writer.close()),
+        };
+        async move {
+            match closed {
+                None => Ok(()),
+                Some(closed) => closed.await.unwrap_or(Err(WriteError::Unavailable)),
+            }
+        }
+    }
 }
 
 /// Wall-clock time `left` from now.

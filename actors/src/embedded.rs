@@ -36,6 +36,7 @@ use bytestring::ByteString;
 use redb::{
     Database, DatabaseError, ReadableTable, StorageError, TableDefinition, WriteTransaction,
 };
+use tokio::sync::oneshot;
 
 use crate::{
     DeviceId, Epoch, EventId, EventName, SessionStore, StoredEvent,
@@ -78,6 +79,7 @@ pub struct Embedded {
     /// References to each shared payload.
     refs: HashMap<u64, u64>,
     next_payload: u64,
+    closed: bool,
 }
 
 enum Job {
@@ -87,6 +89,8 @@ enum Job {
     },
     /// The store has learned of a failure and rolled back what it reserved.
     Resume,
+    /// Commit what came before, then close the file; answers how that went.
+    Close(oneshot::Sender<Result<(), WriteError>>),
 }
 
 /// The store's handle on the writer thread. Dropping it ends the thread
@@ -104,6 +108,12 @@ impl Writer {
 
     pub(crate) fn resume(&self) {
         let _ = self.jobs.send(Job::Resume);
+    }
+
+    pub(crate) fn close(&self) -> oneshot::Receiver<Result<(), WriteError>> {
+        let (done, closed) = oneshot::channel();
+        let _ = self.jobs.send(Job::Close(done));
+        closed
     }
 }
 
@@ -133,6 +143,7 @@ impl Embedded {
             file,
             refs: HashMap::new(),
             next_payload: 1,
+            closed: false,
         };
         let snapshot = embedded.load().map_err(|e| corrupt(&embedded.file, e))?;
         Ok((embedded, snapshot))
@@ -156,6 +167,17 @@ impl Embedded {
                     // What came before the store's resume was submitted while
                     // nothing had failed: it commits, or is a new failure.
                     (Job::Resume, _) => failed = self.commit(&mut group, store),
+                    (Job::Close(done), _) => {
+                        let result = match self.commit(&mut group, store).or(failed) {
+                            Some(error) => Err(error),
+                            None => Ok(()),
+                        };
+                        // Released for the next process (or test server);
+                        // whatever comes later fails.
+                        self.db = None;
+                        self.closed = true;
+                        let _ = done.send(result);
+                    }
                     (Job::Batch { id, .. }, Some(error)) => store.do_send(Committed {
                         batch: id,
                         result: Err(error),
@@ -199,6 +221,9 @@ impl Embedded {
     }
 
     fn write(&mut self, group: &[(u64, Vec<Change>)]) -> Result<(), redb::Error> {
+        if self.closed {
+            return Err(redb::Error::DatabaseClosed);
+        }
         if self.db.is_none() {
             self.db = Some(open_database(&self.file)?);
         }

@@ -104,9 +104,8 @@ pub use metrics::{Metrics, metrics};
 pub use registry::{CountLive, DeviceRegistry, DisconnectAll};
 pub use session::{BufferLimits, Opening, Progress, Session, Start};
 pub use session_store::{
-    Broadcast, BroadcastReceipt, Connect, ConnectError, CountSessions, DeleteDevice,
-    DescribeDevice, DisconnectDevice, FlushStorage, ListDevices, Publish, PublishReceipt,
-    SessionStore,
+    Broadcast, BroadcastReceipt, CloseStorage, Connect, ConnectError, CountSessions, DeleteDevice,
+    DescribeDevice, DisconnectDevice, ListDevices, Publish, PublishReceipt, SessionStore,
 };
 pub use storage::{DevicePage, DeviceView, SessionConfig, StoreError};
 

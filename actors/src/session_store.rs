@@ -180,11 +180,12 @@ pub struct CountSessions;
 #[rtype(result = "()")]
 pub struct SweepExpired;
 
-/// Answers once every change made so far is committed (or failed). Sent at
+/// Commit every change made so far, then close the backend (the embedded
+/// file is released for the next process); later changes fail. Sent at
 /// shutdown, after the streams ended, so their positions and TTLs are kept.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
-pub struct FlushStorage;
+pub struct CloseStorage;
 
 pub struct SessionStore {
     storage: Storage,
@@ -374,28 +375,13 @@ impl Handler<Committed> for SessionStore {
     }
 }
 
-impl Handler<FlushStorage> for SessionStore {
+impl Handler<CloseStorage> for SessionStore {
     type Result = ResponseFuture<Result<(), StoreError>>;
 
-    fn handle(&mut self, _: FlushStorage, _: &mut Self::Context) -> Self::Result {
-        // A batch waited on like a publish of nothing: the backend answers
-        // in order, so everything before it is answered by then.
-        let (reply, outcome) = oneshot::channel();
-        let batch = self.commits.next_batch();
-        self.commits.wait(Waiting {
-            batch,
-            events: Vec::new(),
-            retain: false,
-            size: 0,
-            reply,
-        });
-        self.submit(batch, None);
-        Box::pin(async move {
-            match outcome.await {
-                Ok(outcome) => outcome.map(drop),
-                Err(_) => Err(WriteError::Unavailable.into()),
-            }
-        })
+    fn handle(&mut self, _: CloseStorage, _: &mut Self::Context) -> Self::Result {
+        self.save();
+        let closed = self.backend.close();
+        Box::pin(async move { Ok(closed.await?) })
     }
 }
 

@@ -63,10 +63,11 @@ impl TestServer {
         settings.storage.path = data.path().to_owned();
         adjust(&mut settings);
         settings.validate().expect("adjusted settings are valid");
-        let app = Application::build(settings.clone()).expect("server starts");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let shutdown = app.shutdown_handle();
-        actix_web::rt::spawn(app.run_until_stopped());
+        Self::launch(settings, data)
+    }
+
+    fn launch(settings: Settings, data: tempfile::TempDir) -> Self {
+        let (base, shutdown) = Self::serve(&settings);
         Self {
             base,
             settings,
@@ -74,6 +75,22 @@ impl TestServer {
             shutdown,
             _data: data,
         }
+    }
+
+    fn serve(settings: &Settings) -> (String, Shutdown) {
+        let app = Application::build(settings.clone()).expect("server starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = app.shutdown_handle();
+        actix_web::rt::spawn(app.run_until_stopped());
+        (base, shutdown)
+    }
+
+    /// Shuts the server down (streams ended, storage closed) and starts a
+    /// new one on the same settings and storage directory, on a new port:
+    /// what it knows is what its storage backend kept.
+    pub async fn restart(&mut self) {
+        self.shut_down().await;
+        (self.base, self.shutdown) = Self::serve(&self.settings);
     }
 
     pub fn admin_token(&self) -> &str {
