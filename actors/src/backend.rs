@@ -143,12 +143,13 @@ pub enum WriteError {
     Unavailable,
 }
 
-/// A backend's answer to a submitted batch. Sent by the backend to the
-/// store, in submission order.
+/// A backend's answer to every submitted batch up to `through` not yet
+/// answered (one commit covers a run of batches). Sent by the backend to
+/// the store, in submission order.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Committed {
-    pub batch: u64,
+    pub through: u64,
     pub result: Result<(), WriteError>,
 }
 

@@ -17,18 +17,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use actix::dev::Request;
 use tokio::sync::oneshot;
 
-use crate::{
-    DeviceId, StoredEvent,
-    registry::{DeliverEach, DeviceRegistry},
-    storage::StoreError,
-};
+use crate::{DeviceId, StoredEvent, storage::StoreError};
 
-/// What a waiting publish is answered: its events handed to the registry
-/// (whose answer says which were live), or why nothing was stored.
-pub type Outcome = Result<Request<DeviceRegistry, DeliverEach>, StoreError>;
+/// What a waiting publish is answered: for each of its events, in order,
+/// whether it was handed to a live stream; or why nothing was stored.
+pub type Outcome = Result<Vec<bool>, StoreError>;
 
 /// One publish waiting for its commit.
 pub struct Waiting {
@@ -74,11 +69,11 @@ impl Commits {
         self.waiting.push_back(waiting);
     }
 
-    /// The publish of batch `batch`, now committed, its reservations
-    /// released. `None` for a batch no publish waits on.
-    pub fn committed(&mut self, batch: u64) -> Option<Waiting> {
-        let waiting = self.take(batch)?;
-        if batch > self.failed_through {
+    /// The next publish among the batches up to `through`, now committed,
+    /// its reservations released; `None` when none is left.
+    pub fn committed(&mut self, through: u64) -> Option<Waiting> {
+        let waiting = self.take(through)?;
+        if waiting.batch > self.failed_through {
             self.reserved_bytes -= waiting.size * waiting.events.len();
             for (device, _) in &waiting.events {
                 if let Some(count) = self.reserved.get_mut(device) {
@@ -92,21 +87,27 @@ impl Commits {
         Some(waiting)
     }
 
-    /// Batch `batch` failed. Answers whether this is news (the backend must
-    /// be told to resume), and the publish that waited on it, if any.
-    pub fn failed(&mut self, batch: u64) -> (bool, Option<Waiting>) {
-        let news = batch > self.failed_through;
+    /// The batches up to `through` failed. Answers whether this is news
+    /// (the backend must be told to resume): batches submitted after the
+    /// last failure was learned of, which hold the only reservations left.
+    pub fn failed(&mut self, through: u64) -> bool {
+        let news = through > self.failed_through;
         if news {
             self.failed_through = self.last_batch;
             self.reserved.clear();
             self.reserved_bytes = 0;
         }
-        (news, self.take(batch))
+        news
     }
 
-    fn take(&mut self, batch: u64) -> Option<Waiting> {
+    /// The next publish waiting on a failed batch up to `through`.
+    pub fn refused(&mut self, through: u64) -> Option<Waiting> {
+        self.take(through)
+    }
+
+    fn take(&mut self, through: u64) -> Option<Waiting> {
         match self.waiting.front() {
-            Some(front) if front.batch == batch => self.waiting.pop_front(),
+            Some(front) if front.batch <= through => self.waiting.pop_front(),
             _ => None,
         }
     }

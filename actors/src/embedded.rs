@@ -34,7 +34,7 @@ use std::{
 use actix::Addr;
 use bytestring::ByteString;
 use redb::{
-    Database, DatabaseError, ReadableTable, StorageError, TableDefinition, WriteTransaction,
+    Database, DatabaseError, ReadableTable, StorageError, Table, TableDefinition, WriteTransaction,
 };
 use tokio::sync::oneshot;
 
@@ -179,7 +179,7 @@ impl Embedded {
                         let _ = done.send(result);
                     }
                     (Job::Batch { id, .. }, Some(error)) => store.do_send(Committed {
-                        batch: id,
+                        through: id,
                         result: Err(error),
                     }),
                     (Job::Batch { id, changes }, None) => group.push((id, changes)),
@@ -211,12 +211,13 @@ impl Embedded {
             self.db = None;
             kind
         });
-        for (id, _) in group.drain(..) {
-            store.do_send(Committed {
-                batch: id,
-                result: result.map(|_| ()),
-            });
-        }
+        // A group is a run of consecutive batches: one answer for all.
+        let through = group.last().map_or(0, |(id, _)| *id);
+        group.clear();
+        store.do_send(Committed {
+            through,
+            result: result.map(|_| ()),
+        });
         result.err()
     }
 
@@ -229,13 +230,14 @@ impl Embedded {
         }
         let db = self.db.as_ref().expect("opened above");
         let txn = db.begin_write()?;
-        let mut refs = Refs::default();
+        let mut tables = Tables::open(&txn)?;
         let mut next_payload = self.next_payload;
         for (_, changes) in group {
             for change in changes {
-                apply(&txn, change, &mut refs, &self.refs, &mut next_payload)?;
+                tables.apply(change, &self.refs, &mut next_payload)?;
             }
         }
+        let refs = tables.close();
         txn.commit()?;
         self.next_payload = next_payload;
         refs.merge_into(&mut self.refs);
@@ -425,180 +427,170 @@ impl Refs {
     }
 }
 
-fn apply(
-    txn: &WriteTransaction,
-    change: &Change,
-    refs: &mut Refs,
-    committed: &HashMap<u64, u64>,
-    next_payload: &mut u64,
-) -> Result<(), redb::Error> {
-    let mut sessions = txn.open_table(SESSIONS)?;
-    match change {
-        Change::Append {
-            name,
-            data,
-            published,
-            retain,
-            to,
-        } => {
-            let published = unix_ms(*published);
-            let payload = if to.len() > 1 {
-                let id = *next_payload;
-                *next_payload += 1;
-                txn.open_table(PAYLOADS)?
-                    .insert(id, (name.as_str(), data.as_ref()))?;
-                id
-            } else {
-                0
-            };
-            // A shared payload's rows hold no name or data of their own.
-            let (inline_name, inline_data) = match payload {
-                0 => (name.as_str(), &**data),
-                _ => ("", ""),
-            };
-            let mut events = txn.open_table(EVENTS)?;
-            let mut retained = txn.open_table(RETAINED)?;
-            for (device, id) in to {
-                let device = device.as_str();
-                let current = sessions.get(device)?.map(|row| row.value());
-                match current {
-                    Some((epoch, ..)) if epoch == id.epoch.to_bits() => {}
-                    // A session this file does not know yet, or an older
-                    // one whose end did not reach it.
-                    _ => {
-                        drop(events);
-                        remove_events(txn, device, u64::MAX, refs)?;
-                        events = txn.open_table(EVENTS)?;
-                        sessions.insert(device, (id.epoch.to_bits(), 0, 0))?;
+/// The tables one write transaction works on, opened once per commit.
+struct Tables<'txn> {
+    sessions: Table<'txn, &'static str, (u64, u64, u64)>,
+    events: Table<'txn, (&'static str, u64), (u64, u64, &'static str, &'static str)>,
+    payloads: Table<'txn, u64, (&'static str, &'static str)>,
+    retained: Table<'txn, (&'static str, &'static str), RetainedRow>,
+    blocks: Table<'txn, &'static str, u64>,
+    /// Reference-count changes not yet committed.
+    refs: Refs,
+}
+
+impl Tables<'_> {
+    /// Closes the tables (the transaction can commit); answers the
+    /// reference-count changes made.
+    fn close(self) -> Refs {
+        self.refs
+    }
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Self {
+            sessions: txn.open_table(SESSIONS)?,
+            events: txn.open_table(EVENTS)?,
+            payloads: txn.open_table(PAYLOADS)?,
+            retained: txn.open_table(RETAINED)?,
+            blocks: txn.open_table(BLOCKS)?,
+            refs: Refs::default(),
+        })
+    }
+
+    fn apply(
+        &mut self,
+        change: &Change,
+        committed: &HashMap<u64, u64>,
+        next_payload: &mut u64,
+    ) -> Result<(), redb::Error> {
+        match change {
+            Change::Append {
+                name,
+                data,
+                published,
+                retain,
+                to,
+            } => {
+                let published = unix_ms(*published);
+                let payload = if to.len() > 1 {
+                    let id = *next_payload;
+                    *next_payload += 1;
+                    self.payloads.insert(id, (name.as_str(), &**data))?;
+                    id
+                } else {
+                    0
+                };
+                // A shared payload's rows hold no name or data of their own.
+                let (inline_name, inline_data) = match payload {
+                    0 => (name.as_str(), &**data),
+                    _ => ("", ""),
+                };
+                for (device, id) in to {
+                    let device = device.as_str();
+                    let epoch = self.sessions.get(device)?.map(|row| row.value().0);
+                    if epoch != Some(id.epoch.to_bits()) {
+                        // A session this file does not know yet, or an
+                        // older one whose end did not reach it.
+                        self.remove_events(device, u64::MAX)?;
+                        self.sessions.insert(device, (id.epoch.to_bits(), 0, 0))?;
+                    }
+                    let row = (payload, published, inline_name, inline_data);
+                    self.events.insert((device, id.seq), row)?;
+                    self.refs.add(payload, 1);
+                    if *retain {
+                        let row = (id.epoch.to_bits(), id.seq, payload, published, inline_data);
+                        if let Some(old) = self.retained.insert((device, name.as_str()), row)? {
+                            self.refs.add(old.value().2, -1);
+                        }
+                        self.refs.add(payload, 1);
                     }
                 }
-                events.insert(
-                    (device, id.seq),
-                    (payload, published, inline_name, inline_data),
-                )?;
-                refs.add(payload, 1);
-                if *retain {
-                    let row = (id.epoch.to_bits(), id.seq, payload, published, inline_data);
-                    if let Some(old) = retained.insert((device, name.as_str()), row)? {
-                        refs.add(old.value().2, -1);
-                    }
-                    refs.add(payload, 1);
+            }
+            Change::Evict {
+                device,
+                epoch,
+                through,
+            } => {
+                let current = self.sessions.get(device.as_str())?.map(|row| row.value().0);
+                if current == Some(epoch.to_bits()) {
+                    self.remove_events(device.as_str(), *through)?;
                 }
             }
-            drop((events, retained));
-            release_payloads(txn, refs, committed)?;
-        }
-        Change::Evict {
-            device,
-            epoch,
-            through,
-        } => {
-            let current = sessions.get(device.as_str())?.map(|row| row.value().0);
-            if current == Some(epoch.to_bits()) {
-                drop(sessions);
-                remove_events(txn, device.as_str(), *through, refs)?;
-                release_payloads(txn, refs, committed)?;
+            Change::Attach { device, epoch } => {
+                let current = self.sessions.get(device.as_str())?.map(|row| row.value());
+                let written = match current {
+                    Some((e, written, _)) if e == epoch.to_bits() => written,
+                    _ => 0,
+                };
+                self.sessions
+                    .insert(device.as_str(), (epoch.to_bits(), written, 0))?;
+            }
+            Change::Detach {
+                device,
+                epoch,
+                written,
+                expires,
+            } => {
+                let row = (epoch.to_bits(), *written, unix_ms(*expires).max(1));
+                self.sessions.insert(device.as_str(), row)?;
+            }
+            Change::Forget { device, retained } => self.forget(device.as_str(), *retained)?,
+            Change::Block { device, until } => {
+                self.blocks
+                    .insert(device.as_str(), unix_ms(*until).max(1))?;
+            }
+            Change::Unblock { device } => {
+                self.blocks.remove(device.as_str())?;
             }
         }
-        Change::Attach { device, epoch } => {
-            let current = sessions.get(device.as_str())?.map(|row| row.value());
-            let written = match current {
-                Some((e, written, _)) if e == epoch.to_bits() => written,
-                _ => 0,
-            };
-            sessions.insert(device.as_str(), (epoch.to_bits(), written, 0))?;
-        }
-        Change::Detach {
-            device,
-            epoch,
-            written,
-            expires,
-        } => {
-            sessions.insert(
-                device.as_str(),
-                (epoch.to_bits(), *written, unix_ms(*expires).max(1)),
-            )?;
-        }
-        Change::Forget { device, retained } => {
-            drop(sessions);
-            forget(txn, device, *retained, refs, committed)?;
-        }
-        Change::Block { device, until } => {
-            txn.open_table(BLOCKS)?
-                .insert(device.as_str(), unix_ms(*until).max(1))?;
-        }
-        Change::Unblock { device } => {
-            txn.open_table(BLOCKS)?.remove(device.as_str())?;
-        }
+        self.release_payloads(committed)
     }
-    Ok(())
-}
 
-/// Removes the device's session and events, and its retained events too if
-/// `retained`.
-fn forget(
-    txn: &WriteTransaction,
-    device: &DeviceId,
-    retained: bool,
-    refs: &mut Refs,
-    committed: &HashMap<u64, u64>,
-) -> Result<(), redb::Error> {
-    let device = device.as_str();
-    txn.open_table(SESSIONS)?.remove(device)?;
-    remove_events(txn, device, u64::MAX, refs)?;
-    if retained {
-        let mut table = txn.open_table(RETAINED)?;
-        let mut names = Vec::new();
-        for row in table.range((device, "")..)? {
-            let (key, value) = row?;
-            let (owner, name) = key.value();
-            if owner != device {
-                break;
+    /// Removes the device's session and events, and its retained events
+    /// too if `retained`.
+    fn forget(&mut self, device: &str, retained: bool) -> Result<(), redb::Error> {
+        self.sessions.remove(device)?;
+        self.remove_events(device, u64::MAX)?;
+        if retained {
+            let mut names = Vec::new();
+            for row in self.retained.range((device, "")..)? {
+                let (key, value) = row?;
+                let (owner, name) = key.value();
+                if owner != device {
+                    break;
+                }
+                names.push(name.to_owned());
+                self.refs.add(value.value().2, -1);
             }
-            names.push(name.to_owned());
-            refs.add(value.value().2, -1);
+            for name in &names {
+                self.retained.remove((device, name.as_str()))?;
+            }
         }
-        for name in &names {
-            table.remove((device, name.as_str()))?;
+        Ok(())
+    }
+
+    /// Removes the device's events up to `through`.
+    fn remove_events(&mut self, device: &str, through: u64) -> Result<(), redb::Error> {
+        let range = (device, 0)..=(device, through);
+        for row in self.events.extract_from_if(range, |_, _| true)? {
+            let (_, value) = row?;
+            self.refs.add(value.value().0, -1);
         }
+        Ok(())
     }
-    release_payloads(txn, refs, committed)
-}
 
-/// Removes the device's events up to `through`.
-fn remove_events(
-    txn: &WriteTransaction,
-    device: &str,
-    through: u64,
-    refs: &mut Refs,
-) -> Result<(), redb::Error> {
-    let mut events = txn.open_table(EVENTS)?;
-    for row in events.extract_from_if((device, 0)..=(device, through), |_, _| true)? {
-        let (_, value) = row?;
-        refs.add(value.value().0, -1);
-    }
-    Ok(())
-}
-
-/// Deletes the shared payloads this transaction left without references.
-fn release_payloads(
-    txn: &WriteTransaction,
-    refs: &mut Refs,
-    committed: &HashMap<u64, u64>,
-) -> Result<(), redb::Error> {
-    let released: Vec<u64> = refs
-        .0
-        .keys()
-        .copied()
-        .filter(|id| refs.current(committed, *id) <= 0)
-        .collect();
-    if !released.is_empty() {
-        let mut payloads = txn.open_table(PAYLOADS)?;
+    /// Deletes the shared payloads this transaction left without references.
+    fn release_payloads(&mut self, committed: &HashMap<u64, u64>) -> Result<(), redb::Error> {
+        let released: Vec<u64> = (self.refs.0.iter())
+            .filter(|(id, delta)| **delta < 0 && self.refs.current(committed, **id) <= 0)
+            .map(|(id, _)| *id)
+            .collect();
         for id in released {
-            payloads.remove(id)?;
+            self.payloads.remove(id)?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn stored_payload(

@@ -246,39 +246,43 @@ impl SessionStore {
         }
     }
 
-    /// The backend's answer for `batch`: a committed publish reaches its
-    /// sessions and the registry (in commit order, which is id order); a
-    /// failed one is refused with the backend's error.
-    fn committed(&mut self, batch: u64, result: Result<(), WriteError>) {
-        let waiting = match result {
-            Ok(()) => self.commits.committed(batch),
-            Err(error) => {
-                let (news, waiting) = self.commits.failed(batch);
-                if news {
-                    self.backend.resume();
-                }
-                if let Some(waiting) = waiting {
-                    let _ = waiting.reply.send(Err(error.into()));
-                }
-                return;
+    /// The backend's answer for the batches up to `through`: committed
+    /// publishes reach their sessions and the registry (in commit order,
+    /// which is id order); failed ones are refused with the backend's error.
+    fn committed(&mut self, through: u64, result: Result<(), WriteError>) {
+        if let Err(error) = result {
+            if self.commits.failed(through) {
+                self.backend.resume();
             }
-        };
-        let Some(Waiting {
-            events,
-            retain,
-            reply,
-            ..
-        }) = waiting
-        else {
+            while let Some(waiting) = self.commits.refused(through) {
+                let _ = waiting.reply.send(Err(error.into()));
+            }
             return;
-        };
-        let events: Vec<_> = events
-            .into_iter()
-            .filter(|(device, event)| self.storage.append(device, event.clone(), retain))
-            .collect();
-        let delivery = self.registry.send(DeliverEach { events });
-        let _ = reply.send(Ok(delivery));
+        }
+        // One delivery for everything the commit covered; each publish is
+        // answered its share of the registry's answer.
+        let (mut events, mut replies) = (Vec::new(), Vec::new());
+        while let Some(waiting) = self.commits.committed(through) {
+            let retain = waiting.retain;
+            let before = events.len();
+            events.extend(
+                (waiting.events.into_iter())
+                    .filter(|(device, event)| self.storage.append(device, event.clone(), retain)),
+            );
+            replies.push((waiting.reply, events.len() - before));
+        }
         self.save();
+        if replies.is_empty() {
+            return;
+        }
+        let delivery = self.registry.send(DeliverEach { events });
+        actix::spawn(async move {
+            let delivered = delivery.await.unwrap_or_default();
+            let mut delivered = delivered.into_iter().chain(std::iter::repeat(false));
+            for (reply, count) in replies {
+                let _ = reply.send(Ok(delivered.by_ref().take(count).collect()));
+            }
+        });
     }
 
     /// `view` with the kick rules' flag.
@@ -341,8 +345,7 @@ impl SessionStore {
         self.submit(batch, Some(append));
         Box::pin(async move {
             let outcome = outcome.await.map_err(|_| WriteError::Unavailable)?;
-            let delivered = outcome?.await.unwrap_or_default();
-            let delivered = delivered.into_iter().chain(std::iter::repeat(false));
+            let delivered = outcome?.into_iter().chain(std::iter::repeat(false));
             Ok(ids
                 .into_iter()
                 .zip(delivered)
@@ -371,7 +374,7 @@ impl Handler<Committed> for SessionStore {
     type Result = ();
 
     fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
-        self.committed(msg.batch, msg.result);
+        self.committed(msg.through, msg.result);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The servers under test: herald (its binary, with the repo's
-//! `config.toml` and the bench overrides below) and nginx with the nchan
+//! `config.toml` and the bench overrides below; `herald` on its default
+//! embedded storage, `herald-memory` on the memory backend) and nginx with the nchan
 //! module (`bench/nchan/nginx.conf.template`). Both get one worker on the
 //! server CPUs, the same replay buffer length and the same keep-alive period.
 
@@ -22,7 +23,10 @@ const REPO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml")
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
+    /// herald on its default storage, the embedded (durable) backend.
     Herald,
+    /// herald on the memory backend (nothing survives the process).
+    HeraldMemory,
     Nchan,
 }
 
@@ -30,6 +34,7 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Self::Herald => "herald",
+            Self::HeraldMemory => "herald-memory",
             Self::Nchan => "nchan",
         }
     }
@@ -37,7 +42,7 @@ impl Target {
     /// Where a device's EventSource connects.
     pub fn stream_path(self, device: &str) -> String {
         match self {
-            Self::Herald => format!("/v1/devices/{device}/events"),
+            Self::Herald | Self::HeraldMemory => format!("/v1/devices/{device}/events"),
             Self::Nchan => format!("/sub/{device}"),
         }
     }
@@ -46,7 +51,7 @@ impl Target {
     /// or to every device when `device` is `None`.
     pub fn publish_request(self, device: Option<&str>, payload: &str) -> PublishRequest {
         match self {
-            Self::Herald => PublishRequest {
+            Self::Herald | Self::HeraldMemory => PublishRequest {
                 path: match device {
                     Some(device) => format!("/v1/devices/{device}/events"),
                     None => "/v1/broadcast".to_owned(),
@@ -106,7 +111,8 @@ impl Server {
         std::fs::create_dir_all(scratch.join("logs"))
             .map_err(|err| format!("scratch dir {}: {err}", scratch.display()))?;
         let mut command = match target {
-            Target::Herald => herald_command(options, addr),
+            Target::Herald => herald_command(options, addr, "embedded", &scratch),
+            Target::HeraldMemory => herald_command(options, addr, "memory", &scratch),
             Target::Nchan => nginx_command(options, port, &scratch)?,
         };
         procfs::pin(&mut command, &options.cpus)?;
@@ -176,7 +182,7 @@ impl Server {
     /// a publish to a probe channel's info for nchan.
     async fn answers(&self) -> bool {
         let path = match self.target {
-            Target::Herald => "/healthz",
+            Target::Herald | Target::HeraldMemory => "/healthz",
             Target::Nchan => "/pub/ready-probe",
         };
         let probe = async {
@@ -237,12 +243,22 @@ impl Drop for Server {
     }
 }
 
-fn herald_command(options: &ServerOptions, addr: SocketAddr) -> Command {
+/// herald on `backend`; the embedded one keeps its file in the run's
+/// scratch directory (on disk, removed when the server stops).
+fn herald_command(
+    options: &ServerOptions,
+    addr: SocketAddr,
+    backend: &str,
+    scratch: &std::path::Path,
+) -> Command {
     let mut command = Command::new(&options.herald_bin);
     command.args(["--config", REPO_CONFIG, "--bind", &addr.to_string()]);
     for (key, value) in herald_overrides(options) {
         command.env(key, value);
     }
+    command
+        .env("HERALD_STORAGE__BACKEND", backend)
+        .env("HERALD_STORAGE__PATH", scratch.join("herald-data"));
     command
 }
 
