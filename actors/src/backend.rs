@@ -70,20 +70,20 @@ impl BackendKind {
 /// One change to the stored data, in the order the store made it.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// One event published to these devices, each at its own id. Several
-    /// devices share one stored payload.
+    /// One event published to these devices, each at its own id, stored
+    /// as batch `batch`. Several devices share one stored payload.
     Append {
+        batch: u64,
         name: EventName,
         data: ByteString,
         published: SystemTime,
         retain: bool,
         to: Vec<(DeviceId, EventId)>,
     },
-    /// The device's events up to `through` left its buffer.
+    /// These events (by storage batch) left the device's buffer.
     Evict {
         device: DeviceId,
-        epoch: Epoch,
-        through: u64,
+        batches: Vec<u64>,
     },
     /// A stream attached: the session has no TTL running.
     Attach {
@@ -98,9 +98,11 @@ pub enum Change {
         written: u64,
         expires: SystemTime,
     },
-    /// The session ended (expired, or deleted with its retained events).
+    /// The session ended (expired, or deleted with its retained events);
+    /// `batches` are its buffered events.
     Forget {
         device: DeviceId,
+        batches: Vec<u64>,
         retained: bool,
     },
     /// `reconnect=false`: the device's streams are refused until `until`.
@@ -117,6 +119,8 @@ pub enum Change {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub sessions: Vec<SavedSession>,
+    /// The highest storage batch number in use: the store numbers on.
+    pub last_batch: u64,
     /// Retained events, per device in publish order.
     pub retained: Vec<(DeviceId, StoredEvent)>,
     pub blocks: Vec<(DeviceId, SystemTime)>,

@@ -46,6 +46,16 @@ pub struct Commits {
 }
 
 impl Commits {
+    /// Batches numbered on from `last` (a backend's batch numbers are where
+    /// it keeps events, so they never repeat).
+    pub fn after(last: u64) -> Self {
+        Self {
+            last_batch: last,
+            failed_through: last,
+            ..Self::default()
+        }
+    }
+
     /// Numbers the next batch.
     pub fn next_batch(&mut self) -> u64 {
         self.last_batch += 1;

@@ -30,6 +30,10 @@ pub struct StoredEvent {
     pub data: ByteString,
     /// When it was published, for the publish-to-write latency.
     pub published_at: Instant,
+    /// Where the storage backend keeps it: the number of the batch that
+    /// stored it (one publish is one batch), so that removing it from
+    /// storage needs no lookup.
+    pub batch: u64,
 }
 
 impl StoredEvent {

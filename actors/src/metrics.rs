@@ -34,6 +34,12 @@ pub struct Metrics {
     pub connections_timed_out: IntCounterVec,
     /// From a publish to the write of the event to a live stream.
     pub publish_to_write: Histogram,
+    /// Commits of the embedded storage backend, each covering one or more
+    /// batches of changes (a publish is one batch).
+    pub storage_commits: IntCounter,
+    pub storage_batches: IntCounter,
+    /// How long each commit took, its sync included.
+    pub storage_commit: Histogram,
 }
 
 /// The process's metrics, registered on first use.
@@ -56,12 +62,26 @@ impl Metrics {
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
+        let commit = HistogramOpts::new(
+            "herald_storage_commit_seconds",
+            "Time one commit of the embedded storage takes, its fsync included",
+        )
+        .buckets(buckets.clone());
         let latency = HistogramOpts::new(
             "herald_publish_to_write_seconds",
             "Time from a publish until the live stream's HTTP body takes the event to write it",
         )
         .buckets(buckets);
         Self {
+            storage_commits: counter(
+                "herald_storage_commits_total",
+                "Commits of the embedded storage backend",
+            ),
+            storage_batches: counter(
+                "herald_storage_batches_total",
+                "Batches of changes committed (or failed) by the embedded storage backend; one publish is one batch",
+            ),
+            storage_commit: register(&registry, Histogram::with_opts(commit)),
             streams: gauge("herald_streams", "Open event streams"),
             sessions: gauge("herald_sessions", "Device sessions held"),
             buffered_events: gauge("herald_buffered_events", "Events held in replay buffers"),

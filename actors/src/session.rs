@@ -176,21 +176,26 @@ impl Session {
 
     /// Appends `event`, which carries the next id of this session, dropping
     /// the oldest beyond `limits` (never the new one: limits admit any single
-    /// event). Answers the seq of the last event dropped, if any.
-    pub fn append(&mut self, event: StoredEvent, limits: BufferLimits) -> Option<u64> {
+    /// event). Answers the storage batches of the events dropped.
+    pub fn append(&mut self, event: StoredEvent, limits: BufferLimits) -> Vec<u64> {
         debug_assert_eq!(event.id, self.next_id(0), "appended out of order");
         self.last_seq = event.id.seq;
         self.bytes += event.size();
         self.buffer.push_back(event);
-        let mut evicted = None;
+        let mut evicted = Vec::new();
         while limits.exceeded_by(self.buffer.len(), self.bytes) {
             let Some(oldest) = self.buffer.pop_front() else {
                 break;
             };
             self.bytes -= oldest.size();
-            evicted = Some(oldest.id.seq);
+            evicted.push(oldest.batch);
         }
         evicted
+    }
+
+    /// The storage batches of the buffered events.
+    pub fn batches(&self) -> Vec<u64> {
+        self.buffer.iter().map(|e| e.batch).collect()
     }
 
     /// A session read back from storage: its events (oldest first, within

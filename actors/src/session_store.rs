@@ -210,6 +210,7 @@ impl SessionStore {
             let left = until.duration_since(now.1).unwrap_or_default();
             kicks.block_until(device, now.0 + left);
         }
+        let commits = Commits::after(snapshot.last_batch);
         let mut storage = Storage::new(config);
         storage.restore(snapshot);
         Self {
@@ -217,7 +218,7 @@ impl SessionStore {
             kicks,
             registry,
             backend: opened.start(me),
-            commits: Commits::default(),
+            commits,
         }
     }
 
@@ -312,6 +313,7 @@ impl SessionStore {
             return Box::pin(async move { Err(refused) });
         }
         let published_at = std::time::Instant::now();
+        let batch = self.commits.next_batch();
         let events: Vec<_> = devices
             .into_iter()
             .map(|device| {
@@ -321,12 +323,14 @@ impl SessionStore {
                     name: name.clone(),
                     data: data.clone(),
                     published_at,
+                    batch,
                 };
                 (device, event)
             })
             .collect();
         let ids: Vec<_> = events.iter().map(|(_, event)| event.id).collect();
         let append = Change::Append {
+            batch,
             to: events.iter().map(|(d, e)| (d.clone(), e.id)).collect(),
             name,
             data,
@@ -334,7 +338,6 @@ impl SessionStore {
             retain,
         };
         let (reply, outcome) = oneshot::channel();
-        let batch = self.commits.next_batch();
         self.commits.wait(Waiting {
             batch,
             events,

@@ -332,18 +332,18 @@ impl Storage {
         }
         let (before, events_before) = (entry.session.bytes(), entry.session.buffered());
         let retained_event = retain.then(|| event.clone());
-        if let Some(through) = entry.session.append(event, limits) {
+        let evicted = entry.session.append(event, limits);
+        if !evicted.is_empty() {
             let held = entry.session.buffered();
             // Per publish to a full buffer, so debug; a client that needed
             // them learns it from its `reset` (counted by reason).
             log::debug!(
                 "buffer.evicted device={device} events={} held={held}",
-                events_before + 1 - held
+                evicted.len()
             );
             self.changes.push(Change::Evict {
                 device: device.clone(),
-                epoch: entry.session.epoch(),
-                through,
+                batches: evicted,
             });
         }
         let (after, events_after) = (entry.session.bytes(), entry.session.buffered());
@@ -459,6 +459,7 @@ impl Storage {
         let retained = self.retained.remove(device);
         self.changes.push(Change::Forget {
             device: device.clone(),
+            batches: session.as_ref().map_or_else(Vec::new, Session::batches),
             retained: true,
         });
         if let Some(retained) = &retained {
@@ -484,6 +485,7 @@ impl Storage {
             if due && let Some(session) = self.remove_session(&device) {
                 self.changes.push(Change::Forget {
                     device: device.clone(),
+                    batches: session.batches(),
                     retained: false,
                 });
                 expired.push((device, session.buffered()));

@@ -36,6 +36,7 @@ async fn a_live_event_already_written_is_skipped_and_one_past_a_hole_ends_the_st
         name: crate::EventName::parse("note").unwrap(),
         data: "1".into(),
         published_at: Instant::now(),
+        batch: 0,
     };
     conn.send(Push {
         event: again.clone(),

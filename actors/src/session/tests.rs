@@ -16,6 +16,7 @@ fn append(session: &mut Session, data: &str, limits: BufferLimits) -> StoredEven
         name: EventName::parse("e").unwrap(),
         data: data.into(),
         published_at: std::time::Instant::now(),
+        batch: 0,
     };
     session.append(event.clone(), limits);
     event
@@ -215,6 +216,7 @@ fn a_stream_without_a_position_gets_retained_state_and_never_an_event_twice() {
             name: EventName::parse(&format!("r{seq}")).unwrap(),
             data: "state".into(),
             published_at: std::time::Instant::now(),
+            batch: 0,
         })
         .into();
     let state_seqs = |o: &Opening| o.state.iter().map(|e| e.id.seq).collect::<Vec<_>>();

@@ -1,0 +1,223 @@
+//! Reading the embedded store back at start, and cleaning up what it should
+//! no longer hold: sessions whose TTL ran out while herald was down (their
+//! retained events stay), events of another epoch than their device's
+//! latest (left by a change whose commit failed), reconnect blocks that
+//! ended, payloads nothing refers to.
+//!
+//! A device's session is the epoch of its latest event; its `sessions` row
+//! adds what its streams wrote and when it expires. Without a matching row
+//! (the row's commit failed) the session is kept and its TTL starts now.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Instant, SystemTime},
+};
+
+use bytestring::ByteString;
+use redb::{ReadableTable, WriteTransaction};
+
+use super::tables::{
+    BLOCKS, EVENTS, PAYLOADS, RETAINED, SESSIONS, SessionRow, from_unix_ms, unix_ms,
+};
+use crate::{
+    DeviceId, Epoch, EventId, EventName, StoredEvent,
+    backend::{SavedSession, Snapshot},
+};
+
+/// What was read, with each shared payload's references counted.
+pub(super) struct Loaded {
+    pub snapshot: Snapshot,
+    pub refs: HashMap<u64, u64>,
+    pub next_payload: u64,
+}
+
+pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
+    let now = unix_ms(SystemTime::now());
+    let mut refs: HashMap<u64, u64> = HashMap::new();
+    let mut count = |payload: u64| {
+        if payload != 0 {
+            *refs.entry(payload).or_default() += 1;
+        }
+    };
+    let mut payloads = HashMap::new();
+    for row in txn.open_table(PAYLOADS)?.iter()? {
+        let (id, value) = row?;
+        let (name, data) = value.value();
+        payloads.insert(id.value(), (name.parse_name()?, ByteString::from(data)));
+    }
+    let mut rows: HashMap<DeviceId, SessionRow> = HashMap::new();
+    for row in txn.open_table(SESSIONS)?.iter()? {
+        let (device, value) = row?;
+        rows.insert(device.value().parse_device()?, value.value());
+    }
+    // Every device's events, in storage order (which is its id order).
+    let mut events: BTreeMap<DeviceId, Vec<(u64, u64, StoredEvent)>> = BTreeMap::new();
+    let mut last_batch = 0;
+    for row in txn.open_table(EVENTS)?.iter()? {
+        let (key, value) = row?;
+        let (batch, device) = key.value();
+        let (epoch, seq, payload, published, name, data) = value.value();
+        let (name, data) = stored_payload(&payloads, payload, name, data)?;
+        let event = StoredEvent {
+            id: EventId {
+                epoch: Epoch::from_bits(epoch),
+                seq,
+            },
+            name,
+            data,
+            published_at: instant_of(published),
+            batch,
+        };
+        last_batch = last_batch.max(batch);
+        let device = device.parse_device()?;
+        events
+            .entry(device)
+            .or_default()
+            .push((payload, batch, event));
+    }
+
+    let mut snapshot = Snapshot {
+        last_batch,
+        ..Snapshot::default()
+    };
+    let (mut dropped_rows, mut dropped_events) = (Vec::new(), Vec::new());
+    let devices: Vec<DeviceId> = rows.keys().chain(events.keys()).cloned().collect();
+    for device in devices {
+        let mut mine = events.remove(&device).unwrap_or_default();
+        let Some(row) = rows
+            .remove(&device)
+            .or_else(|| (!mine.is_empty()).then_some((0, 0, 0)))
+        else {
+            continue; // Named twice: already done.
+        };
+        let epoch = mine.last().map_or(row.0, |(_, _, e)| e.id.epoch.to_bits());
+        let (written, expires) = match row {
+            (e, written, expires) if e == epoch => (written, expires),
+            _ => (0, 0),
+        };
+        if expires != 0 && expires <= now {
+            dropped_rows.push(device.clone());
+            dropped_events.extend(
+                mine.into_iter()
+                    .map(|(_, batch, _)| (batch, device.clone())),
+            );
+            continue;
+        }
+        let (kept, stale): (Vec<_>, Vec<_>) = std::mem::take(&mut mine)
+            .into_iter()
+            .partition(|(_, _, e)| e.id.epoch.to_bits() == epoch);
+        dropped_events.extend(
+            stale
+                .into_iter()
+                .map(|(_, batch, _)| (batch, device.clone())),
+        );
+        kept.iter().for_each(|(payload, _, _)| count(*payload));
+        snapshot.sessions.push(SavedSession {
+            device,
+            epoch: Epoch::from_bits(epoch),
+            written,
+            expires: (expires != 0).then(|| from_unix_ms(expires)),
+            events: kept.into_iter().map(|(_, _, e)| e).collect(),
+        });
+    }
+
+    let mut retained = Vec::new();
+    for row in txn.open_table(RETAINED)?.iter()? {
+        let (key, value) = row?;
+        let (device, name) = key.value();
+        let (epoch, seq, payload, published, data) = value.value();
+        let (name, data) = stored_payload(&payloads, payload, name, data)?;
+        count(payload);
+        let event = StoredEvent {
+            id: EventId {
+                epoch: Epoch::from_bits(epoch),
+                seq,
+            },
+            name,
+            data,
+            published_at: instant_of(published),
+            batch: 0,
+        };
+        retained.push((device.parse_device()?, published, event));
+    }
+    // Publish order, as the store keeps them.
+    retained.sort_by_key(|(device, published, event)| (device.clone(), *published, event.id.seq));
+    snapshot.retained = retained.into_iter().map(|(d, _, e)| (d, e)).collect();
+
+    let mut ended_blocks = Vec::new();
+    for row in txn.open_table(BLOCKS)?.iter()? {
+        let (device, until) = row?;
+        let device = device.value().parse_device()?;
+        match until.value() {
+            until if until > now => snapshot.blocks.push((device, from_unix_ms(until))),
+            _ => ended_blocks.push(device),
+        }
+    }
+
+    let mut table = txn.open_table(SESSIONS)?;
+    for device in &dropped_rows {
+        table.remove(device.as_str())?;
+    }
+    let mut table = txn.open_table(EVENTS)?;
+    for (batch, device) in &dropped_events {
+        table.remove((*batch, device.as_str()))?;
+    }
+    let mut table = txn.open_table(BLOCKS)?;
+    for device in &ended_blocks {
+        table.remove(device.as_str())?;
+    }
+    let mut table = txn.open_table(PAYLOADS)?;
+    for id in payloads.keys() {
+        if !refs.contains_key(id) {
+            table.remove(*id)?;
+        }
+    }
+    let next_payload = payloads.keys().max().map_or(1, |id| id + 1);
+    Ok(Loaded {
+        snapshot,
+        refs,
+        next_payload,
+    })
+}
+
+fn stored_payload(
+    payloads: &HashMap<u64, (EventName, ByteString)>,
+    payload: u64,
+    name: &str,
+    data: &str,
+) -> Result<(EventName, ByteString), redb::Error> {
+    match payload {
+        0 => Ok((name.parse_name()?, ByteString::from(data))),
+        id => payloads.get(&id).cloned().ok_or_else(|| {
+            redb::Error::Corrupted(format!("an event refers to payload {id}, which is missing"))
+        }),
+    }
+}
+
+/// Stored names are checked again on the way in: the file is outside
+/// herald's trust.
+trait ParseStored {
+    fn parse_device(&self) -> Result<DeviceId, redb::Error>;
+    fn parse_name(&self) -> Result<EventName, redb::Error>;
+}
+
+impl ParseStored for str {
+    fn parse_device(&self) -> Result<DeviceId, redb::Error> {
+        DeviceId::parse(self)
+            .map_err(|e| redb::Error::Corrupted(format!("device id {self:?}: {e}")))
+    }
+
+    fn parse_name(&self) -> Result<EventName, redb::Error> {
+        EventName::parse(self)
+            .map_err(|e| redb::Error::Corrupted(format!("event name {self:?}: {e}")))
+    }
+}
+
+/// The monotonic instant of a wall-clock publish time (for latency figures).
+fn instant_of(published_ms: u64) -> Instant {
+    let age = SystemTime::now()
+        .duration_since(from_unix_ms(published_ms))
+        .unwrap_or_default();
+    let now = Instant::now();
+    now.checked_sub(age).unwrap_or(now)
+}
