@@ -258,7 +258,7 @@ impl Shutdown {
         }
         self.server.stop(true).await;
         if let Ok(Err(error)) = self.actors.store.send(CloseStorage).await {
-            log::error!("storage.flush_failed error=\"{error}\"");
+            log::error!("storage.close_failed error=\"{error}\"");
         }
     }
 }

@@ -48,6 +48,14 @@ pub fn check_name(raw: &str) -> Result<(), NameError> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(ByteString);
 
+/// Maps keyed by device id are searched with text read back from storage,
+/// without building an id per lookup (the hash is the text's).
+impl std::borrow::Borrow<str> for DeviceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl DeviceId {
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         check_name(raw)?;

@@ -9,7 +9,7 @@
 //! (the row's commit failed) the session is kept and its TTL starts now.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     time::{Instant, SystemTime},
 };
 
@@ -51,13 +51,24 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
         rows.insert(device.value().parse_device()?, value.value());
     }
     // Every device's events, in storage order (which is its id order).
-    let mut events: BTreeMap<DeviceId, Vec<(u64, u64, StoredEvent)>> = BTreeMap::new();
-    let mut last_batch = 0;
+    let mut events: HashMap<DeviceId, Vec<(u64, u64, StoredEvent)>> = HashMap::new();
+    let (mut last_batch, clock) = (0, Clock::now());
+    // A broadcast's rows are consecutive and share their payload.
+    let mut shared: Option<(u64, EventName, ByteString)> = None;
     for row in txn.open_table(EVENTS)?.iter()? {
         let (key, value) = row?;
         let (batch, device) = key.value();
         let (epoch, seq, payload, published, name, data) = value.value();
-        let (name, data) = stored_payload(&payloads, payload, name, data)?;
+        let (name, data) = match &shared {
+            Some((id, name, data)) if *id == payload => (name.clone(), data.clone()),
+            _ => {
+                let (name, data) = stored_payload(&payloads, payload, name, data)?;
+                if payload != 0 {
+                    shared = Some((payload, name.clone(), data.clone()));
+                }
+                (name, data)
+            }
+        };
         let event = StoredEvent {
             id: EventId {
                 epoch: Epoch::from_bits(epoch),
@@ -65,15 +76,14 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
             },
             name,
             data,
-            published_at: instant_of(published),
+            published_at: clock.instant_of(published),
             batch,
         };
         last_batch = last_batch.max(batch);
-        let device = device.parse_device()?;
-        events
-            .entry(device)
-            .or_default()
-            .push((payload, batch, event));
+        match events.get_mut(device) {
+            Some(list) => list.push((payload, batch, event)),
+            None => drop(events.insert(device.parse_device()?, vec![(payload, batch, event)])),
+        }
     }
 
     let mut snapshot = Snapshot {
@@ -135,7 +145,7 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
             },
             name,
             data,
-            published_at: instant_of(published),
+            published_at: clock.instant_of(published),
             batch: 0,
         };
         retained.push((device.parse_device()?, published, event));
@@ -213,11 +223,25 @@ impl ParseStored for str {
     }
 }
 
-/// The monotonic instant of a wall-clock publish time (for latency figures).
-fn instant_of(published_ms: u64) -> Instant {
-    let age = SystemTime::now()
-        .duration_since(from_unix_ms(published_ms))
-        .unwrap_or_default();
-    let now = Instant::now();
-    now.checked_sub(age).unwrap_or(now)
+/// Both clocks read once, to turn stored wall-clock publish times into
+/// monotonic instants (for latency figures).
+struct Clock {
+    wall: SystemTime,
+    monotonic: Instant,
+}
+
+impl Clock {
+    fn now() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            monotonic: Instant::now(),
+        }
+    }
+
+    fn instant_of(&self, published_ms: u64) -> Instant {
+        let age = (self.wall)
+            .duration_since(from_unix_ms(published_ms))
+            .unwrap_or_default();
+        self.monotonic.checked_sub(age).unwrap_or(self.monotonic)
+    }
 }
