@@ -130,8 +130,12 @@ async fn serve(loaded: Loaded) -> Result<(), RunError> {
         env!("CARGO_PKG_VERSION"),
         loaded.sources_field()
     );
-    actix_web::rt::spawn(shut_down_on_signal(signals, app.shutdown_handle()));
+    let shutting_down = actix_web::rt::spawn(shut_down_on_signal(signals, app.shutdown_handle()));
     app.run_until_stopped().await.map_err(RunError::Serve)?;
+    // The server stops only by `shut_down`, which closes the storage after
+    // the server stopped: returning now would exit before the last changes
+    // (stream positions, blocks, deletes) are committed.
+    let _ = shutting_down.await;
     log::info!("server.stopped");
     Ok(())
 }

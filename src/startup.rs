@@ -257,7 +257,7 @@ impl Shutdown {
             actix_web::rt::time::sleep(last_close).await;
         }
         self.server.stop(true).await;
-        if let Ok(Err(error)) = self.actors.store.send(CloseStorage).await {
+        if let Ok(Err(error)) = self.actors.registry.send(CloseStorage).await {
             log::error!("storage.close_failed error=\"{error}\"");
         }
     }

@@ -40,6 +40,7 @@
 //!              DeviceConnection ──Kicked──▶ SessionStore              only if its client was still there
 //!              DeviceConnection ──Disconnected──▶ DeviceRegistry ──DisconnectSession──▶ SessionStore (TTL starts)
 //!              DeviceConnection ──DisconnectWatch──▶ Heartbeat
+//!  shutdown:   after the streams ended ──CloseStorage──▶ DeviceRegistry ──▶ SessionStore ──▶ Backend
 //!  heartbeat:  Heartbeat ──SendHeartbeat──▶ DeviceConnection
 //! ```
 //!

@@ -20,8 +20,10 @@ use actix::{dev::SendError, prelude::*};
 
 use crate::{
     ConnectionId, DeviceConnection, DeviceId, Opening, StoredEvent,
+    backend::WriteError,
     connection::{ConnectBegin, Disconnect, Ending, Push, Replacement},
-    session_store::{DisconnectSession, SessionStore},
+    session_store::{CloseStorage, DisconnectSession, SessionStore},
+    storage::StoreError,
 };
 
 /// Make a connection its device's live one, ending the previous one: the
@@ -245,6 +247,18 @@ impl Handler<DisconnectLive> for DeviceRegistry {
         };
         live.connection.do_send(Disconnect { ending: msg.ending });
         true
+    }
+}
+
+/// Passed on to the store from here, after the `DisconnectSession` of every
+/// stream that ended before it (one sender, FIFO): their positions and TTLs
+/// are among the changes committed before the storage closes.
+impl Handler<CloseStorage> for DeviceRegistry {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: CloseStorage, _: &mut Self::Context) -> Self::Result {
+        let closed = self.store.send(msg);
+        Box::pin(async move { closed.await.unwrap_or(Err(WriteError::Unavailable.into())) })
     }
 }
 

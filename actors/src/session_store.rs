@@ -182,7 +182,9 @@ pub struct SweepExpired;
 
 /// Commit every change made so far, then close the backend (the embedded
 /// file is released for the next process); later changes fail. Sent at
-/// shutdown, after the streams ended, so their positions and TTLs are kept.
+/// shutdown, after the streams ended, through the registry (which passes it
+/// on after every stream's `DisconnectSession`), so their positions and
+/// TTLs are kept.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct CloseStorage;

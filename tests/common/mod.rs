@@ -8,7 +8,7 @@
 //! | `mod.rs`     | [`TestServer`] (in-process), refusals, JSON, `/metrics`    |
 //! | `sse.rs`     | [`EventStream`]: a stream read event by event              |
 //! | `raw.rs`     | raw TCP: hostile requests, streams the test closes itself  |
-//! | `process.rs` | [`HeraldProcess`]: the real binary, its log                |
+//! | `process.rs` | [`HeraldProcess`]: the real binary, its log, kill, limits  |
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 mod process;

@@ -2,7 +2,13 @@
 
 use std::path::Path;
 
+use reqwest::StatusCode;
+use serde_json::Value;
+
 use super::*;
+
+/// The shipped config's admin token (local use only).
+pub const ADMIN_TOKEN: &str = "local-admin-token-change-me";
 
 /// The herald binary on the shipped config, logging at info (the caller may
 /// override `RUST_LOG` and any `HERALD_…` variable).
@@ -15,12 +21,46 @@ pub fn herald_command(args: &[&str]) -> std::process::Command {
     command
 }
 
+/// Runs a herald that is expected to refuse to start; answers its exit
+/// status and output. Fails the test if it is still running after
+/// [`PATIENCE`] (it started serving instead).
+pub async fn run_to_exit(mut command: std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("herald binary starts");
+    let pid = i32::try_from(child.id()).expect("a pid");
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(PATIENCE, output).await {
+        Ok(output) => output.expect("wait task").expect("herald's output"),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of a child this test spawned, which
+            // was still running (so not reaped) at the timeout.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("herald was expected to exit but still runs after {PATIENCE:?}");
+        }
+    }
+}
+
+/// What `answer` yields; fails the test if that takes longer than
+/// [`PATIENCE`] (a request herald never answers fails, instead of hanging).
+async fn answered<T>(what: &str, answer: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, answer)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {PATIENCE:?}"))
+}
+
 /// A running herald process on an ephemeral port, its stderr (the log)
 /// collected line by line.
 pub struct HeraldProcess {
     /// `None` once waited for.
     child: Option<std::process::Child>,
     pub port: u16,
+    http: reqwest::Client,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     log: Vec<String>,
     /// The storage directory made for this process, unless the test gave
@@ -34,6 +74,16 @@ impl HeraldProcess {
     /// `server.started`.
     pub async fn start(env: &[(&str, &str)]) -> Self {
         Self::start_with(env, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), on the store in `dir`
+    /// (`HERALD_STORAGE__PATH`, before `env`): a later start on `dir` finds
+    /// what this process kept.
+    pub async fn start_on(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let dir = dir.to_str().expect("a UTF-8 storage path");
+        let mut all = vec![("HERALD_STORAGE__PATH", dir)];
+        all.extend_from_slice(env);
+        Self::start(&all).await
     }
 
     /// Like [`start`](Self::start), with at most `open_files` open files
@@ -51,6 +101,37 @@ impl HeraldProcess {
             unsafe {
                 command.pre_exec(move || {
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        })
+        .await
+    }
+
+    /// Like [`start`](Self::start), unable to make any file larger than
+    /// `bytes` (RLIMIT_FSIZE, soft and hard), as a full disk would: a write
+    /// or `ftruncate` beyond it fails with `EFBIG` (`SIGXFSZ`, which would
+    /// kill the process, is ignored).
+    pub async fn start_with_file_size_limit(env: &[(&str, &str)], bytes: u64) -> Self {
+        use std::os::unix::process::CommandExt as _;
+
+        Self::start_with(env, |command| {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            // SAFETY: runs in the forked child before exec; signal and
+            // setrlimit are async-signal-safe system calls, and the rlimit
+            // struct is only read. An ignored disposition survives exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
                         Ok(())
                     } else {
                         Err(std::io::Error::last_os_error())
@@ -115,6 +196,7 @@ impl HeraldProcess {
         Self {
             child: Some(child),
             port,
+            http: reqwest::Client::new(),
             lines,
             log,
             _data: None,
@@ -123,6 +205,56 @@ impl HeraldProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Publishes `body` (`{"event","data","retain"}`) to `device` with the
+    /// admin token; answers status and JSON body.
+    pub async fn publish(&self, device: &str, body: &Value) -> (StatusCode, Value) {
+        let url = self.url(&format!("/v1/devices/{device}/events"));
+        let request = self.http.post(url).bearer_auth(ADMIN_TOKEN).json(body);
+        answered("publish", read_json(request)).await
+    }
+
+    /// An admin request (`GET`, `DELETE`, …) without a body; answers status
+    /// and JSON body (`Null` when empty).
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
+        let request = self.http.request(method, self.url(path));
+        answered(path, read_json(request.bearer_auth(ADMIN_TOKEN))).await
+    }
+
+    /// A stream for `device` (the shipped config's streams need no token),
+    /// resuming from `last_event_id` if given; or the refusal (a `204` is
+    /// one with an empty body, `Null`).
+    pub async fn try_open(
+        &self,
+        device: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<EventStream, Refusal> {
+        let mut request = self
+            .http
+            .get(self.url(&format!("/v1/devices/{device}/events")));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = answered("stream request", request.send()).await;
+        let response = response.expect("stream request");
+        if response.status() == StatusCode::NO_CONTENT {
+            // Stop, without an error (an operator's block): no body.
+            return Err(Refusal {
+                status: response.status(),
+                headers: response.headers().clone(),
+                body: Value::Null,
+            });
+        }
+        answered("stream refusal", EventStream::from_response(response)).await
+    }
+
+    /// Like [`try_open`](Self::try_open), but a refusal fails the test.
+    pub async fn open(&self, device: &str, last_event_id: Option<&str>) -> EventStream {
+        match self.try_open(device, last_event_id).await {
+            Ok(stream) => stream,
+            Err(refusal) => panic!("stream for {device}: {refusal:?}"),
+        }
     }
 
     /// How many files the process has open now.
@@ -151,6 +283,26 @@ impl HeraldProcess {
     /// The log lines read so far.
     pub fn log_lines(&self) -> &[String] {
         &self.log
+    }
+
+    /// Sends SIGKILL — no shutdown of any kind, as a crash or the OOM killer
+    /// — reaps the process, and answers the whole log.
+    pub async fn kill(mut self) -> String {
+        use std::os::unix::process::ExitStatusExt as _;
+
+        let mut child = self.child.take().expect("not yet waited for");
+        child.kill().expect("SIGKILL sent");
+        let status = tokio::task::spawn_blocking(move || child.wait());
+        let status = tokio::time::timeout(PATIENCE, status)
+            .await
+            .expect("a killed process is reaped at once")
+            .expect("wait task")
+            .expect("exit status");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "killed: {status}");
+        while let Some(line) = self.lines.recv().await {
+            self.log.push(line);
+        }
+        self.log.join("\n")
     }
 
     /// Sends SIGTERM, expects exit status 0, and answers the whole log.
