@@ -90,6 +90,12 @@ pub enum Change {
         device: DeviceId,
         epoch: Epoch,
     },
+    /// The session's attached streams have written up to `written`.
+    Written {
+        device: DeviceId,
+        epoch: Epoch,
+        written: u64,
+    },
     /// The session's stream ended: what streams wrote, and when the session
     /// expires.
     Detach {

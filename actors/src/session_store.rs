@@ -189,6 +189,10 @@ pub struct SweepExpired;
 #[rtype(result = "Result<(), StoreError>")]
 pub struct CloseStorage;
 
+/// How often what live streams wrote is recorded (their end records it
+/// too): after a crash, a fresh connect gets again at most this much.
+const RECORD_WRITTEN_EVERY: Duration = Duration::from_secs(5);
+
 pub struct SessionStore {
     storage: Storage,
     kicks: KickPolicy,
@@ -369,6 +373,10 @@ impl Actor for SessionStore {
         ctx.run_interval(sweep_every, |_, ctx| ctx.notify(SweepExpired));
         ctx.run_interval(self.kicks.forget_interval(), |act, _| {
             act.kicks.forget_old(Instant::now())
+        });
+        ctx.run_interval(RECORD_WRITTEN_EVERY, |act, _| {
+            act.storage.record_written();
+            act.save();
         });
         // What restoring changed (TTLs of streams cut by the last exit).
         self.save();

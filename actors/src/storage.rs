@@ -92,11 +92,14 @@ struct Entry {
     /// Set while detached: when the session ends.
     expires_at: Option<Instant>,
     history: History,
+    /// What its streams had written when that was last recorded as a change.
+    recorded_written: u64,
 }
 
 impl Entry {
     fn new(session: Session) -> Self {
         Self {
+            recorded_written: session.handed_out(),
             session,
             expires_at: None,
             history: History {
@@ -371,10 +374,11 @@ impl Storage {
         {
             entry.expires_at = Some(at);
             self.expiries.insert((at, device.clone()));
+            entry.recorded_written = entry.session.handed_out();
             self.changes.push(Change::Detach {
                 device: device.clone(),
                 epoch: entry.session.epoch(),
-                written: entry.session.handed_out(),
+                written: entry.recorded_written,
                 expires: wall_in(self.config.ttl),
             });
         }
@@ -430,6 +434,23 @@ impl Storage {
             epoch,
         });
         Ok(opening)
+    }
+
+    /// Records what the attached streams have written since it was last
+    /// recorded (a stream's end records it too), so that after a crash a
+    /// fresh connect gets again at most what was written since.
+    pub fn record_written(&mut self) {
+        for (device, entry) in &mut self.sessions {
+            let written = entry.session.handed_out();
+            if entry.session.is_attached() && written > entry.recorded_written {
+                entry.recorded_written = written;
+                self.changes.push(Change::Written {
+                    device: device.clone(),
+                    epoch: entry.session.epoch(),
+                    written,
+                });
+            }
+        }
     }
 
     /// Counts a kick of the device's stream (decided by the stream itself);

@@ -113,6 +113,19 @@ impl<'txn> Tables<'txn> {
                 let row = (epoch.to_bits(), written, 0);
                 self.sessions.insert(device.as_str(), row)?;
             }
+            Change::Written {
+                device,
+                epoch,
+                written,
+            } => {
+                let current = self.sessions.get(device.as_str())?.map(|row| row.value());
+                let expires = match current {
+                    Some((e, _, expires)) if e == epoch.to_bits() => expires,
+                    _ => 0,
+                };
+                let row = (epoch.to_bits(), *written, expires);
+                self.sessions.insert(device.as_str(), row)?;
+            }
             Change::Detach {
                 device,
                 epoch,

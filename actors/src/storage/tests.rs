@@ -44,3 +44,39 @@ fn a_sparse_filtered_page_stops_after_max_scan_and_says_where_to_go_on() {
         .collect();
     assert_eq!((found, second.next), (vec!["z-connected".to_owned()], None));
 }
+
+#[test]
+fn what_attached_streams_wrote_is_recorded_once_per_advance() {
+    let mut storage = storage();
+    let device = DeviceId::parse("d1").unwrap();
+    let progress = Progress::default();
+    storage
+        .attach(&device, ConnectionId::new(), progress.clone(), None, "peer")
+        .unwrap();
+    let written = |changes: Vec<Change>| -> Vec<u64> {
+        changes
+            .into_iter()
+            .filter_map(|change| match change {
+                Change::Written { written, .. } => Some(written),
+                _ => None,
+            })
+            .collect()
+    };
+    storage.take_changes();
+
+    storage.record_written();
+    assert_eq!(
+        written(storage.take_changes()),
+        Vec::<u64>::new(),
+        "nothing written yet"
+    );
+    progress.advance_to(3);
+    storage.record_written();
+    assert_eq!(written(storage.take_changes()), [3]);
+    storage.record_written();
+    assert_eq!(
+        written(storage.take_changes()),
+        Vec::<u64>::new(),
+        "no advance since"
+    );
+}
