@@ -93,6 +93,53 @@ async fn a_publish_over_the_server_wide_byte_bound_gets_507_and_changes_nothing(
     assert_eq!(stream.next_event().await.data.as_deref(), Some("small"));
 }
 
+/// A broadcast stores its payload once, and the server-wide bound counts it
+/// once, however many devices buffer it; its bytes are given back with the
+/// last buffer holding it.
+#[actix_web::test]
+async fn a_broadcast_payload_counts_once_against_the_server_wide_bound() {
+    let mut server = TestServer::start_with(|s| {
+        s.limits.max_event_bytes = 1024;
+        s.session.buffer_bytes = 4096;
+        s.session.max_total_bytes = 4096;
+    })
+    .await;
+    for n in 0..8 {
+        try_publish(&server, &format!("edge-{n}"), json!("hi")).await;
+    }
+    let broadcast = json!({"event": "note", "data": "x".repeat(900)});
+    // Counted per device, one such broadcast (8 × 904 bytes) would not fit;
+    // counted once, four do.
+    for _ in 0..4 {
+        let (status, reply) = server.admin_post("/v1/broadcast", &broadcast).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    }
+    let (status, reply) = server.admin_post("/v1/broadcast", &broadcast).await;
+    assert_eq!((status.as_u16(), code(&reply)), (507, "storage_full"));
+    // Read back from storage, shared payloads still count once.
+    server.restart().await;
+    let smaller = json!({"event": "note", "data": "z".repeat(400)});
+    let (status, reply) = server.admin_post("/v1/broadcast", &smaller).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+
+    // While one device still buffers the payloads they count; once none
+    // does, their room is free again.
+    let delete = |n: u32| {
+        let path = format!("/v1/devices/edge-{n}");
+        server
+            .request(Method::DELETE, &path)
+            .bearer_auth(server.admin_token())
+    };
+    for n in 0..7 {
+        assert_eq!(read_json(delete(n)).await.0, StatusCode::NO_CONTENT);
+    }
+    let (status, _) = try_publish(&server, "newcomer", json!("y".repeat(900))).await;
+    assert_eq!(status.as_u16(), 507);
+    assert_eq!(read_json(delete(7)).await.0, StatusCode::NO_CONTENT);
+    let (status, reply) = try_publish(&server, "newcomer", json!("y".repeat(900))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+}
+
 #[actix_web::test]
 async fn the_session_bound_refuses_publishes_with_507_and_streams_with_503() {
     let server = TestServer::start_with(|s| s.session.max_sessions = 2).await;

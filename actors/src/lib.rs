@@ -10,6 +10,7 @@
 //! | `event.rs`         | [`StoredEvent`], [`Frame`], protocol [`Signal`]s         |
 //! | `session.rs`       | one device's [`Session`]: buffer, ids, where a stream starts |
 //! | `retained.rs`      | one device's retained events (latest per name)          |
+//! | `held_bytes.rs`    | the bytes held against the server-wide bound, a shared payload once |
 //! | `storage.rs`       | the store's in-memory storage: sessions, retained events, bounds, expiry index |
 //! | `backend.rs`       | the storage seam: [`Backend`] (memory, embedded), its [`Change`]s and [`Snapshot`] |
 //! | `embedded.rs`      | the embedded backend: a redb file written by a group-committing thread |
@@ -78,6 +79,7 @@ mod embedded;
 mod event;
 mod event_id;
 mod heartbeat;
+mod held_bytes;
 mod ids;
 mod kicks;
 mod metrics;

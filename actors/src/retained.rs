@@ -34,18 +34,17 @@ impl Retained {
         signed(size) - signed(replaced)
     }
 
-    /// Keeps `event` as the latest of its name.
-    pub fn keep(&mut self, event: StoredEvent) {
-        self.events.retain(|e| e.name != event.name);
+    /// Keeps `event` as the latest of its name; answers the one it replaced.
+    pub fn keep(&mut self, event: StoredEvent) -> Option<StoredEvent> {
+        let replaced = (self.events.iter())
+            .position(|e| e.name == event.name)
+            .map(|at| self.events.remove(at));
         self.events.push(event);
+        replaced
     }
 
     pub fn events(&self) -> &[StoredEvent] {
         &self.events
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.events.iter().map(StoredEvent::size).sum()
     }
 }
 

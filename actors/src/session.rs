@@ -176,8 +176,8 @@ impl Session {
 
     /// Appends `event`, which carries the next id of this session, dropping
     /// the oldest beyond `limits` (never the new one: limits admit any single
-    /// event). Answers the storage batches of the events dropped.
-    pub fn append(&mut self, event: StoredEvent, limits: BufferLimits) -> Vec<u64> {
+    /// event). Answers the events dropped.
+    pub fn append(&mut self, event: StoredEvent, limits: BufferLimits) -> Vec<StoredEvent> {
         debug_assert_eq!(event.id, self.next_id(0), "appended out of order");
         self.last_seq = event.id.seq;
         self.bytes += event.size();
@@ -188,14 +188,14 @@ impl Session {
                 break;
             };
             self.bytes -= oldest.size();
-            evicted.push(oldest.batch);
+            evicted.push(oldest);
         }
         evicted
     }
 
-    /// The storage batches of the buffered events.
-    pub fn batches(&self) -> Vec<u64> {
-        self.buffer.iter().map(|e| e.batch).collect()
+    /// The buffered events, oldest first.
+    pub fn events(&self) -> impl Iterator<Item = &StoredEvent> {
+        self.buffer.iter()
     }
 
     /// A session read back from storage: its events (oldest first, within

@@ -270,12 +270,11 @@ impl SessionStore {
         // answered its share of the registry's answer.
         let (mut events, mut replies) = (Vec::new(), Vec::new());
         while let Some(waiting) = self.commits.committed(through) {
-            let retain = waiting.retain;
+            let (retain, shared) = (waiting.retain, waiting.events.len() > 1);
             let before = events.len();
-            events.extend(
-                (waiting.events.into_iter())
-                    .filter(|(device, event)| self.storage.append(device, event.clone(), retain)),
-            );
+            events.extend(waiting.events.into_iter().filter(|(device, event)| {
+                (self.storage).append(device, event.clone(), retain, shared)
+            }));
             replies.push((waiting.reply, events.len() - before));
         }
         self.save();

@@ -6,7 +6,8 @@
 //! and [`restore`](Storage::restore) takes back what a backend kept.
 //!
 //! Invariants:
-//! - `total_bytes` is the sum of every buffer's and every retained set's bytes;
+//! - `held` counts every buffer's and every retained set's events, a payload
+//!   shared by several devices once;
 //! - [`admit`](Storage::admit) refuses before anything changes, and what it
 //!   admits [`append`](Storage::append) stores within the bounds;
 //! - a detached session has exactly one entry in `expiries`, and sweeping
@@ -27,6 +28,7 @@ use crate::{
     BufferLimits, ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Session,
     Start, StoredEvent,
     backend::{Change, Snapshot, WriteError, wall_in},
+    held_bytes::HeldBytes,
     metrics::metrics,
     retained::{Retained, signed},
 };
@@ -168,7 +170,7 @@ pub struct Storage {
     sessions: BTreeMap<DeviceId, Entry>,
     retained: HashMap<DeviceId, Retained>,
     expiries: BTreeSet<(Instant, DeviceId)>,
-    total_bytes: usize,
+    held: HeldBytes,
     /// Made since the store last took them.
     changes: Vec<Change>,
 }
@@ -182,7 +184,7 @@ impl Storage {
             sessions: BTreeMap::new(),
             retained: HashMap::new(),
             expiries: BTreeSet::new(),
-            total_bytes: 0,
+            held: HeldBytes::default(),
             changes: Vec::new(),
         }
     }
@@ -193,11 +195,22 @@ impl Storage {
     pub fn restore(&mut self, snapshot: Snapshot) {
         let limits = self.config.limits();
         let now = SystemTime::now();
+        // A payload is shared when several copies of its batch were kept.
+        let mut copies: HashMap<u64, u32> = HashMap::new();
+        let kept = (snapshot.sessions.iter())
+            .flat_map(|saved| &saved.events)
+            .chain(snapshot.retained.iter().map(|(_, event)| event));
+        for event in kept {
+            *copies.entry(event.batch).or_default() += 1;
+        }
+        let shared = |event: &StoredEvent| copies.get(&event.batch).is_some_and(|n| *n > 1);
         for saved in snapshot.sessions {
             let session = Session::restore(saved.epoch, saved.written, saved.events, limits);
             metrics().sessions.inc();
             metrics().buffered_events.add(session.buffered() as i64);
-            self.total_bytes += session.bytes();
+            for event in session.events() {
+                self.held.hold(event, shared(event));
+            }
             let device = saved.device;
             self.sessions.insert(device.clone(), Entry::new(session));
             match saved.expires {
@@ -211,11 +224,12 @@ impl Storage {
             }
         }
         for (device, event) in snapshot.retained {
-            let retained = self.retained.entry(device).or_default();
-            self.total_bytes += event.size();
-            retained.keep(event);
+            self.held.hold(&event, shared(&event));
+            if let Some(replaced) = self.retained.entry(device).or_default().keep(event) {
+                self.held.release(&replaced);
+            }
         }
-        metrics().buffered_bytes.set(self.total_bytes as i64);
+        metrics().buffered_bytes.set(self.held.total() as i64);
     }
 
     pub fn has_changes(&self) -> bool {
@@ -261,7 +275,9 @@ impl Storage {
         let config = &self.config;
         let mut growth: isize = 0;
         let mut new_sessions = 0;
+        let mut count = 0;
         for device in devices {
+            count += 1;
             let retained = self.retained.get(device);
             growth += match self.sessions.get(device) {
                 Some(entry) => entry.session.growth_if_appended(size, config.limits()),
@@ -282,7 +298,12 @@ impl Storage {
         if self.sessions.len() + new_sessions > config.max_sessions {
             return Err(StoreError::TooManySessions(config.max_sessions));
         }
-        let held = self.total_bytes + reserved_bytes;
+        if count > 1 {
+            // One shared payload; what evictions free is not counted on
+            // (a shared payload goes only with its last copy).
+            growth = signed(size);
+        }
+        let held = self.held.total() + reserved_bytes;
         if growth > 0 && held.saturating_add_signed(growth) > config.max_total_bytes {
             return Err(StoreError::StorageFull(config.max_total_bytes));
         }
@@ -325,7 +346,13 @@ impl Storage {
     /// Appends a committed event to the device's session (and retained
     /// events), keeping the byte count. Answers `false`, changing nothing,
     /// if that session ended while the event was being committed.
-    pub fn append(&mut self, device: &DeviceId, event: StoredEvent, retain: bool) -> bool {
+    pub fn append(
+        &mut self,
+        device: &DeviceId,
+        event: StoredEvent,
+        retain: bool,
+        shared: bool,
+    ) -> bool {
         let limits = self.config.limits();
         let Some(entry) = self.sessions.get_mut(device) else {
             return false;
@@ -333,36 +360,36 @@ impl Storage {
         if entry.session.epoch() != event.id.epoch {
             return false;
         }
-        let (before, events_before) = (entry.session.bytes(), entry.session.buffered());
-        let retained_event = retain.then(|| event.clone());
+        let events_before = entry.session.buffered();
+        self.held.hold(&event, shared);
+        if retain {
+            self.held.hold(&event, shared);
+            let retained = self.retained.entry(device.clone()).or_default();
+            if let Some(replaced) = retained.keep(event.clone()) {
+                self.held.release(&replaced);
+            }
+        }
         let evicted = entry.session.append(event, limits);
+        let events_after = entry.session.buffered();
         if !evicted.is_empty() {
-            let held = entry.session.buffered();
             // Per publish to a full buffer, so debug; a client that needed
             // them learns it from its `reset` (counted by reason).
             log::debug!(
-                "buffer.evicted device={device} events={} held={held}",
+                "buffer.evicted device={device} events={} held={events_after}",
                 evicted.len()
             );
+            evicted.iter().for_each(|e| self.held.release(e));
             self.changes.push(Change::Evict {
                 device: device.clone(),
-                batches: evicted,
+                batches: evicted.iter().map(|e| e.batch).collect(),
             });
-        }
-        let (after, events_after) = (entry.session.bytes(), entry.session.buffered());
-        self.total_bytes = self.total_bytes + after - before;
-        if let Some(event) = retained_event {
-            let retained = self.retained.entry(device.clone()).or_default();
-            let before = retained.bytes();
-            retained.keep(event);
-            self.total_bytes = self.total_bytes + retained.bytes() - before;
         }
         let metrics = metrics();
         metrics.published.inc();
         metrics
             .buffered_events
             .add(events_after as i64 - events_before as i64);
-        metrics.buffered_bytes.set(self.total_bytes as i64);
+        metrics.buffered_bytes.set(self.held.total() as i64);
         true
     }
 
@@ -389,11 +416,13 @@ impl Storage {
         if let Some(at) = entry.expires_at {
             self.expiries.remove(&(at, device.clone()));
         }
-        self.total_bytes = self.total_bytes.saturating_sub(entry.session.bytes());
+        for event in entry.session.events() {
+            self.held.release(event);
+        }
         let metrics = metrics();
         metrics.sessions.dec();
         metrics.buffered_events.sub(entry.session.buffered() as i64);
-        metrics.buffered_bytes.set(self.total_bytes as i64);
+        metrics.buffered_bytes.set(self.held.total() as i64);
         Some(entry.session)
     }
 
@@ -480,12 +509,18 @@ impl Storage {
         let retained = self.retained.remove(device);
         self.changes.push(Change::Forget {
             device: device.clone(),
-            batches: session.as_ref().map_or_else(Vec::new, Session::batches),
+            batches: session
+                .iter()
+                .flat_map(Session::events)
+                .map(|e| e.batch)
+                .collect(),
             retained: true,
         });
         if let Some(retained) = &retained {
-            self.total_bytes = self.total_bytes.saturating_sub(retained.bytes());
-            metrics().buffered_bytes.set(self.total_bytes as i64);
+            for event in retained.events() {
+                self.held.release(event);
+            }
+            metrics().buffered_bytes.set(self.held.total() as i64);
         }
         session.is_some() || retained.is_some()
     }
@@ -506,7 +541,7 @@ impl Storage {
             if due && let Some(session) = self.remove_session(&device) {
                 self.changes.push(Change::Forget {
                     device: device.clone(),
-                    batches: session.batches(),
+                    batches: session.events().map(|e| e.batch).collect(),
                     retained: false,
                 });
                 expired.push((device, session.buffered()));

@@ -286,10 +286,7 @@ pub fn herald_overrides(options: &ServerOptions) -> Vec<(&'static str, String)> 
             options.buffer_events.to_string(),
         ),
         // nchan bounds a channel's buffer by count only: herald's byte
-        // bounds out of the way too. Its total counts a broadcast's payload
-        // once per device although the payload is stored once, so with
-        // large broadcasts it would refuse publishes (507) long before
-        // memory is short; the bench measures memory, not that bound.
+        // bounds out of the way too (the bench measures memory, not them).
         ("HERALD_SESSION__BUFFER_BYTES", (64u64 << 20).to_string()),
         ("HERALD_SESSION__MAX_TOTAL_BYTES", (1u64 << 40).to_string()),
         (

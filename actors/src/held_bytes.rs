@@ -1,0 +1,92 @@
+//! The bytes the store's buffers and retained events hold, as the
+//! server-wide bound (`session.max_total_bytes`) counts them: an event
+//! published to several devices at once (a broadcast, a multi-device
+//! publish) shares one payload, counted once however many buffers and
+//! retained sets hold it. Owned by [`Storage`](crate::storage::Storage).
+//!
+//! Invariant: `total` is the sum of the unshared events held (once per
+//! copy) and of each shared payload (once while any copy is held).
+
+use std::collections::HashMap;
+
+use crate::StoredEvent;
+
+#[derive(Debug, Default)]
+pub struct HeldBytes {
+    total: usize,
+    /// Copies held of each shared payload, by its storage batch, and its size.
+    shared: HashMap<u64, (usize, u32)>,
+}
+
+impl HeldBytes {
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// One more copy of `event` is held; `shared` if its payload went to
+    /// several devices.
+    pub fn hold(&mut self, event: &StoredEvent, shared: bool) {
+        if !shared {
+            self.total += event.size();
+            return;
+        }
+        let (size, copies) = self.shared.entry(event.batch).or_insert((event.size(), 0));
+        if *copies == 0 {
+            self.total += *size;
+        }
+        *copies += 1;
+    }
+
+    /// One copy of `event` is no longer held.
+    pub fn release(&mut self, event: &StoredEvent) {
+        match self.shared.get_mut(&event.batch) {
+            Some((size, copies)) => {
+                *copies -= 1;
+                if *copies == 0 {
+                    self.total = self.total.saturating_sub(*size);
+                    self.shared.remove(&event.batch);
+                }
+            }
+            None => self.total = self.total.saturating_sub(event.size()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Epoch, EventId, EventName};
+
+    fn event(batch: u64, data: &str) -> StoredEvent {
+        StoredEvent {
+            id: EventId {
+                epoch: Epoch::new(1, 1),
+                seq: 1,
+            },
+            name: EventName::parse("e").unwrap(),
+            data: data.into(),
+            published_at: std::time::Instant::now(),
+            batch,
+        }
+    }
+
+    #[test]
+    fn a_shared_payload_counts_once_until_its_last_copy_goes() {
+        let mut held = HeldBytes::default();
+        let broadcast = event(7, "123456789");
+        for _ in 0..3 {
+            held.hold(&broadcast, true);
+        }
+        assert_eq!(held.total(), 10);
+        let unicast = event(8, "1234");
+        held.hold(&unicast, false);
+        held.hold(&unicast, false);
+        assert_eq!(held.total(), 20, "unshared copies count each");
+        held.release(&broadcast);
+        held.release(&broadcast);
+        assert_eq!(held.total(), 20);
+        held.release(&broadcast);
+        held.release(&unicast);
+        assert_eq!(held.total(), 5);
+    }
+}
