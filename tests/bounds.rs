@@ -107,9 +107,9 @@ async fn a_broadcast_payload_counts_once_against_the_server_wide_bound() {
     for n in 0..8 {
         try_publish(&server, &format!("edge-{n}"), json!("hi")).await;
     }
-    let broadcast = json!({"event": "note", "data": "x".repeat(900)});
+    let broadcast = json!({"event": "note", "data": "x".repeat(900), "retain": true});
     // Counted per device, one such broadcast (8 × 904 bytes) would not fit;
-    // counted once, four do.
+    // counted once, four do (each device's retained copy is the same payload).
     for _ in 0..4 {
         let (status, reply) = server.admin_post("/v1/broadcast", &broadcast).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{reply}");

@@ -18,6 +18,7 @@
 //! stream refuses an id at or below the last it wrote.
 
 use std::{
+    collections::HashSet,
     path::PathBuf,
     time::{Duration, SystemTime},
 };
@@ -127,6 +128,8 @@ pub struct Snapshot {
     pub sessions: Vec<SavedSession>,
     /// The highest storage batch number in use: the store numbers on.
     pub last_batch: u64,
+    /// The batches whose payload several devices share.
+    pub shared: HashSet<u64>,
     /// Retained events, per device in publish order.
     pub retained: Vec<(DeviceId, StoredEvent)>,
     pub blocks: Vec<(DeviceId, SystemTime)>,

@@ -18,7 +18,7 @@
 //! | `sessions` | device          | epoch, written seq, expiry (0: attached)     |
 //! | `events`   | (batch, device) | epoch, seq, payload id (0: inline), published, name, data |
 //! | `payloads` | payload id      | name, data — one event to several devices    |
-//! | `retained` | (device, name)  | epoch, seq, payload id, published, data      |
+//! | `retained` | (device, name)  | epoch, seq, batch, payload id, published, data |
 //! | `blocks`   | device          | blocked until                                 |
 //!
 //! A payload's reference count (its `events` and `retained` rows) lives in

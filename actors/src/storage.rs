@@ -195,15 +195,8 @@ impl Storage {
     pub fn restore(&mut self, snapshot: Snapshot) {
         let limits = self.config.limits();
         let now = SystemTime::now();
-        // A payload is shared when several copies of its batch were kept.
-        let mut copies: HashMap<u64, u32> = HashMap::new();
-        let kept = (snapshot.sessions.iter())
-            .flat_map(|saved| &saved.events)
-            .chain(snapshot.retained.iter().map(|(_, event)| event));
-        for event in kept {
-            *copies.entry(event.batch).or_default() += 1;
-        }
-        let shared = |event: &StoredEvent| copies.get(&event.batch).is_some_and(|n| *n > 1);
+        let shared_batches = snapshot.shared;
+        let shared = |event: &StoredEvent| shared_batches.contains(&event.batch);
         for saved in snapshot.sessions {
             let session = Session::restore(saved.epoch, saved.written, saved.events, limits);
             metrics().sessions.inc();

@@ -9,7 +9,7 @@
 //! (the row's commit failed) the session is kept and its TTL starts now.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Instant, SystemTime},
 };
 
@@ -53,6 +53,7 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
     // Every device's events, in storage order (which is its id order).
     let mut events: HashMap<DeviceId, Vec<(u64, u64, StoredEvent)>> = HashMap::new();
     let (mut last_batch, clock) = (0, Clock::now());
+    let mut shared_batches = HashSet::new();
     // A broadcast's rows are consecutive and share their payload.
     let mut shared: Option<(u64, EventName, ByteString)> = None;
     for row in txn.open_table(EVENTS)?.iter()? {
@@ -69,17 +70,11 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
                 (name, data)
             }
         };
-        let event = StoredEvent {
-            id: EventId {
-                epoch: Epoch::from_bits(epoch),
-                seq,
-            },
-            name,
-            data,
-            published_at: clock.instant_of(published),
-            batch,
-        };
+        let event = clock.event(epoch, seq, (name, data), published, batch);
         last_batch = last_batch.max(batch);
+        if payload != 0 {
+            shared_batches.insert(batch);
+        }
         match events.get_mut(device) {
             Some(list) => list.push((payload, batch, event)),
             None => drop(events.insert(device.parse_device()?, vec![(payload, batch, event)])),
@@ -88,6 +83,7 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
 
     let mut snapshot = Snapshot {
         last_batch,
+        shared: shared_batches,
         ..Snapshot::default()
     };
     let (mut dropped_rows, mut dropped_events) = (Vec::new(), Vec::new());
@@ -135,19 +131,13 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
     for row in txn.open_table(RETAINED)?.iter()? {
         let (key, value) = row?;
         let (device, name) = key.value();
-        let (epoch, seq, payload, published, data) = value.value();
-        let (name, data) = stored_payload(&payloads, payload, name, data)?;
+        let (epoch, seq, batch, payload, published, data) = value.value();
+        let payload_of = stored_payload(&payloads, payload, name, data)?;
         count(payload);
-        let event = StoredEvent {
-            id: EventId {
-                epoch: Epoch::from_bits(epoch),
-                seq,
-            },
-            name,
-            data,
-            published_at: clock.instant_of(published),
-            batch: 0,
-        };
+        let event = clock.event(epoch, seq, payload_of, published, batch);
+        if payload != 0 {
+            snapshot.shared.insert(batch);
+        }
         retained.push((device.parse_device()?, published, event));
     }
     // Publish order, as the store keeps them.
@@ -235,6 +225,27 @@ impl Clock {
         Self {
             wall: SystemTime::now(),
             monotonic: Instant::now(),
+        }
+    }
+
+    /// A stored event as the store holds it.
+    fn event(
+        &self,
+        epoch: u64,
+        seq: u64,
+        (name, data): (EventName, ByteString),
+        published_ms: u64,
+        batch: u64,
+    ) -> StoredEvent {
+        StoredEvent {
+            id: EventId {
+                epoch: Epoch::from_bits(epoch),
+                seq,
+            },
+            name,
+            data,
+            published_at: self.instant_of(published_ms),
+            batch,
         }
     }
 

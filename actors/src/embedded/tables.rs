@@ -19,8 +19,8 @@ use crate::backend::Change;
 pub(super) type SessionRow = (u64, u64, u64);
 /// Epoch, seq, payload id (0: inline), published, name, data.
 pub(super) type EventRow = (u64, u64, u64, u64, &'static str, &'static str);
-/// Epoch, seq, payload id (0: inline), published, data.
-pub(super) type RetainedRow = (u64, u64, u64, u64, &'static str);
+/// Epoch, seq, batch, payload id (0: inline), published, data.
+pub(super) type RetainedRow = (u64, u64, u64, u64, u64, &'static str);
 
 pub(super) const SESSIONS: TableDefinition<&str, SessionRow> = TableDefinition::new("sessions");
 pub(super) const EVENTS: TableDefinition<(u64, &str), EventRow> = TableDefinition::new("events");
@@ -95,9 +95,9 @@ impl<'txn> Tables<'txn> {
                     self.events.insert((*batch, device), row)?;
                     self.refs.add(payload, 1);
                     if *retain {
-                        let row = (epoch, id.seq, payload, published, inline_data);
+                        let row = (epoch, id.seq, *batch, payload, published, inline_data);
                         if let Some(old) = self.retained.insert((device, name.as_str()), row)? {
-                            self.refs.add(old.value().2, -1);
+                            self.refs.add(old.value().3, -1);
                         }
                         self.refs.add(payload, 1);
                     }
@@ -176,7 +176,7 @@ impl<'txn> Tables<'txn> {
                 break;
             }
             names.push(name.to_owned());
-            self.refs.add(value.value().2, -1);
+            self.refs.add(value.value().3, -1);
         }
         for name in &names {
             self.retained.remove((device, name.as_str()))?;
