@@ -122,3 +122,49 @@ impl Commits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_on(commits: &mut Commits, device: &DeviceId) -> (u64, u64) {
+        let batch = commits.next_batch();
+        let ahead = commits.reserve(device, 5);
+        let (reply, _) = oneshot::channel();
+        commits.wait(Waiting {
+            batch,
+            events: vec![(device.clone(), crate::test_support::event(1))],
+            retain: false,
+            size: 5,
+            reply,
+        });
+        (batch, ahead)
+    }
+
+    #[test]
+    fn a_commit_releases_its_reservations_and_a_failure_every_one_made_before_it_was_known() {
+        let device = DeviceId::parse("d").unwrap();
+        let mut commits = Commits::after(10);
+        let (first, ahead) = wait_on(&mut commits, &device);
+        assert_eq!((first, ahead), (11, 0), "numbered on from the snapshot");
+        assert!(commits.committed(first).is_some());
+        assert_eq!(commits.reserved_bytes(), 0);
+
+        // Two publishes in flight; the first fails, then the second because
+        // of it: the store resumes the backend once.
+        let (second, _) = wait_on(&mut commits, &device);
+        let (third, ahead) = wait_on(&mut commits, &device);
+        assert_eq!(ahead, 1, "ids after the reserved ones");
+        assert!(commits.failed(second), "news: resume the backend");
+        assert!(commits.refused(second).is_some());
+        assert!(!commits.failed(third), "a consequence, not news");
+        assert!(commits.refused(third).is_some());
+        assert_eq!(commits.reserved_bytes(), 0);
+
+        // The next publish gets the failed ones' ids again; a failure of it
+        // is news again.
+        let (fourth, ahead) = wait_on(&mut commits, &device);
+        assert_eq!(ahead, 0);
+        assert!(commits.failed(fourth));
+    }
+}

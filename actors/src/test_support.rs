@@ -184,3 +184,17 @@ pub(crate) async fn stopped(addr: &Addr<DeviceConnection>) -> bool {
     }
     true
 }
+
+/// An event at `seq` of some epoch, for tests that need one as a value.
+pub(crate) fn event(seq: u64) -> crate::StoredEvent {
+    crate::StoredEvent {
+        id: crate::EventId {
+            epoch: crate::Epoch::new(1, 1),
+            seq,
+        },
+        name: crate::EventName::parse("note").unwrap(),
+        data: "data".into(),
+        published_at: std::time::Instant::now(),
+        batch: 0,
+    }
+}
