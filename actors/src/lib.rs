@@ -11,11 +11,11 @@
 //! | `session.rs`       | one device's [`Session`]: buffer, ids, where a stream starts |
 //! | `retained.rs`      | one device's retained events (latest per name)          |
 //! | `held_bytes.rs`    | the bytes held against the server-wide bound, a shared payload once |
-//! | `storage.rs`       | the store's in-memory storage: sessions, retained events, bounds, expiry index |
+//! | `storage.rs`       | the store's in-memory storage: sessions, retained events, bounds, expiry index (admin views in `storage/views.rs`) |
 //! | `backend.rs`       | the storage seam: [`Backend`] (memory, embedded), its [`Change`]s and [`Snapshot`] |
 //! | `embedded.rs`      | the embedded backend: a redb file written by a group-committing thread |
 //! | `commits.rs`       | publishes between their ids and their commit           |
-//! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry |
+//! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry (its publish path in `session_store/publishing.rs`) |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `kicks.rs`         | [`KickConfig`]: the store's rules ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |

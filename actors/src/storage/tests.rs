@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use super::*;
+use super::{views::MAX_SCAN, *};
 
 fn storage() -> Storage {
     Storage::new(SessionConfig {
