@@ -310,12 +310,18 @@ impl Storage {
         shared: bool,
     ) -> bool {
         let limits = self.config.limits();
-        let Some(entry) = self.sessions.get_mut(device) else {
+        let entry =
+            (self.sessions.get_mut(device)).filter(|entry| entry.session.epoch() == event.id.epoch);
+        let Some(entry) = entry else {
+            // The session ended (expired, deleted) while the event was
+            // being committed: its stored copy goes too, or a restart
+            // would bring the session back with it.
+            self.changes.push(Change::Evict {
+                device: device.clone(),
+                batches: vec![event.batch],
+            });
             return false;
         };
-        if entry.session.epoch() != event.id.epoch {
-            return false;
-        }
         let events_before = entry.session.buffered();
         self.held.hold(&event, shared);
         if retain {

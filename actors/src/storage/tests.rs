@@ -80,3 +80,27 @@ fn what_attached_streams_wrote_is_recorded_once_per_advance() {
         "no advance since"
     );
 }
+
+#[test]
+fn an_event_committed_after_its_session_ended_is_not_kept_and_its_stored_copy_goes() {
+    let mut storage = storage();
+    let device = DeviceId::parse("d1").unwrap();
+    let id = storage.next_id(&device, 0);
+    storage.delete(&device);
+    storage.take_changes();
+    let event = StoredEvent {
+        id,
+        name: EventName::parse("note").unwrap(),
+        data: "late".into(),
+        published_at: std::time::Instant::now(),
+        batch: 7,
+    };
+
+    assert!(!storage.append(&device, event, false, false));
+    assert_eq!(storage.len(), 0, "no session comes back");
+    let changes = storage.take_changes();
+    assert!(
+        matches!(&changes[..], [Change::Evict { batches, .. }] if batches == &[7]),
+        "{changes:?}"
+    );
+}
