@@ -141,19 +141,26 @@ async fn serve(loaded: Loaded) -> Result<(), RunError> {
 }
 
 /// The store, the registry and the heartbeat run on the main thread and hold
-/// the server's state; after a panic there the server could only answer 503.
-/// Exiting lets the process supervisor restart it, and clients resume with
-/// `reset`. A panic on an HTTP worker thread ends only the stream it hit.
+/// the server's state, and the storage writer has a thread of its own; after
+/// a panic on either the server could only answer 503 (or never answer a
+/// publish). Exiting lets the process supervisor restart it, and clients
+/// resume from what is stored. A panic on an HTTP worker thread ends only
+/// the stream it hit.
 fn exit_on_core_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report(info);
-        if std::thread::current().name() == Some("main") {
-            log::error!("server.panicked thread=main exit_code={PANIC_EXIT_CODE}");
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("-");
+        if CORE_THREADS.contains(&name) {
+            log::error!("server.panicked thread={name} exit_code={PANIC_EXIT_CODE}");
             std::process::exit(PANIC_EXIT_CODE);
         }
     }));
 }
+
+/// Threads whose panic ends the process.
+const CORE_THREADS: [&str; 2] = ["main", herald_actors::STORAGE_THREAD];
 
 /// EX_SOFTWARE from sysexits.h: an internal error.
 const PANIC_EXIT_CODE: i32 = 70;

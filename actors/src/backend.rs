@@ -201,16 +201,17 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Submits `changes` as batch number `batch` (the store counts them).
-    /// Answers `false` when the backend keeps nothing, so the batch is
-    /// committed already.
-    pub(crate) fn submit(&self, batch: u64, changes: Vec<Change>) -> bool {
-        match self {
-            Self::Memory => false,
-            Self::Embedded(writer) => {
-                writer.submit(batch, changes);
-                true
-            }
+    /// Whether a batch is committed as soon as it is made (nothing to
+    /// submit or wait for).
+    pub(crate) fn keeps_nothing(&self) -> bool {
+        matches!(self, Self::Memory)
+    }
+
+    /// Submits `changes` as batch number `batch` (the store counts them);
+    /// answered by [`Committed`].
+    pub(crate) fn submit(&self, batch: u64, changes: Vec<Change>) {
+        if let Self::Embedded(writer) = self {
+            writer.submit(batch, changes);
         }
     }
 

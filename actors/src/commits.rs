@@ -8,18 +8,22 @@
 //! backend answers batches in the order they were submitted.
 //!
 //! Invariants:
-//! - `reserved[device]` counts the device's events submitted and not yet
-//!   answered, and `reserved_bytes` their sizes; both drop back when a batch
-//!   is answered, either way;
+//! - `reserved[(device, epoch)]` counts the session's events submitted and
+//!   not yet answered, and `reserved_bytes` the bytes their publishes may
+//!   add; both drop back when a batch is answered, either way;
 //! - after a failure, every batch submitted before the store learned of it
 //!   fails too (it holds ids after the failed ones): the reservations are
-//!   dropped at once and those answers only fail their publishes.
+//!   dropped at once and those answers only fail their publishes;
+//! - the changes of unanswered batches that are not publishes (positions,
+//!   TTLs, evictions, deletes, blocks: state the store already has) are
+//!   kept until answered, so a failure hands them back to be submitted
+//!   again rather than lost.
 
 use std::collections::{HashMap, VecDeque};
 
 use tokio::sync::oneshot;
 
-use crate::{DeviceId, StoredEvent, storage::StoreError};
+use crate::{DeviceId, Epoch, StoredEvent, backend::Change, storage::StoreError};
 
 /// What a waiting publish is answered: for each of its events, in order,
 /// whether it was handed to a live stream; or why nothing was stored.
@@ -30,7 +34,8 @@ pub struct Waiting {
     pub batch: u64,
     pub events: Vec<(DeviceId, StoredEvent)>,
     pub retain: bool,
-    pub size: usize,
+    /// What it reserved against the server-wide byte bound.
+    pub bytes: usize,
     pub reply: oneshot::Sender<Outcome>,
 }
 
@@ -40,9 +45,11 @@ pub struct Commits {
     last_batch: u64,
     /// Batches up to this one fail because of an earlier failure.
     failed_through: u64,
-    reserved: HashMap<DeviceId, u64>,
+    reserved: HashMap<(DeviceId, Epoch), u64>,
     reserved_bytes: usize,
     waiting: VecDeque<Waiting>,
+    /// The changes other than publishes of each unanswered batch.
+    unanswered: VecDeque<(u64, Vec<Change>)>,
 }
 
 impl Commits {
@@ -62,11 +69,10 @@ impl Commits {
         self.last_batch
     }
 
-    /// Reserves one event of `size` bytes for `device`; answers how many of
-    /// its events were reserved before this one.
-    pub fn reserve(&mut self, device: &DeviceId, size: usize) -> u64 {
-        self.reserved_bytes += size;
-        let count = self.reserved.entry(device.clone()).or_default();
+    /// Reserves the next id of the session `epoch` of `device`; answers
+    /// how many of its ids were reserved before this one.
+    pub fn reserve(&mut self, device: &DeviceId, epoch: Epoch) -> u64 {
+        let count = self.reserved.entry((device.clone(), epoch)).or_default();
         *count += 1;
         *count - 1
     }
@@ -75,21 +81,37 @@ impl Commits {
         self.reserved_bytes
     }
 
+    /// A publish, its ids and `bytes` reserved, waits for batch `batch`.
     pub fn wait(&mut self, waiting: Waiting) {
+        self.reserved_bytes += waiting.bytes;
         self.waiting.push_back(waiting);
+    }
+
+    /// Batch `batch` was submitted with `changes`: those that are not
+    /// publishes are kept until it is answered.
+    pub fn track(&mut self, batch: u64, changes: &[Change]) {
+        let kept: Vec<_> = (changes.iter())
+            .filter(|change| !matches!(change, Change::Append { .. }))
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            self.unanswered.push_back((batch, kept));
+        }
     }
 
     /// The next publish among the batches up to `through`, now committed,
     /// its reservations released; `None` when none is left.
     pub fn committed(&mut self, through: u64) -> Option<Waiting> {
+        self.forget_answered(through);
         let waiting = self.take(through)?;
         if waiting.batch > self.failed_through {
-            self.reserved_bytes -= waiting.size * waiting.events.len();
-            for (device, _) in &waiting.events {
-                if let Some(count) = self.reserved.get_mut(device) {
+            self.reserved_bytes -= waiting.bytes;
+            for (device, event) in &waiting.events {
+                let key = (device.clone(), event.id.epoch);
+                if let Some(count) = self.reserved.get_mut(&key) {
                     *count -= 1;
                     if *count == 0 {
-                        self.reserved.remove(device);
+                        self.reserved.remove(&key);
                     }
                 }
             }
@@ -97,22 +119,31 @@ impl Commits {
         Some(waiting)
     }
 
-    /// The batches up to `through` failed. Answers whether this is news
-    /// (the backend must be told to resume): batches submitted after the
-    /// last failure was learned of, which hold the only reservations left.
-    pub fn failed(&mut self, through: u64) -> bool {
-        let news = through > self.failed_through;
-        if news {
-            self.failed_through = self.last_batch;
-            self.reserved.clear();
-            self.reserved_bytes = 0;
+    /// The batches up to `through` failed. When this is news (the backend
+    /// must be told to resume), answers the changes other than publishes of
+    /// every batch submitted so far — all of them fail — to be submitted
+    /// again after the resume.
+    pub fn failed(&mut self, through: u64) -> Option<Vec<Change>> {
+        if through <= self.failed_through {
+            self.forget_answered(through);
+            return None;
         }
-        news
+        self.failed_through = self.last_batch;
+        self.reserved.clear();
+        self.reserved_bytes = 0;
+        let lost = self.unanswered.drain(..).flat_map(|(_, changes)| changes);
+        Some(lost.collect())
     }
 
     /// The next publish waiting on a failed batch up to `through`.
     pub fn refused(&mut self, through: u64) -> Option<Waiting> {
         self.take(through)
+    }
+
+    fn forget_answered(&mut self, through: u64) {
+        while self.unanswered.front().is_some_and(|(b, _)| *b <= through) {
+            self.unanswered.pop_front();
+        }
     }
 
     fn take(&mut self, through: u64) -> Option<Waiting> {
@@ -129,13 +160,14 @@ mod tests {
 
     fn wait_on(commits: &mut Commits, device: &DeviceId) -> (u64, u64) {
         let batch = commits.next_batch();
-        let ahead = commits.reserve(device, 5);
+        let event = crate::test_support::event(1);
+        let ahead = commits.reserve(device, event.id.epoch);
         let (reply, _) = oneshot::channel();
         commits.wait(Waiting {
             batch,
-            events: vec![(device.clone(), crate::test_support::event(1))],
+            events: vec![(device.clone(), event)],
             retain: false,
-            size: 5,
+            bytes: 5,
             reply,
         });
         (batch, ahead)
@@ -155,9 +187,17 @@ mod tests {
         let (second, _) = wait_on(&mut commits, &device);
         let (third, ahead) = wait_on(&mut commits, &device);
         assert_eq!(ahead, 1, "ids after the reserved ones");
-        assert!(commits.failed(second), "news: resume the backend");
+        let block = Change::Unblock {
+            device: device.clone(),
+        };
+        commits.track(third, std::slice::from_ref(&block));
+        let lost = commits.failed(second).expect("news: resume the backend");
+        assert!(
+            matches!(&lost[..], [Change::Unblock { .. }]),
+            "the third's change comes back to be submitted again: {lost:?}"
+        );
         assert!(commits.refused(second).is_some());
-        assert!(!commits.failed(third), "a consequence, not news");
+        assert!(commits.failed(third).is_none(), "a consequence, not news");
         assert!(commits.refused(third).is_some());
         assert_eq!(commits.reserved_bytes(), 0);
 
@@ -165,6 +205,6 @@ mod tests {
         // is news again.
         let (fourth, ahead) = wait_on(&mut commits, &device);
         assert_eq!(ahead, 0);
-        assert!(commits.failed(fourth));
+        assert!(commits.failed(fourth).is_some());
     }
 }

@@ -95,8 +95,8 @@ pub struct Writer {
 
 impl Writer {
     pub(crate) fn submit(&self, id: u64, changes: Vec<Change>) {
-        // The writer outlives every sender; if it panicked, the batch is
-        // never answered and its publish fails with `unavailable`.
+        // The writer outlives every sender; a panic on it ends the process
+        // (the server binary's panic hook).
         let _ = self.jobs.send(Job::Batch { id, changes });
     }
 
@@ -149,7 +149,7 @@ impl Embedded {
     pub(crate) fn spawn(self, store: Addr<SessionStore>) -> Writer {
         let (jobs, queue) = mpsc::channel();
         thread::Builder::new()
-            .name("herald-storage".to_owned())
+            .name(crate::STORAGE_THREAD.to_owned())
             .spawn(move || self.run(&queue, &store))
             .expect("spawning the storage thread");
         Writer { jobs }

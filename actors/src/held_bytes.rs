@@ -37,6 +37,16 @@ impl HeldBytes {
         *copies += 1;
     }
 
+    /// What releasing one copy of `event` would give back: its size, or for
+    /// a shared payload, its size only if this is its last copy.
+    pub fn freed_by(&self, event: &StoredEvent) -> usize {
+        match self.shared.get(&event.batch) {
+            Some((size, 1)) => *size,
+            Some(_) => 0,
+            None => event.size(),
+        }
+    }
+
     /// One copy of `event` is no longer held.
     pub fn release(&mut self, event: &StoredEvent) {
         match self.shared.get_mut(&event.batch) {

@@ -112,6 +112,10 @@ pub use session_store::{
 };
 pub use storage::{DevicePage, DeviceView, SessionConfig, StoreError};
 
+/// The embedded storage backend's writer thread: the server treats a panic
+/// on it like one on the actors' thread.
+pub const STORAGE_THREAD: &str = "herald-storage";
+
 /// Addresses of the long-lived actors.
 #[derive(Clone)]
 pub struct Actors {

@@ -23,15 +23,9 @@ impl Retained {
         self.events.len() < max || self.events.iter().any(|e| &e.name == name)
     }
 
-    /// How many bytes keeping an event of `size` bytes named `name` adds
-    /// (negative when it replaces a larger one).
-    pub fn growth_if_kept(&self, name: &EventName, size: usize) -> isize {
-        let replaced = self
-            .events
-            .iter()
-            .find(|e| &e.name == name)
-            .map_or(0, StoredEvent::size);
-        signed(size) - signed(replaced)
+    /// The retained event named `name`, if any.
+    pub fn named(&self, name: &EventName) -> Option<&StoredEvent> {
+        self.events.iter().find(|e| &e.name == name)
     }
 
     /// Keeps `event` as the latest of its name; answers the one it replaced.

@@ -17,7 +17,7 @@ use std::{
     },
 };
 
-use crate::{ConnectionId, Epoch, EventId, ResetReason, StoredEvent, retained::signed};
+use crate::{ConnectionId, Epoch, EventId, ResetReason, StoredEvent};
 
 /// The highest sequence number a stream has written to its client's queue,
 /// shared between the stream's connection (writer) and its session (reader).
@@ -123,19 +123,21 @@ impl Session {
         self.bytes
     }
 
-    /// How many bytes the buffer would grow by (negative: shrink) if an event
-    /// of `size` bytes were appended under `limits`. Changes nothing, so a
-    /// caller can refuse a publish before anything happened.
-    pub fn growth_if_appended(&self, size: usize, limits: BufferLimits) -> isize {
+    /// The oldest events that appending an event of `size` bytes under
+    /// `limits` would evict. Changes nothing, so a caller can refuse a
+    /// publish before anything happened.
+    pub fn evicted_if_appended(
+        &self,
+        size: usize,
+        limits: BufferLimits,
+    ) -> impl Iterator<Item = &StoredEvent> {
         let (mut count, mut bytes) = (self.buffer.len() + 1, self.bytes + size);
-        for oldest in &self.buffer {
-            if !limits.exceeded_by(count, bytes) {
-                break;
-            }
+        self.buffer.iter().take_while(move |oldest| {
+            let evicted = limits.exceeded_by(count, bytes);
             count -= 1;
             bytes -= oldest.size();
-        }
-        signed(bytes) - signed(self.bytes)
+            evicted
+        })
     }
 
     /// The id of the last event published to this session.
@@ -198,26 +200,29 @@ impl Session {
         self.buffer.iter()
     }
 
-    /// A session read back from storage: its events (oldest first, within
-    /// `limits` once restored) and what its streams had written.
+    /// A session read back from storage: its events (oldest first) and what
+    /// its streams had written. Answers it with the events beyond `limits`
+    /// (lowered since they were stored), oldest first, which it dropped.
     pub fn restore(
         epoch: Epoch,
         written: u64,
         events: Vec<StoredEvent>,
         limits: BufferLimits,
-    ) -> Self {
+    ) -> (Self, Vec<StoredEvent>) {
         let mut session = Self::new(epoch);
         session.last_seq = events.last().map_or(written, |e| e.id.seq.max(written));
         session.written_before = written;
         session.bytes = events.iter().map(StoredEvent::size).sum();
         session.buffer = events.into();
+        let mut dropped = Vec::new();
         while limits.exceeded_by(session.buffer.len(), session.bytes) {
             let Some(oldest) = session.buffer.pop_front() else {
                 break;
             };
             session.bytes -= oldest.size();
+            dropped.push(oldest);
         }
-        session
+        (session, dropped)
     }
 
     pub fn epoch(&self) -> Epoch {

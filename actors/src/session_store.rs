@@ -198,6 +198,8 @@ pub struct SessionStore {
     registry: Addr<DeviceRegistry>,
     backend: Backend,
     commits: Commits,
+    /// Set by `CloseStorage`: nothing more is submitted.
+    closed: bool,
 }
 
 impl SessionStore {
@@ -224,6 +226,7 @@ impl SessionStore {
             registry,
             backend: opened.start(me),
             commits,
+            closed: false,
         }
     }
 
@@ -266,6 +269,7 @@ impl Handler<CloseStorage> for SessionStore {
 
     fn handle(&mut self, _: CloseStorage, _: &mut Self::Context) -> Self::Result {
         self.save();
+        self.closed = true;
         let closed = self.backend.close();
         Box::pin(async move { Ok(closed.await?) })
     }

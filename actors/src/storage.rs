@@ -14,7 +14,7 @@
 //!   visits only the entries that are due.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::{Duration, SystemTime},
 };
 
@@ -158,10 +158,25 @@ impl Storage {
     pub fn restore(&mut self, snapshot: Snapshot) {
         let limits = self.config.limits();
         let now = SystemTime::now();
+        // A new session's epoch must not be one read back: this boot's
+        // nonce differs from every restored one.
+        let restored: HashSet<u32> = (snapshot.sessions.iter().map(|s| s.epoch.boot()))
+            .chain(snapshot.retained.iter().map(|(_, e)| e.id.epoch.boot()))
+            .collect();
+        while restored.contains(&self.boot) {
+            self.boot = fastrand::u32(..);
+        }
         let shared_batches = snapshot.shared;
         let shared = |event: &StoredEvent| shared_batches.contains(&event.batch);
         for saved in snapshot.sessions {
-            let session = Session::restore(saved.epoch, saved.written, saved.events, limits);
+            let (session, dropped) =
+                Session::restore(saved.epoch, saved.written, saved.events, limits);
+            if !dropped.is_empty() {
+                self.changes.push(Change::Evict {
+                    device: saved.device.clone(),
+                    batches: dropped.iter().map(|e| e.batch).collect(),
+                });
+            }
             metrics().sessions.inc();
             metrics().buffered_events.add(session.buffered() as i64);
             for event in session.events() {
@@ -219,7 +234,9 @@ impl Storage {
     }
 
     /// Refuses a publish of `size` bytes named `name` to `devices` that would
-    /// break a bound.
+    /// break a bound; answers the bytes it may add to the server-wide count
+    /// (for the store to reserve until it is committed). `reserved_bytes`
+    /// are those of publishes not yet committed.
     pub fn admit<'a>(
         &self,
         devices: impl Iterator<Item = &'a DeviceId>,
@@ -227,7 +244,7 @@ impl Storage {
         size: usize,
         retain: bool,
         reserved_bytes: usize,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let config = &self.config;
         let mut growth: isize = 0;
         let mut new_sessions = 0;
@@ -236,7 +253,11 @@ impl Storage {
             count += 1;
             let retained = self.retained.get(device);
             growth += match self.sessions.get(device) {
-                Some(entry) => entry.session.growth_if_appended(size, config.limits()),
+                Some(entry) => {
+                    let evicted = entry.session.evicted_if_appended(size, config.limits());
+                    let freed: usize = evicted.map(|e| self.held.freed_by(e)).sum();
+                    signed(size) - signed(freed)
+                }
                 None => {
                     new_sessions += 1;
                     signed(size)
@@ -248,7 +269,8 @@ impl Storage {
                 if !room {
                     return Err(StoreError::RetainedLimit(config.retained_per_device));
                 }
-                growth += retained.map_or(signed(size), |r| r.growth_if_kept(name, size));
+                let replaced = retained.and_then(|r| r.named(name));
+                growth += signed(size) - replaced.map_or(0, |e| signed(self.held.freed_by(e)));
             }
         }
         if self.sessions.len() + new_sessions > config.max_sessions {
@@ -263,7 +285,7 @@ impl Storage {
         if growth > 0 && held.saturating_add_signed(growth) > config.max_total_bytes {
             return Err(StoreError::StorageFull(config.max_total_bytes));
         }
-        Ok(())
+        Ok(growth.max(0).unsigned_abs())
     }
 
     /// The device's session, created if it has none. Bounds are the caller's
@@ -285,18 +307,25 @@ impl Storage {
         })
     }
 
-    /// The id of the event `ahead` events after the device's last one,
-    /// creating its session if it has none. Bounds are the caller's to check.
-    pub fn next_id(&mut self, device: &DeviceId, ahead: u64) -> EventId {
+    /// The epoch of the device's session, created if it has none. Bounds
+    /// are the caller's to check.
+    pub fn epoch_of(&mut self, device: &DeviceId) -> Epoch {
         let created = !self.sessions.contains_key(device);
-        let id = self.session(device).session.next_id(ahead);
+        let epoch = self.session(device).session.epoch();
         if created {
             // A session created by a publish has no stream yet: it lives
             // for one TTL waiting for its device, like a session whose
             // stream ended.
             self.start_ttl(device);
         }
-        id
+        epoch
+    }
+
+    /// The id of the event `ahead` events after the device's last one,
+    /// creating its session if it has none.
+    pub fn next_id(&mut self, device: &DeviceId, ahead: u64) -> EventId {
+        self.epoch_of(device);
+        self.session(device).session.next_id(ahead)
     }
 
     /// Appends a committed event to the device's session (and retained

@@ -4,9 +4,12 @@
 //! latest (left by a change whose commit failed), reconnect blocks that
 //! ended, payloads nothing refers to.
 //!
-//! A device's session is the epoch of its latest event; its `sessions` row
-//! adds what its streams wrote and when it expires. Without a matching row
-//! (the row's commit failed) the session is kept and its TTL starts now.
+//! A device's session is its `sessions` row (epoch, what its streams wrote,
+//! when it expires): a session's row is committed with or before its first
+//! event, and removed first when it ends. Its buffer is the run of
+//! consecutive ids of that epoch that ends with the newest; any other row
+//! is a leftover of a change that was not written (a crash between a
+//! commit and the eviction it caused) and is removed here.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -87,36 +90,33 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
         ..Snapshot::default()
     };
     let (mut dropped_rows, mut dropped_events) = (Vec::new(), Vec::new());
-    let devices: Vec<DeviceId> = rows.keys().chain(events.keys()).cloned().collect();
-    for device in devices {
-        let mut mine = events.remove(&device).unwrap_or_default();
-        let Some(row) = rows
-            .remove(&device)
-            .or_else(|| (!mine.is_empty()).then_some((0, 0, 0)))
-        else {
-            continue; // Named twice: already done.
-        };
-        let epoch = mine.last().map_or(row.0, |(_, _, e)| e.id.epoch.to_bits());
-        let (written, expires) = match row {
-            (e, written, expires) if e == epoch => (written, expires),
-            _ => (0, 0),
-        };
-        if expires != 0 && expires <= now {
-            dropped_rows.push(device.clone());
-            dropped_events.extend(
-                mine.into_iter()
-                    .map(|(_, batch, _)| (batch, device.clone())),
-            );
-            continue;
-        }
-        let (kept, stale): (Vec<_>, Vec<_>) = std::mem::take(&mut mine)
-            .into_iter()
-            .partition(|(_, _, e)| e.id.epoch.to_bits() == epoch);
-        dropped_events.extend(
-            stale
+    let mut drop_events = |device: &DeviceId, events: Vec<(u64, u64, StoredEvent)>| {
+        (dropped_events).extend(
+            events
                 .into_iter()
                 .map(|(_, batch, _)| (batch, device.clone())),
         );
+    };
+    for (device, row) in rows {
+        let mine = events.remove(&device).unwrap_or_default();
+        let (epoch, written, expires) = row;
+        if expires != 0 && expires <= now {
+            drop_events(&device, mine);
+            dropped_rows.push(device);
+            continue;
+        }
+        // The row is the session: events of another epoch are left from
+        // one that ended, and only the consecutive run of ids that ends
+        // with the newest is its buffer (an older leftover, whose eviction
+        // was not yet written, would read as a gap).
+        let (mut kept, stale): (Vec<_>, Vec<_>) =
+            (mine.into_iter()).partition(|(_, _, e)| e.id.epoch.to_bits() == epoch);
+        drop_events(&device, stale);
+        let run = (kept.windows(2).rev())
+            .take_while(|pair| pair[0].2.id.seq + 1 == pair[1].2.id.seq)
+            .count();
+        let first = kept.len().saturating_sub(run + 1);
+        drop_events(&device, kept.drain(..first).collect());
         kept.iter().for_each(|(payload, _, _)| count(*payload));
         snapshot.sessions.push(SavedSession {
             device,
@@ -125,6 +125,11 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
             expires: (expires != 0).then(|| from_unix_ms(expires)),
             events: kept.into_iter().map(|(_, _, e)| e).collect(),
         });
+    }
+    // Events of a device without a session row: its session ended (the
+    // row goes first) or was never recorded.
+    for (device, orphans) in events {
+        drop_events(&device, orphans);
     }
 
     let mut retained = Vec::new();
@@ -138,6 +143,8 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
         if payload != 0 {
             snapshot.shared.insert(batch);
         }
+        // Batch numbers go on after every one in use, retained ones too.
+        snapshot.last_batch = snapshot.last_batch.max(batch);
         retained.push((device.parse_device()?, published, event));
     }
     // Publish order, as the store keeps them.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::EventName;
+use crate::{EventName, retained::signed};
 
 const BOOT: u32 = 7;
 
@@ -193,7 +193,11 @@ fn the_growth_dry_run_agrees_with_the_append() {
         "ffff",
         "ggggggggggggggggggggg",
     ] {
-        let predicted = session.growth_if_appended(1 + data.len(), limits);
+        let size = 1 + data.len();
+        let evicted: usize = (session.evicted_if_appended(size, limits))
+            .map(StoredEvent::size)
+            .sum();
+        let predicted = signed(size) - signed(evicted);
         let before = signed(session.bytes());
         append(&mut session, data, limits);
         assert_eq!(

@@ -24,10 +24,21 @@ impl SessionStore {
     pub(super) fn submit(&mut self, batch: u64, more: Option<Change>) {
         let mut changes = self.storage.take_changes();
         changes.extend(more);
-        if !self.backend.submit(batch, changes) {
+        self.send(batch, changes);
+    }
+
+    fn send(&mut self, batch: u64, changes: Vec<Change>) {
+        if self.closed {
+            // After `CloseStorage`: a stream that ended late, a timer.
+            return;
+        }
+        if self.backend.keeps_nothing() {
             // Nothing to wait for: the memory backend keeps nothing.
             self.committed(batch, Ok(()));
+            return;
         }
+        self.commits.track(batch, &changes);
+        self.backend.submit(batch, changes);
     }
 
     /// Saves a change to a reconnect block, with the changes before it.
@@ -49,8 +60,12 @@ impl SessionStore {
     /// which is id order); failed ones are refused with the backend's error.
     pub(super) fn committed(&mut self, through: u64, result: Result<(), WriteError>) {
         if let Err(error) = result {
-            if self.commits.failed(through) {
+            if let Some(lost) = self.commits.failed(through) {
+                // What the store already holds goes to the backend again,
+                // first after the resume.
                 self.backend.resume();
+                let batch = self.commits.next_batch();
+                self.send(batch, lost);
             }
             while let Some(waiting) = self.commits.refused(through) {
                 let _ = waiting.reply.send(Err(error.into()));
@@ -96,18 +111,18 @@ impl SessionStore {
     ) -> ResponseFuture<Result<Vec<PublishReceipt>, StoreError>> {
         let size = name.as_str().len() + data.len();
         let reserved = self.commits.reserved_bytes();
-        if let Err(refused) = self
-            .storage
-            .admit(devices.iter(), &name, size, retain, reserved)
-        {
-            return Box::pin(async move { Err(refused) });
-        }
+        let admitted = (self.storage).admit(devices.iter(), &name, size, retain, reserved);
+        let bytes = match admitted {
+            Ok(growth) => growth,
+            Err(refused) => return Box::pin(async move { Err(refused) }),
+        };
         let published_at = std::time::Instant::now();
         let batch = self.commits.next_batch();
         let events: Vec<_> = devices
             .into_iter()
             .map(|device| {
-                let ahead = self.commits.reserve(&device, size);
+                let epoch = self.storage.epoch_of(&device);
+                let ahead = self.commits.reserve(&device, epoch);
                 let event = StoredEvent {
                     id: self.storage.next_id(&device, ahead),
                     name: name.clone(),
@@ -132,7 +147,7 @@ impl SessionStore {
             batch,
             events,
             retain,
-            size,
+            bytes,
             reply,
         });
         self.submit(batch, Some(append));
