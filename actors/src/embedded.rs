@@ -26,6 +26,8 @@
 
 mod load;
 mod tables;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
