@@ -50,6 +50,8 @@ pub struct Commits {
     waiting: VecDeque<Waiting>,
     /// The changes other than publishes of each unanswered batch.
     unanswered: VecDeque<(u64, Vec<Change>)>,
+    /// Those of failed batches, to go first in the next batch.
+    lost: Vec<Change>,
 }
 
 impl Commits {
@@ -119,20 +121,31 @@ impl Commits {
         Some(waiting)
     }
 
-    /// The batches up to `through` failed. When this is news (the backend
-    /// must be told to resume), answers the changes other than publishes of
-    /// every batch submitted so far — all of them fail — to be submitted
-    /// again after the resume.
-    pub fn failed(&mut self, through: u64) -> Option<Vec<Change>> {
+    /// The batches up to `through` failed. Answers whether this is news
+    /// (the backend must be told to resume). The changes other than
+    /// publishes of every batch submitted so far — all of them fail — are
+    /// kept to go first in the next batch ([`take_lost`](Self::take_lost)):
+    /// not at once, which would retry as fast as the disk refuses.
+    pub fn failed(&mut self, through: u64) -> bool {
         if through <= self.failed_through {
             self.forget_answered(through);
-            return None;
+            return false;
         }
         self.failed_through = self.last_batch;
         self.reserved.clear();
         self.reserved_bytes = 0;
         let lost = self.unanswered.drain(..).flat_map(|(_, changes)| changes);
-        Some(lost.collect())
+        self.lost.extend(lost);
+        true
+    }
+
+    pub fn has_lost(&self) -> bool {
+        !self.lost.is_empty()
+    }
+
+    /// The changes of failed batches, to be submitted again.
+    pub fn take_lost(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.lost)
     }
 
     /// The next publish waiting on a failed batch up to `through`.
@@ -191,13 +204,14 @@ mod tests {
             device: device.clone(),
         };
         commits.track(third, std::slice::from_ref(&block));
-        let lost = commits.failed(second).expect("news: resume the backend");
+        assert!(commits.failed(second), "news: resume the backend");
+        let lost = commits.take_lost();
         assert!(
             matches!(&lost[..], [Change::Unblock { .. }]),
             "the third's change comes back to be submitted again: {lost:?}"
         );
         assert!(commits.refused(second).is_some());
-        assert!(commits.failed(third).is_none(), "a consequence, not news");
+        assert!(!commits.failed(third), "a consequence, not news");
         assert!(commits.refused(third).is_some());
         assert_eq!(commits.reserved_bytes(), 0);
 
@@ -205,6 +219,6 @@ mod tests {
         // is news again.
         let (fourth, ahead) = wait_on(&mut commits, &device);
         assert_eq!(ahead, 0);
-        assert!(commits.failed(fourth).is_some());
+        assert!(commits.failed(fourth));
     }
 }

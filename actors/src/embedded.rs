@@ -124,7 +124,7 @@ impl Embedded {
         };
         fs::create_dir_all(dir).map_err(io_error)?;
         let file = dir.join(FILE_NAME);
-        let db = open_database(&file).map_err(|error| match error {
+        let db = open_database(&file, true).map_err(|error| match error {
             DatabaseError::DatabaseAlreadyOpen => OpenError::InUse {
                 dir: dir.to_owned(),
             },
@@ -231,7 +231,8 @@ impl Embedded {
             return Err(redb::Error::DatabaseClosed);
         }
         if self.db.is_none() {
-            self.db = Some(open_database(&self.file)?);
+            // Checked whole at start, and written only by this thread since.
+            self.db = Some(open_database(&self.file, false)?);
         }
         let db = self.db.as_ref().expect("opened above");
         let txn = db.begin_write()?;
@@ -250,12 +251,13 @@ impl Embedded {
     }
 }
 
-fn open_database(file: &Path) -> Result<Database, DatabaseError> {
+/// Opens (or creates) the file; `check`: read it whole first, so that a
+/// file altered behind redb's back fails here instead of being trusted (a
+/// plain open may read garbage and panic later).
+fn open_database(file: &Path, check: bool) -> Result<Database, DatabaseError> {
     Database::builder()
         .set_cache_size(CACHE_BYTES)
-        // A file altered behind redb's back fails here instead of being
-        // trusted (a plain open may read garbage and panic later).
-        .set_check_integrity_on_open(true)
+        .set_check_integrity_on_open(check)
         .create(file)
 }
 

@@ -22,7 +22,9 @@ impl SessionStore {
     /// Hands the backend, as batch `batch`, the changes made since the last
     /// call and `more`.
     pub(super) fn submit(&mut self, batch: u64, more: Option<Change>) {
-        let mut changes = self.storage.take_changes();
+        // Those of failed batches first: they were made before.
+        let mut changes = self.commits.take_lost();
+        changes.extend(self.storage.take_changes());
         changes.extend(more);
         self.send(batch, changes);
     }
@@ -47,9 +49,10 @@ impl SessionStore {
         self.submit(batch, Some(change));
     }
 
-    /// Hands the backend the changes made since the last call, if any.
+    /// Hands the backend the changes made since the last call, and those of
+    /// failed batches, if any.
     pub(super) fn save(&mut self) {
-        if self.storage.has_changes() {
+        if self.storage.has_changes() || self.commits.has_lost() {
             let batch = self.commits.next_batch();
             self.submit(batch, None);
         }
@@ -60,12 +63,8 @@ impl SessionStore {
     /// which is id order); failed ones are refused with the backend's error.
     pub(super) fn committed(&mut self, through: u64, result: Result<(), WriteError>) {
         if let Err(error) = result {
-            if let Some(lost) = self.commits.failed(through) {
-                // What the store already holds goes to the backend again,
-                // first after the resume.
+            if self.commits.failed(through) {
                 self.backend.resume();
-                let batch = self.commits.next_batch();
-                self.send(batch, lost);
             }
             while let Some(waiting) = self.commits.refused(through) {
                 let _ = waiting.reply.send(Err(error.into()));
