@@ -3,8 +3,8 @@
 //!
 //! The writer takes every batch waiting in its queue, applies them in one
 //! write transaction and commits once (redb syncs on commit), then answers
-//! each batch with [`Committed`] in submission order: concurrent publishes
-//! share one fsync. A failed commit writes nothing of its batches; the writer
+//! them all with one [`Committed`], in submission order: concurrent
+//! publishes share one fsync. A failed commit writes nothing of its batches; the writer
 //! then fails every batch the store submitted before it learned of the
 //! failure (they hold ids reserved after the failed ones) until the store's
 //! [`Job::Resume`] arrives, so no id is ever committed after a gap.
