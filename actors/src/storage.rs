@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::{
-    BufferLimits, ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Session,
-    Start, StoredEvent,
+    BufferLimits, ConnectionId, DeviceId, Epoch, EventName, Opening, Progress, Session, Start,
+    StoredEvent,
     backend::{Change, Snapshot, WriteError, wall_in},
     held_bytes::HeldBytes,
     metrics::metrics,
@@ -307,25 +307,17 @@ impl Storage {
         })
     }
 
-    /// The epoch of the device's session, created if it has none. Bounds
-    /// are the caller's to check.
-    pub fn epoch_of(&mut self, device: &DeviceId) -> Epoch {
-        let created = !self.sessions.contains_key(device);
-        let epoch = self.session(device).session.epoch();
-        if created {
+    /// The device's session, created if it has none (a publish picks its
+    /// next id from it). Bounds are the caller's to check.
+    pub fn open_session(&mut self, device: &DeviceId) -> &Session {
+        if !self.sessions.contains_key(device) {
+            self.session(device);
             // A session created by a publish has no stream yet: it lives
             // for one TTL waiting for its device, like a session whose
             // stream ended.
             self.start_ttl(device);
         }
-        epoch
-    }
-
-    /// The id of the event `ahead` events after the device's last one,
-    /// creating its session if it has none.
-    pub fn next_id(&mut self, device: &DeviceId, ahead: u64) -> EventId {
-        self.epoch_of(device);
-        self.session(device).session.next_id(ahead)
+        &self.sessions[device].session
     }
 
     /// Appends a committed event to the device's session (and retained

@@ -54,6 +54,38 @@ async fn answered<T>(what: &str, answer: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: no answer within {PATIENCE:?}"))
 }
 
+/// Sets `resource` to `value` (soft and hard) in the child before exec, and
+/// ignores `ignored` there (an ignored disposition survives exec).
+fn limit_in_child(
+    command: &mut std::process::Command,
+    resource: libc::__rlimit_resource_t,
+    value: u64,
+    ignored: Option<libc::c_int>,
+) {
+    use std::os::unix::process::CommandExt as _;
+
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: runs in the forked child before exec; signal and setrlimit are
+    // async-signal-safe system calls, and the rlimit struct is only read.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some(signal) = ignored
+                && libc::signal(signal, libc::SIG_IGN) == libc::SIG_ERR
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setrlimit(resource, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// A running herald process on an ephemeral port, its stderr (the log)
 /// collected line by line.
 pub struct HeraldProcess {
@@ -89,24 +121,8 @@ impl HeraldProcess {
     /// Like [`start`](Self::start), with at most `open_files` open files
     /// (soft and hard limit), as a constrained host would give it.
     pub async fn start_with_open_files(env: &[(&str, &str)], open_files: u64) -> Self {
-        use std::os::unix::process::CommandExt as _;
-
         Self::start_with(env, |command| {
-            let limit = libc::rlimit {
-                rlim_cur: open_files,
-                rlim_max: open_files,
-            };
-            // SAFETY: runs in the forked child before exec; setrlimit is a
-            // single async-signal-safe system call on a struct it only reads.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            limit_in_child(command, libc::RLIMIT_NOFILE, open_files, None);
         })
         .await
     }
@@ -116,28 +132,8 @@ impl HeraldProcess {
     /// or `ftruncate` beyond it fails with `EFBIG` (`SIGXFSZ`, which would
     /// kill the process, is ignored).
     pub async fn start_with_file_size_limit(env: &[(&str, &str)], bytes: u64) -> Self {
-        use std::os::unix::process::CommandExt as _;
-
         Self::start_with(env, |command| {
-            let limit = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            // SAFETY: runs in the forked child before exec; signal and
-            // setrlimit are async-signal-safe system calls, and the rlimit
-            // struct is only read. An ignored disposition survives exec.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            limit_in_child(command, libc::RLIMIT_FSIZE, bytes, Some(libc::SIGXFSZ));
         })
         .await
     }

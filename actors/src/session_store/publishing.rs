@@ -120,10 +120,10 @@ impl SessionStore {
         let events: Vec<_> = devices
             .into_iter()
             .map(|device| {
-                let epoch = self.storage.epoch_of(&device);
-                let ahead = self.commits.reserve(&device, epoch);
+                let session = self.storage.open_session(&device);
+                let ahead = self.commits.reserve(&device, session.epoch());
                 let event = StoredEvent {
-                    id: self.storage.next_id(&device, ahead),
+                    id: session.next_id(ahead),
                     name: name.clone(),
                     data: data.clone(),
                     published_at,

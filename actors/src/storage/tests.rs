@@ -18,7 +18,7 @@ fn a_sparse_filtered_page_stops_after_max_scan_and_says_where_to_go_on() {
     let mut storage = storage();
     for n in 0..MAX_SCAN + 5 {
         let device = DeviceId::parse(&format!("d{n:06}")).unwrap();
-        storage.next_id(&device, 0);
+        storage.open_session(&device);
     }
     let last = DeviceId::parse("z-connected").unwrap();
     storage
@@ -85,7 +85,7 @@ fn what_attached_streams_wrote_is_recorded_once_per_advance() {
 fn an_event_committed_after_its_session_ended_is_not_kept_and_its_stored_copy_goes() {
     let mut storage = storage();
     let device = DeviceId::parse("d1").unwrap();
-    let id = storage.next_id(&device, 0);
+    let id = storage.open_session(&device).next_id(0);
     storage.delete(&device);
     storage.take_changes();
     let event = StoredEvent {
