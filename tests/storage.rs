@@ -18,7 +18,7 @@ use std::{
 
 use common::{
     ADMIN_TOKEN, EventStream, HeraldProcess, PATIENCE, data_json, herald_command, run_to_exit,
-    seq_of,
+    sample, seq_of,
 };
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
@@ -312,6 +312,42 @@ async fn sigterm_keeps_offline_buffers_and_retained_events_and_ends_ttls_that_ra
     assert_eq!(named(&state), [(Some("config"), Some(r#"{"v":1}"#))]);
     assert_eq!(state[0].id, None, "retained events are state, without id");
     third.terminate().await;
+}
+
+/// With a replay cache of a few events (`storage.cache_bytes`), older
+/// events leave the server's memory: a client resuming from far back gets
+/// them read from the file, whole and in order, then what is published while
+/// it connects.
+#[actix_web::test]
+async fn an_old_replay_is_read_back_from_the_file_once_its_events_left_memory() {
+    const CACHE: usize = 4096;
+    let cache = CACHE.to_string();
+    let herald = HeraldProcess::start(&[("HERALD_STORAGE__CACHE_BYTES", &cache)]).await;
+    // Over 200 bytes each: at most 20 of them fit in the cache.
+    let payload = |n: usize| format!("n{n}:{}", "x".repeat(200));
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        ids.push(publish_ok(&herald, "archive", "note", json!(payload(n)), false).await);
+    }
+    let metrics = herald.metrics().await;
+    assert!(sample(&metrics, "herald_storage_cache_bytes") <= CACHE as f64);
+    let (_, view) = herald.admin(Method::GET, "/v1/devices/archive").await;
+    assert_eq!(view["buffered_events"], json!(100), "all still buffered");
+
+    let mut stream = herald.open("archive", Some(&ids[0])).await;
+    assert_eq!(stream.hello().await["resumed"], true);
+    let live = publish_ok(&herald, "archive", "note", json!("live"), false).await;
+    let replay = events_until(&mut stream, &live).await;
+    let replayed: Vec<_> = (replay.iter())
+        .map(|e| (e.id.clone().unwrap(), e.data.clone().unwrap()))
+        .collect();
+    let expected: Vec<_> = (1..100).map(|n| (ids[n].clone(), payload(n))).collect();
+    assert_eq!(replayed, expected, "exactly what follows the position");
+    let metrics = herald.metrics().await;
+    assert!(
+        sample(&metrics, "herald_storage_read_events_total") >= 79.0,
+        "at most 20 of the 99 came from memory"
+    );
 }
 
 /// An operator's `reconnect=false` outlives a restart: after SIGTERM and a

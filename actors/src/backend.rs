@@ -13,6 +13,9 @@
 //!
 //! Submitting never blocks the store and its answer arrives as a message, so
 //! a backend whose operations are asynchronous (Redis) fits the same seam.
+//! So does reading: the older events of a replay, whose payloads left the
+//! store's memory ([`ReplayCache`](crate::replay_cache::ReplayCache)), are
+//! read by the backend and sent straight to the stream ([`ConnectReplay`]).
 //! Ordering does not rest on the answer's timing alone: every event carries
 //! its id, the store hands a stream only committed events in id order, and a
 //! stream refuses an id at or below the last it wrote.
@@ -28,7 +31,8 @@ use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    DeviceId, Epoch, EventId, EventName, SessionStore, StoredEvent,
+    DeviceId, Epoch, EventId, EventName, Footprint, SessionStore, StoredEvent, Unread,
+    connection::ConnectReplay,
     embedded::{Embedded, OpenError, Writer},
 };
 
@@ -39,6 +43,10 @@ pub struct StorageConfig {
     pub backend: BackendKind,
     /// The embedded backend's directory (created if missing).
     pub path: PathBuf,
+    /// Bytes of buffered events the embedded backend's server holds whole
+    /// in memory; older ones keep only their place and size, and a replay
+    /// reads their payloads from the file.
+    pub cache_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -46,6 +54,7 @@ impl Default for StorageConfig {
         Self {
             backend: BackendKind::Embedded,
             path: PathBuf::from("herald-data"),
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -143,8 +152,11 @@ pub struct SavedSession {
     pub written: u64,
     /// `None`: a stream was attached when the process ended.
     pub expires: Option<SystemTime>,
-    /// Oldest first.
-    pub events: Vec<StoredEvent>,
+    /// The seq of its newest event.
+    pub last_seq: u64,
+    /// Its buffered events, oldest first and consecutive up to `last_seq`:
+    /// their payloads are read when a replay needs them.
+    pub events: Vec<Footprint>,
 }
 
 /// Why a batch of changes was not committed: nothing of it was written.
@@ -154,6 +166,15 @@ pub enum WriteError {
     DiskFull,
     #[error("the store could not be written")]
     Unavailable,
+}
+
+/// Why a replay's older events could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("event {seq} is not in storage")]
+    Missing { seq: u64 },
+    #[error("the store could not be read: {0}")]
+    Unavailable(String),
 }
 
 /// A backend's answer to every submitted batch up to `through` not yet
@@ -169,7 +190,11 @@ pub struct Committed {
 /// A backend opened at start, before the store exists.
 pub enum Opened {
     Memory,
-    Embedded(Embedded),
+    Embedded {
+        store: Embedded,
+        /// `storage.cache_bytes`.
+        cache_bytes: usize,
+    },
 }
 
 impl Opened {
@@ -179,9 +204,19 @@ impl Opened {
         match config.backend {
             BackendKind::Memory => Ok((Self::Memory, Snapshot::default())),
             BackendKind::Embedded => {
-                let (embedded, snapshot) = Embedded::open(&config.path)?;
-                Ok((Self::Embedded(embedded), snapshot))
+                let (store, snapshot) = Embedded::open(&config.path)?;
+                let cache_bytes = config.cache_bytes;
+                Ok((Self::Embedded { store, cache_bytes }, snapshot))
             }
+        }
+    }
+
+    /// What buffered events the store may hold whole in memory: `None`
+    /// (no bound) when its buffers are the only copy.
+    pub(crate) fn cache_bytes(&self) -> Option<usize> {
+        match self {
+            Self::Memory => None,
+            Self::Embedded { cache_bytes, .. } => Some(*cache_bytes),
         }
     }
 
@@ -189,7 +224,9 @@ impl Opened {
     pub(crate) fn start(self, store: Addr<SessionStore>) -> Backend {
         match self {
             Self::Memory => Backend::Memory,
-            Self::Embedded(embedded) => Backend::Embedded(embedded.spawn(store)),
+            Self::Embedded {
+                store: embedded, ..
+            } => Backend::Embedded(embedded.spawn(store)),
         }
     }
 }
@@ -212,6 +249,20 @@ impl Backend {
     pub(crate) fn submit(&self, batch: u64, changes: Vec<Change>) {
         if let Self::Embedded(writer) = self {
             writer.submit(batch, changes);
+        }
+    }
+
+    /// Reads the events `unread` names of `device`'s buffer and sends them
+    /// to its stream, `to`.
+    pub(crate) fn read(&self, device: DeviceId, unread: Unread, to: Recipient<ConnectReplay>) {
+        match self {
+            Self::Embedded(writer) => writer.read(device, unread, to),
+            // Its buffers hold every event whole: nothing is ever unread.
+            Self::Memory => to.do_send(ConnectReplay {
+                events: Err(ReadError::Missing {
+                    seq: unread.first_seq,
+                }),
+            }),
         }
     }
 

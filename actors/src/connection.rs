@@ -19,6 +19,14 @@
 //! Its mailbox is unbounded so that senders never wait on it; it only moves
 //! frames into the bounded queue, so the mailbox does not grow.
 //!
+//! A replay whose older events are no longer in the store's memory comes in
+//! two parts: `ConnectBegin` with the newer ones, and [`ConnectReplay`] with
+//! the older ones, read by the storage backend (in either order). Until both
+//! are here the stream writes nothing with an id and holds its live events;
+//! then it writes the older part, the newer part and what it held, checked
+//! to be exactly the events the store named (or it ends, `reason=storage`,
+//! and its client resumes).
+//!
 //! Order does not rest on mailboxes alone: a stream writes its device's live
 //! events by sequence number, each exactly the one after the last it wrote
 //! (the replay ends at [`Opening::through`]), in its session's epoch. One it
@@ -34,7 +42,8 @@ use actix::prelude::*;
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 use crate::{
-    ConnectionId, DeviceId, EventId, Frame, Opening, Progress, Signal, Start, StoredEvent,
+    ConnectionId, DeviceId, EventId, Frame, Opening, Progress, Signal, Start, StoredEvent, Unread,
+    backend::ReadError,
     event::HEARTBEAT,
     heartbeat::{Activity, ConnectWatch, DisconnectWatch, Heartbeat},
     metrics::metrics,
@@ -58,6 +67,8 @@ pub enum DisconnectReason {
     /// A newer stream of the device was attached, then gone before it went
     /// live; this one ends without `kicked`, and its client resumes.
     Superseded,
+    /// Its replay's older events could not be read from storage.
+    Storage,
 }
 
 impl DisconnectReason {
@@ -71,6 +82,7 @@ impl DisconnectReason {
             Self::Admin => "admin",
             Self::Gap => "gap",
             Self::Superseded => "superseded",
+            Self::Storage => "storage",
         }
     }
 }
@@ -81,6 +93,16 @@ impl DisconnectReason {
 #[rtype(result = "()")]
 pub struct ConnectBegin {
     pub opening: Opening,
+}
+
+/// The older events of the stream's replay, read from storage (their
+/// payloads had left the store's memory): written before the replay's
+/// newer events. Sent by the storage backend, once, when `ConnectBegin`'s
+/// opening names `unread` events; it may arrive before `ConnectBegin`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectReplay {
+    pub events: Result<Vec<StoredEvent>, ReadError>,
 }
 
 /// Write a live event. Sent by the registry.
@@ -190,7 +212,22 @@ pub struct DeviceConnection {
     /// The id of the next live event this stream may write; set by
     /// `ConnectBegin`.
     next: Option<EventId>,
+    /// Where the older part of the replay is, if it is read from storage.
+    reading: Reading,
     reason: DisconnectReason,
+}
+
+/// The older part of a replay read from storage, and what waits for it.
+#[derive(Default)]
+enum Reading {
+    /// Nothing to read, or written already.
+    #[default]
+    None,
+    /// Read, before `ConnectBegin` came.
+    Arrived(Result<Vec<StoredEvent>, ReadError>),
+    /// `ConnectBegin` came first: the events to read, and the frames with
+    /// ids that must follow them.
+    Awaited { unread: Unread, held: Vec<Frame> },
 }
 
 /// A connection's mailbox (unbounded) before its actor runs: the store can
@@ -214,6 +251,7 @@ impl Unstarted {
             activity: Activity::default(),
             began: None,
             next: None,
+            reading: Reading::None,
             reason: DisconnectReason::ClientGone,
         })
     }
@@ -245,6 +283,50 @@ impl DeviceConnection {
                 self.stop(DisconnectReason::Slow, ctx);
             }
             Err(TrySendError::Closed(_)) => self.stop(DisconnectReason::ClientGone, ctx),
+        }
+    }
+
+    /// Writes a frame with ids, or holds it while the replay's older part
+    /// is being read.
+    fn write_in_order(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        let Reading::Awaited { held, .. } = &mut self.reading else {
+            return self.write(frame, ctx);
+        };
+        held.push(frame);
+        // Held frames count against the same bound as queued ones.
+        if held.len() > self.params.queue.max_capacity() {
+            metrics().slow_consumers.inc();
+            self.stop(DisconnectReason::Slow, ctx);
+        }
+    }
+
+    /// The replay's older part is here: writes it, then what it held up.
+    fn write_read(
+        &mut self,
+        unread: &Unread,
+        read: Result<Vec<StoredEvent>, ReadError>,
+        held: Vec<Frame>,
+        ctx: &mut Context<Self>,
+    ) {
+        let read = read.and_then(|events| match unread.is_answered_by(&events) {
+            true => Ok(events),
+            false => Err(ReadError::Missing {
+                seq: unread.first_seq,
+            }),
+        });
+        match read {
+            Ok(events) => {
+                self.write(Frame::Replay(events), ctx);
+                held.into_iter().for_each(|frame| self.write(frame, ctx));
+            }
+            Err(error) => {
+                log::warn!(
+                    "stream.replay_unreadable device={} conn={} error=\"{error}\"",
+                    self.params.device,
+                    self.params.connection_id
+                );
+                self.stop(DisconnectReason::Storage, ctx);
+            }
         }
     }
 
@@ -301,6 +383,7 @@ impl Handler<ConnectBegin> for DeviceConnection {
         let Opening {
             start,
             state,
+            unread,
             replay,
             through,
         } = msg.opening;
@@ -315,7 +398,7 @@ impl Handler<ConnectBegin> for DeviceConnection {
             p.device,
             p.connection_id,
             p.peer,
-            replay.len()
+            replay.len() + unread.as_ref().map_or(0, |u| u.batches.len())
         );
         let timeout_ms = u64::try_from(p.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
         let hello = Signal::hello(&p.device, p.connection_id, timeout_ms, resumed);
@@ -345,8 +428,14 @@ impl Handler<ConnectBegin> for DeviceConnection {
         if !state.is_empty() {
             self.write(Frame::State(state), ctx);
         }
-        if !replay.is_empty() {
-            self.write(Frame::Replay(replay), ctx);
+        let held = match replay.is_empty() {
+            true => Vec::new(),
+            false => vec![Frame::Replay(replay)],
+        };
+        match (unread, std::mem::take(&mut self.reading)) {
+            (None, _) => held.into_iter().for_each(|frame| self.write(frame, ctx)),
+            (Some(unread), Reading::Arrived(read)) => self.write_read(&unread, read, held, ctx),
+            (Some(unread), _) => self.reading = Reading::Awaited { unread, held },
         }
         self.params.heartbeat.do_send(ConnectWatch {
             connection_id: self.params.connection_id,
@@ -386,7 +475,20 @@ impl Handler<Push> for DeviceConnection {
             seq: id.seq + 1,
             ..id
         });
-        self.write(Frame::Event(Box::new(msg.event)), ctx);
+        self.write_in_order(Frame::Event(Box::new(msg.event)), ctx);
+    }
+}
+
+impl Handler<ConnectReplay> for DeviceConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectReplay, ctx: &mut Self::Context) {
+        match std::mem::take(&mut self.reading) {
+            Reading::Awaited { unread, held } => self.write_read(&unread, msg.events, held, ctx),
+            _ if self.began.is_none() => self.reading = Reading::Arrived(msg.events),
+            // Not asked for: nothing of it is written.
+            _ => {}
+        }
     }
 }
 

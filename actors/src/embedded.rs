@@ -23,8 +23,15 @@
 //!
 //! A payload's reference count (its `events` and `retained` rows) lives in
 //! the writer's memory, rebuilt at open; the row goes when the count does.
+//!
+//! The same thread reads the older part of replays ([`read`]): redb lets a
+//! process open its file once, and the writer reopens it after a failure.
+//! A read runs when its turn in the queue comes, before the commit of
+//! anything submitted after it, so no eviction submitted later can take
+//! an event it was asked for.
 
 mod load;
+mod read;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -37,19 +44,20 @@ use std::{
     thread,
 };
 
-use actix::Addr;
+use actix::{Addr, Recipient};
 use redb::{Database, DatabaseError, StorageError};
 use tokio::sync::oneshot;
 
 use crate::{
-    SessionStore,
-    backend::{Change, Committed, Snapshot, WriteError},
+    DeviceId, SessionStore, StoredEvent, Unread,
+    backend::{Change, Committed, ReadError, Snapshot, WriteError},
+    connection::ConnectReplay,
     metrics::metrics,
 };
 
 pub const FILE_NAME: &str = "herald.redb";
-/// redb's page cache. Replays come from the store's memory; the cache
-/// serves the writer's lookups.
+/// redb's page cache: it serves the writer's lookups and the replays read
+/// back (the newest events' pages are the likeliest to be in it).
 const CACHE_BYTES: usize = 64 << 20;
 /// Batches one commit takes at most, so one commit's answer is not held
 /// back by an endless stream of newer ones.
@@ -83,6 +91,12 @@ enum Job {
         id: u64,
         changes: Vec<Change>,
     },
+    /// Read the events `unread` names and send them to a stream.
+    Read {
+        device: DeviceId,
+        unread: Unread,
+        to: Recipient<ConnectReplay>,
+    },
     /// The store has learned of a failure and rolled back what it reserved.
     Resume,
     /// Commit what came before, then close the file; answers how that went.
@@ -100,6 +114,10 @@ impl Writer {
         // The writer outlives every sender; a panic on it ends the process
         // (the server binary's panic hook).
         let _ = self.jobs.send(Job::Batch { id, changes });
+    }
+
+    pub(crate) fn read(&self, device: DeviceId, unread: Unread, to: Recipient<ConnectReplay>) {
+        let _ = self.jobs.send(Job::Read { device, unread, to });
     }
 
     pub(crate) fn resume(&self) {
@@ -166,6 +184,10 @@ impl Embedded {
                     // What came before the store's resume was submitted while
                     // nothing had failed: it commits, or is a new failure.
                     (Job::Resume, _) => failed = self.commit(&mut group, store),
+                    (Job::Read { device, unread, to }, _) => {
+                        let events = self.read(&device, &unread);
+                        to.do_send(ConnectReplay { events });
+                    }
                     (Job::Close(done), _) => {
                         let result = match self.commit(&mut group, store).or(failed) {
                             Some(error) => Err(error),
@@ -226,7 +248,8 @@ impl Embedded {
         result.err()
     }
 
-    fn write(&mut self, group: &[(u64, Vec<Change>)]) -> Result<(), redb::Error> {
+    /// The file, reopened if a failure closed it.
+    fn database(&mut self) -> Result<&Database, redb::Error> {
         if self.closed {
             return Err(redb::Error::DatabaseClosed);
         }
@@ -234,8 +257,25 @@ impl Embedded {
             // Checked whole at start, and written only by this thread since.
             self.db = Some(open_database(&self.file, false)?);
         }
-        let db = self.db.as_ref().expect("opened above");
-        let txn = db.begin_write()?;
+        self.db.as_ref().ok_or(redb::Error::DatabaseClosed)
+    }
+
+    /// What was committed of the events `unread` names.
+    fn read(&mut self, device: &DeviceId, unread: &Unread) -> Result<Vec<StoredEvent>, ReadError> {
+        let db = (self.database()).map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        let events = read::replay(db, device, unread);
+        match &events {
+            Ok(events) => metrics().storage_read.inc_by(events.len() as u64),
+            Err(error) => log::error!(
+                "storage.read_failed file={} device={device} error=\"{error}\"",
+                self.file.display()
+            ),
+        }
+        events
+    }
+
+    fn write(&mut self, group: &[(u64, Vec<Change>)]) -> Result<(), redb::Error> {
+        let txn = self.database()?.begin_write()?;
         let mut tables = tables::Tables::open(&txn)?;
         let mut next_payload = self.next_payload;
         for (_, changes) in group {

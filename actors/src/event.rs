@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytestring::ByteString;
 use serde_json::json;
 
-use crate::{ConnectionId, DeviceId, EventId, EventName};
+use crate::{ConnectionId, DeviceId, EventId, EventName, Footprint};
 
 pub const HELLO: &str = "hello";
 pub const HEARTBEAT: &str = "heartbeat";
@@ -40,6 +40,14 @@ impl StoredEvent {
     /// Bytes this event holds in a buffer (name and payload).
     pub fn size(&self) -> usize {
         self.name.as_str().len() + self.data.len()
+    }
+
+    /// What a session keeps of it once its payload left memory.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            batch: self.batch,
+            size: u32::try_from(self.size()).unwrap_or(u32::MAX),
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::StoredEvent;
+use crate::Footprint;
 
 #[derive(Debug, Default)]
 pub struct HeldBytes {
@@ -25,12 +25,13 @@ impl HeldBytes {
 
     /// One more copy of `event` is held; `shared` if its payload went to
     /// several devices.
-    pub fn hold(&mut self, event: &StoredEvent, shared: bool) {
+    pub fn hold(&mut self, event: Footprint, shared: bool) {
+        let event_size = event.size as usize;
         if !shared {
-            self.total += event.size();
+            self.total += event_size;
             return;
         }
-        let (size, copies) = self.shared.entry(event.batch).or_insert((event.size(), 0));
+        let (size, copies) = self.shared.entry(event.batch).or_insert((event_size, 0));
         if *copies == 0 {
             self.total += *size;
         }
@@ -39,16 +40,16 @@ impl HeldBytes {
 
     /// What releasing one copy of `event` would give back: its size, or for
     /// a shared payload, its size only if this is its last copy.
-    pub fn freed_by(&self, event: &StoredEvent) -> usize {
+    pub fn freed_by(&self, event: Footprint) -> usize {
         match self.shared.get(&event.batch) {
             Some((size, 1)) => *size,
             Some(_) => 0,
-            None => event.size(),
+            None => event.size as usize,
         }
     }
 
     /// One copy of `event` is no longer held.
-    pub fn release(&mut self, event: &StoredEvent) {
+    pub fn release(&mut self, event: Footprint) {
         match self.shared.get_mut(&event.batch) {
             Some((size, copies)) => {
                 *copies -= 1;
@@ -57,7 +58,7 @@ impl HeldBytes {
                     self.shared.remove(&event.batch);
                 }
             }
-            None => self.total = self.total.saturating_sub(event.size()),
+            None => self.total = self.total.saturating_sub(event.size as usize),
         }
     }
 }
@@ -65,18 +66,11 @@ impl HeldBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Epoch, EventId, EventName};
 
-    fn event(batch: u64, data: &str) -> StoredEvent {
-        StoredEvent {
-            id: EventId {
-                epoch: Epoch::new(1, 1),
-                seq: 1,
-            },
-            name: EventName::parse("e").unwrap(),
-            data: data.into(),
-            published_at: std::time::Instant::now(),
+    fn event(batch: u64, data: &str) -> Footprint {
+        Footprint {
             batch,
+            size: 1 + data.len() as u32,
         }
     }
 
@@ -85,18 +79,18 @@ mod tests {
         let mut held = HeldBytes::default();
         let broadcast = event(7, "123456789");
         for _ in 0..3 {
-            held.hold(&broadcast, true);
+            held.hold(broadcast, true);
         }
         assert_eq!(held.total(), 10);
         let unicast = event(8, "1234");
-        held.hold(&unicast, false);
-        held.hold(&unicast, false);
+        held.hold(unicast, false);
+        held.hold(unicast, false);
         assert_eq!(held.total(), 20, "unshared copies count each");
-        held.release(&broadcast);
-        held.release(&broadcast);
+        held.release(broadcast);
+        held.release(broadcast);
         assert_eq!(held.total(), 20);
-        held.release(&broadcast);
-        held.release(&unicast);
+        held.release(broadcast);
+        held.release(unicast);
         assert_eq!(held.total(), 5);
     }
 }

@@ -11,6 +11,7 @@
 //! | `session.rs`       | one device's [`Session`]: buffer, ids, where a stream starts |
 //! | `retained.rs`      | one device's retained events (latest per name)          |
 //! | `held_bytes.rs`    | the bytes held against the server-wide bound, a shared payload once |
+//! | `replay_cache.rs`  | which buffered events are held whole (hot) and which only on disk (cold) |
 //! | `storage.rs`       | the store's in-memory storage: sessions, retained events, bounds, expiry index (admin views in `storage/views.rs`) |
 //! | `backend.rs`       | the storage seam: [`Backend`] (memory, embedded), its [`Change`]s and [`Snapshot`] |
 //! | `embedded.rs`      | the embedded backend: a redb file written by a group-committing thread |
@@ -84,6 +85,7 @@ mod ids;
 mod kicks;
 mod metrics;
 mod registry;
+mod replay_cache;
 mod retained;
 mod session;
 mod session_store;
@@ -105,7 +107,7 @@ pub use ids::{ConnectionId, DeviceId, EventName, MAX_NAME_LEN, NameError, check_
 pub use kicks::{FlappingPolicy, KickConfig, Refusal};
 pub use metrics::{Metrics, metrics};
 pub use registry::{CountLive, DeviceRegistry, DisconnectAll};
-pub use session::{BufferLimits, Opening, Progress, Session, Start};
+pub use session::{BufferLimits, Footprint, Opening, Progress, Session, Start, Unread};
 pub use session_store::{
     Broadcast, BroadcastReceipt, CloseStorage, Connect, ConnectError, CountSessions, DeleteDevice,
     DescribeDevice, DisconnectDevice, ListDevices, Publish, PublishReceipt, SessionStore,

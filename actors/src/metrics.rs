@@ -40,6 +40,10 @@ pub struct Metrics {
     pub storage_batches: IntCounter,
     /// How long each commit took, its sync included.
     pub storage_commit: Histogram,
+    /// What buffered events held whole in memory take (the replay cache).
+    pub cache_bytes: IntGauge,
+    /// Events of replays read from storage (their payloads had left memory).
+    pub storage_read: IntCounter,
 }
 
 /// The process's metrics, registered on first use.
@@ -82,6 +86,14 @@ impl Metrics {
                 "Batches of changes committed (or failed) by the embedded storage backend; one publish is one batch",
             ),
             storage_commit: register(&registry, Histogram::with_opts(commit)),
+            cache_bytes: gauge(
+                "herald_storage_cache_bytes",
+                "Bytes of buffered events held whole in memory (storage.cache_bytes bounds them)",
+            ),
+            storage_read: counter(
+                "herald_storage_read_events_total",
+                "Replayed events read from storage because they had left memory",
+            ),
             streams: gauge("herald_streams", "Open event streams"),
             sessions: gauge("herald_sessions", "Device sessions held"),
             buffered_events: gauge("herald_buffered_events", "Events held in replay buffers"),

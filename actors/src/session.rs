@@ -5,6 +5,9 @@
 //!
 //! Invariants:
 //! - ids in the buffer are consecutive, oldest first, and end at `last_seq`;
+//! - the buffer is a run of cold events (only their [`Footprint`] in memory,
+//!   the payload in storage) followed by a run of hot ones (held whole):
+//!   cooling moves the oldest hot events to the cold run, never the reverse;
 //! - every event up to [`Session::handed_out`] was written to some stream, so a
 //!   connect without a usable position gets only what follows it. "Written"
 //!   is a fact reported by the streams ([`Progress`]), not an assumption.
@@ -66,13 +69,50 @@ impl BufferLimits {
     }
 }
 
+/// What a session keeps of a buffered event whose payload left memory (a
+/// cold event): where storage holds it and what it weighs. Its id follows
+/// from its place in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// The storage batch that stored it.
+    pub batch: u64,
+    /// [`StoredEvent::size`].
+    pub size: u32,
+}
+
+/// The older part of a replay, whose payloads only storage holds: consecutive
+/// events of one epoch from `first_seq` on, one storage batch each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unread {
+    pub epoch: Epoch,
+    pub first_seq: u64,
+    pub batches: Vec<u64>,
+}
+
+impl Unread {
+    /// Whether `events` are exactly the events this names, in order.
+    pub fn is_answered_by(&self, events: &[StoredEvent]) -> bool {
+        events.len() == self.batches.len()
+            && (events.iter().zip(self.first_seq..)).all(|(event, seq)| {
+                event.id
+                    == EventId {
+                        epoch: self.epoch,
+                        seq,
+                    }
+            })
+    }
+}
+
 /// A decided start and the events to write before live ones.
 #[derive(Debug)]
 pub struct Opening {
     pub start: Start,
     /// Retained events, sent without id (state, not a position).
     pub state: Vec<StoredEvent>,
-    /// Events sent with their ids.
+    /// The replay's older events, to be read from storage and written
+    /// before `replay`.
+    pub unread: Option<Unread>,
+    /// Events sent with their ids (after `unread`'s).
     pub replay: Vec<StoredEvent>,
     /// The session's last id when the stream attached (seq 0 before its
     /// first event): the replay ends here, and the stream's live events
@@ -90,7 +130,10 @@ struct Attached {
 pub struct Session {
     epoch: Epoch,
     last_seq: u64,
-    buffer: VecDeque<StoredEvent>,
+    /// The buffer's older events, whose payloads only storage holds.
+    cold: VecDeque<Footprint>,
+    /// The buffer's newer events, held whole.
+    hot: VecDeque<StoredEvent>,
     /// Sum of [`StoredEvent::size`] over the buffer.
     bytes: usize,
     /// Highest seq written by streams that are no longer attached.
@@ -103,7 +146,8 @@ impl Session {
         Self {
             epoch,
             last_seq: 0,
-            buffer: VecDeque::new(),
+            cold: VecDeque::new(),
+            hot: VecDeque::new(),
             bytes: 0,
             written_before: 0,
             attached: None,
@@ -115,7 +159,12 @@ impl Session {
     }
 
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.cold.len() + self.hot.len()
+    }
+
+    /// Every buffered event's footprint, oldest first.
+    pub fn footprints(&self) -> impl Iterator<Item = Footprint> + '_ {
+        (self.cold.iter().copied()).chain(self.hot.iter().map(StoredEvent::footprint))
     }
 
     /// Bytes the buffer holds.
@@ -130,12 +179,12 @@ impl Session {
         &self,
         size: usize,
         limits: BufferLimits,
-    ) -> impl Iterator<Item = &StoredEvent> {
-        let (mut count, mut bytes) = (self.buffer.len() + 1, self.bytes + size);
-        self.buffer.iter().take_while(move |oldest| {
+    ) -> impl Iterator<Item = Footprint> + '_ {
+        let (mut count, mut bytes) = (self.buffered() + 1, self.bytes + size);
+        self.footprints().take_while(move |oldest| {
             let evicted = limits.exceeded_by(count, bytes);
             count -= 1;
-            bytes -= oldest.size();
+            bytes -= oldest.size as usize;
             evicted
         })
     }
@@ -179,49 +228,62 @@ impl Session {
     /// Appends `event`, which carries the next id of this session, dropping
     /// the oldest beyond `limits` (never the new one: limits admit any single
     /// event). Answers the events dropped.
-    pub fn append(&mut self, event: StoredEvent, limits: BufferLimits) -> Vec<StoredEvent> {
+    pub fn append(&mut self, event: StoredEvent, limits: BufferLimits) -> Vec<Footprint> {
         debug_assert_eq!(event.id, self.next_id(0), "appended out of order");
         self.last_seq = event.id.seq;
         self.bytes += event.size();
-        self.buffer.push_back(event);
-        let mut evicted = Vec::new();
-        while limits.exceeded_by(self.buffer.len(), self.bytes) {
-            let Some(oldest) = self.buffer.pop_front() else {
-                break;
+        self.hot.push_back(event);
+        self.shed(limits)
+    }
+
+    /// Drops the oldest events beyond `limits`; answers them.
+    fn shed(&mut self, limits: BufferLimits) -> Vec<Footprint> {
+        let mut dropped = Vec::new();
+        while limits.exceeded_by(self.buffered(), self.bytes) {
+            let oldest = match self.cold.pop_front() {
+                Some(cold) => cold,
+                None => match self.hot.pop_front() {
+                    Some(hot) => hot.footprint(),
+                    None => break,
+                },
             };
-            self.bytes -= oldest.size();
-            evicted.push(oldest);
+            self.bytes -= oldest.size as usize;
+            dropped.push(oldest);
         }
-        evicted
+        dropped
     }
 
-    /// The buffered events, oldest first.
-    pub fn events(&self) -> impl Iterator<Item = &StoredEvent> {
-        self.buffer.iter()
+    /// Drops from memory the payloads of the hot events stored in batches up
+    /// to `batch`: they become cold, read from storage when replayed.
+    /// Answers how many did.
+    pub fn cool(&mut self, batch: u64) -> usize {
+        let cooled = self.hot.iter().take_while(|e| e.batch <= batch).count();
+        (self.cold).extend(self.hot.drain(..cooled).map(|e| e.footprint()));
+        cooled
     }
 
-    /// A session read back from storage: its events (oldest first) and what
-    /// its streams had written. Answers it with the events beyond `limits`
+    /// The buffered events held whole (the newest), oldest first.
+    pub fn hot_events(&self) -> impl Iterator<Item = &StoredEvent> {
+        self.hot.iter()
+    }
+
+    /// A session read back from storage, every event cold: the footprints
+    /// of its events, oldest first and ending at `last_seq`, and what its
+    /// streams had written. Answers it with the events beyond `limits`
     /// (lowered since they were stored), oldest first, which it dropped.
     pub fn restore(
         epoch: Epoch,
         written: u64,
-        events: Vec<StoredEvent>,
+        last_seq: u64,
+        events: Vec<Footprint>,
         limits: BufferLimits,
-    ) -> (Self, Vec<StoredEvent>) {
+    ) -> (Self, Vec<Footprint>) {
         let mut session = Self::new(epoch);
-        session.last_seq = events.last().map_or(written, |e| e.id.seq.max(written));
+        session.last_seq = last_seq.max(written);
         session.written_before = written;
-        session.bytes = events.iter().map(StoredEvent::size).sum();
-        session.buffer = events.into();
-        let mut dropped = Vec::new();
-        while limits.exceeded_by(session.buffer.len(), session.bytes) {
-            let Some(oldest) = session.buffer.pop_front() else {
-                break;
-            };
-            session.bytes -= oldest.size();
-            dropped.push(oldest);
-        }
+        session.bytes = events.iter().map(|e| e.size as usize).sum();
+        session.cold = events.into();
+        let dropped = session.shed(limits);
         (session, dropped)
     }
 
@@ -248,10 +310,12 @@ impl Session {
         let position = last_event_id.map(|raw| (raw, self.locate(raw)));
         let start = match position {
             Some((_, Ok(seq))) => {
+                let (unread, replay) = self.after(seq);
                 return Opening {
                     start: Start::Resumed,
                     state: Vec::new(),
-                    replay: self.after(seq),
+                    unread,
+                    replay,
                     through: self.through(),
                 };
             }
@@ -265,15 +329,19 @@ impl Session {
             },
             None => Start::Fresh,
         };
-        let replay = self.after(self.written_before);
+        let (unread, replay) = self.after(self.written_before);
         // A retained event still waiting to be written goes out once, as
         // history with its id; the others are the state before it.
-        let first_unwritten = replay.first().map_or(u64::MAX, |e| e.id.seq);
+        let first_unwritten = match &unread {
+            Some(unread) => unread.first_seq,
+            None => replay.first().map_or(u64::MAX, |e| e.id.seq),
+        };
         let waiting = |e: &&StoredEvent| e.id.epoch == self.epoch && e.id.seq >= first_unwritten;
         let state = retained.iter().filter(|e| !waiting(e)).cloned().collect();
         Opening {
             start,
             state,
+            unread,
             replay,
             through: self.through(),
         }
@@ -312,14 +380,22 @@ impl Session {
 
     /// The seq of the oldest buffered event (one past the last when empty).
     fn oldest_kept(&self) -> u64 {
-        self.buffer.front().map_or(self.last_seq + 1, |e| e.id.seq)
+        self.last_seq + 1 - self.buffered() as u64
     }
 
-    /// The buffered events after `seq`, oldest first.
-    fn after(&self, seq: u64) -> Vec<StoredEvent> {
-        let skip = seq.saturating_sub(self.oldest_kept() - 1);
+    /// The buffered events after `seq`, oldest first: the cold ones to read
+    /// from storage, then the hot ones.
+    fn after(&self, seq: u64) -> (Option<Unread>, Vec<StoredEvent>) {
+        let oldest = self.oldest_kept();
+        let skip = seq.saturating_sub(oldest - 1);
         let skip = usize::try_from(skip).unwrap_or(usize::MAX);
-        self.buffer.iter().skip(skip).cloned().collect()
+        let unread = (skip < self.cold.len()).then(|| Unread {
+            epoch: self.epoch,
+            first_seq: oldest + skip as u64,
+            batches: self.cold.iter().skip(skip).map(|e| e.batch).collect(),
+        });
+        let skip_hot = skip.saturating_sub(self.cold.len());
+        (unread, self.hot.iter().skip(skip_hot).cloned().collect())
     }
 }
 

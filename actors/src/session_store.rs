@@ -218,7 +218,7 @@ impl SessionStore {
             kicks.block_until(device, now.0 + left);
         }
         let commits = Commits::after(snapshot.last_batch);
-        let mut storage = Storage::new(config);
+        let mut storage = Storage::new(config, opened.cache_bytes());
         storage.restore(snapshot);
         Self {
             storage,
@@ -261,6 +261,7 @@ impl Handler<Committed> for SessionStore {
 
     fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
         self.committed(msg.through, msg.result);
+        self.storage.cool();
     }
 }
 
@@ -298,6 +299,12 @@ impl Handler<Connect> for SessionStore {
             msg.last_event_id.as_deref(),
             &msg.peer,
         )?;
+        if let Some(unread) = &opening.unread {
+            // Sent before anything later is submitted: the backend reads
+            // before it writes any eviction of these events.
+            let to = msg.connection.clone().recipient();
+            self.backend.read(msg.device.clone(), unread.clone(), to);
+        }
         self.registry.do_send(ConnectLive {
             device: msg.device,
             connection_id: msg.connection_id,

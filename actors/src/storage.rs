@@ -8,6 +8,8 @@
 //! Invariants:
 //! - `held` counts every buffer's and every retained set's events, a payload
 //!   shared by several devices once;
+//! - `cache` knows every hot buffered event (payload in memory); the others
+//!   are cold, their payload read from the backend when replayed;
 //! - [`admit`](Storage::admit) refuses before anything changes, and what it
 //!   admits [`append`](Storage::append) stores within the bounds;
 //! - a detached session has exactly one entry in `expiries`, and sweeping
@@ -24,11 +26,12 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::{
-    BufferLimits, ConnectionId, DeviceId, Epoch, EventName, Opening, Progress, Session, Start,
-    StoredEvent,
+    BufferLimits, ConnectionId, DeviceId, Epoch, EventName, Footprint, Opening, Progress, Session,
+    Start, StoredEvent,
     backend::{Change, Snapshot, WriteError, wall_in},
     held_bytes::HeldBytes,
     metrics::metrics,
+    replay_cache::ReplayCache,
     retained::{Retained, signed},
 };
 
@@ -134,12 +137,15 @@ pub struct Storage {
     retained: HashMap<DeviceId, Retained>,
     expiries: BTreeSet<(Instant, DeviceId)>,
     held: HeldBytes,
+    cache: ReplayCache,
     /// Made since the store last took them.
     changes: Vec<Change>,
 }
 
 impl Storage {
-    pub fn new(config: SessionConfig) -> Self {
+    /// `cache_bytes`: what hot buffered events may take (`None`: no bound,
+    /// the buffers are the only copy).
+    pub fn new(config: SessionConfig, cache_bytes: Option<usize>) -> Self {
         Self {
             config,
             boot: fastrand::u32(..),
@@ -148,13 +154,14 @@ impl Storage {
             retained: HashMap::new(),
             expiries: BTreeSet::new(),
             held: HeldBytes::default(),
+            cache: ReplayCache::new(cache_bytes, 0),
             changes: Vec::new(),
         }
     }
 
     /// Takes back what a backend kept: sessions (their TTLs running again
     /// where they left off; one whose stream was attached when the process
-    /// ended starts its TTL now) and retained events.
+    /// ended starts its TTL now), their events cold, and retained events.
     pub fn restore(&mut self, snapshot: Snapshot) {
         let limits = self.config.limits();
         let now = SystemTime::now();
@@ -166,11 +173,17 @@ impl Storage {
         while restored.contains(&self.boot) {
             self.boot = fastrand::u32(..);
         }
+        self.cache.cool_through(snapshot.last_batch);
         let shared_batches = snapshot.shared;
-        let shared = |event: &StoredEvent| shared_batches.contains(&event.batch);
+        let shared = |event: Footprint| shared_batches.contains(&event.batch);
         for saved in snapshot.sessions {
-            let (session, dropped) =
-                Session::restore(saved.epoch, saved.written, saved.events, limits);
+            let (session, dropped) = Session::restore(
+                saved.epoch,
+                saved.written,
+                saved.last_seq,
+                saved.events,
+                limits,
+            );
             if !dropped.is_empty() {
                 self.changes.push(Change::Evict {
                     device: saved.device.clone(),
@@ -179,7 +192,7 @@ impl Storage {
             }
             metrics().sessions.inc();
             metrics().buffered_events.add(session.buffered() as i64);
-            for event in session.events() {
+            for event in session.footprints() {
                 self.held.hold(event, shared(event));
             }
             let device = saved.device;
@@ -195,9 +208,10 @@ impl Storage {
             }
         }
         for (device, event) in snapshot.retained {
-            self.held.hold(&event, shared(&event));
+            let footprint = event.footprint();
+            self.held.hold(footprint, shared(footprint));
             if let Some(replaced) = self.retained.entry(device).or_default().keep(event) {
-                self.held.release(&replaced);
+                self.held.release(replaced.footprint());
             }
         }
         metrics().buffered_bytes.set(self.held.total() as i64);
@@ -270,7 +284,8 @@ impl Storage {
                     return Err(StoreError::RetainedLimit(config.retained_per_device));
                 }
                 let replaced = retained.and_then(|r| r.named(name));
-                growth += signed(size) - replaced.map_or(0, |e| signed(self.held.freed_by(e)));
+                let freed = replaced.map_or(0, |e| self.held.freed_by(e.footprint()));
+                growth += signed(size) - signed(freed);
             }
         }
         if self.sessions.len() + new_sessions > config.max_sessions {
@@ -344,12 +359,14 @@ impl Storage {
             return false;
         };
         let events_before = entry.session.buffered();
-        self.held.hold(&event, shared);
+        let footprint = event.footprint();
+        self.held.hold(footprint, shared);
+        self.cache.hold(footprint);
         if retain {
-            self.held.hold(&event, shared);
+            self.held.hold(footprint, shared);
             let retained = self.retained.entry(device.clone()).or_default();
             if let Some(replaced) = retained.keep(event.clone()) {
-                self.held.release(&replaced);
+                self.held.release(replaced.footprint());
             }
         }
         let evicted = entry.session.append(event, limits);
@@ -361,7 +378,10 @@ impl Storage {
                 "buffer.evicted device={device} events={} held={events_after}",
                 evicted.len()
             );
-            evicted.iter().for_each(|e| self.held.release(e));
+            for event in &evicted {
+                self.held.release(*event);
+                self.cache.release(*event);
+            }
             self.changes.push(Change::Evict {
                 device: device.clone(),
                 batches: evicted.iter().map(|e| e.batch).collect(),
@@ -374,6 +394,19 @@ impl Storage {
             .add(events_after as i64 - events_before as i64);
         metrics.buffered_bytes.set(self.held.total() as i64);
         true
+    }
+
+    /// Cools the oldest hot events if they take more than the cache's
+    /// budget: their payloads leave memory, and a replay reads them from
+    /// the backend. Called once per commit answer, not per event.
+    pub fn cool(&mut self) {
+        if let Some(through) = self.cache.cool() {
+            let cooled: usize = (self.sessions.values_mut())
+                .map(|entry| entry.session.cool(through))
+                .sum();
+            log::debug!("cache.cooled events={cooled} through_batch={through}");
+        }
+        metrics().cache_bytes.set(self.cache.bytes() as i64);
     }
 
     /// Starts the session's countdown, unless it is already counting down.
@@ -399,8 +432,9 @@ impl Storage {
         if let Some(at) = entry.expires_at {
             self.expiries.remove(&(at, device.clone()));
         }
-        for event in entry.session.events() {
+        for event in entry.session.footprints() {
             self.held.release(event);
+            self.cache.release(event);
         }
         let metrics = metrics();
         metrics.sessions.dec();
@@ -494,14 +528,14 @@ impl Storage {
             device: device.clone(),
             batches: session
                 .iter()
-                .flat_map(Session::events)
+                .flat_map(Session::footprints)
                 .map(|e| e.batch)
                 .collect(),
             retained: true,
         });
         if let Some(retained) = &retained {
             for event in retained.events() {
-                self.held.release(event);
+                self.held.release(event.footprint());
             }
             metrics().buffered_bytes.set(self.held.total() as i64);
         }
@@ -524,7 +558,7 @@ impl Storage {
             if due && let Some(session) = self.remove_session(&device) {
                 self.changes.push(Change::Forget {
                     device: device.clone(),
-                    batches: session.events().map(|e| e.batch).collect(),
+                    batches: session.footprints().map(|e| e.batch).collect(),
                     retained: false,
                 });
                 expired.push((device, session.buffered()));

@@ -52,6 +52,20 @@ pub(crate) fn in_memory() -> (crate::Opened, crate::Snapshot) {
     (crate::Opened::Memory, crate::Snapshot::default())
 }
 
+/// The embedded backend on a file under `dir`, holding at most
+/// `cache_bytes` of buffered events whole in memory.
+pub(crate) fn on_file(
+    dir: &std::path::Path,
+    cache_bytes: usize,
+) -> (crate::Opened, crate::Snapshot) {
+    let config = crate::StorageConfig {
+        backend: crate::BackendKind::Embedded,
+        path: dir.to_owned(),
+        cache_bytes,
+    };
+    crate::Opened::open(&config).unwrap()
+}
+
 pub(crate) fn start_actors(ttl: Duration) -> Actors {
     crate::start(
         session_config(ttl),

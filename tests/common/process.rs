@@ -211,6 +211,13 @@ impl HeraldProcess {
         answered("publish", read_json(request)).await
     }
 
+    /// The `/metrics` exposition.
+    pub async fn metrics(&self) -> String {
+        let request = self.http.get(self.url("/metrics"));
+        let response = answered("metrics", async { request.send().await.unwrap() }).await;
+        response.text().await.expect("a metrics body")
+    }
+
     /// An admin request (`GET`, `DELETE`, …) without a body; answers status
     /// and JSON body (`Null` when empty).
     pub async fn admin(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {

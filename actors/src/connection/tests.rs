@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use tokio::sync::mpsc::Receiver;
+
 use super::*;
 use crate::test_support::*;
 
@@ -91,4 +93,109 @@ async fn a_connection_whose_queue_is_full_stops_itself() {
     }
     assert!(next(&mut frames).await.is_none());
     assert_eq!(count_live(&actors).await, 0);
+}
+
+/// A started connection the registry does not know of, so a test alone
+/// decides what it is sent.
+fn lone_connection(actors: &crate::Actors) -> (Addr<DeviceConnection>, Receiver<Frame>) {
+    let (unstarted, _) = Unstarted::new();
+    let (queue, frames) = tokio::sync::mpsc::channel(8);
+    let conn = unstarted.start(ConnectionParams {
+        device: device("d1"),
+        connection_id: ConnectionId::new(),
+        peer: "test".to_owned(),
+        queue,
+        registry: actors.registry.clone(),
+        store: actors.store.clone(),
+        heartbeat: actors.heartbeat.clone(),
+        client_closed: Box::new(|| false),
+        heartbeat_timeout: Duration::from_secs(60),
+        progress: Progress::default(),
+    });
+    (conn, frames)
+}
+
+fn event_at(seq: u64) -> StoredEvent {
+    let mut event = event(seq);
+    event.batch = seq;
+    event
+}
+
+/// An opening whose replay is events 1–2 read from storage, then 3.
+fn opening_reading_two() -> Opening {
+    let through = event_at(3).id;
+    Opening {
+        start: Start::Resumed,
+        state: Vec::new(),
+        unread: Some(Unread {
+            epoch: through.epoch,
+            first_seq: 1,
+            batches: vec![1, 2],
+        }),
+        replay: vec![event_at(3)],
+        through,
+    }
+}
+
+async fn replayed_seqs(frames: &mut Receiver<Frame>) -> Vec<u64> {
+    match next(frames).await {
+        Some(Frame::Replay(events)) => events.iter().map(|e| e.id.seq).collect(),
+        other => panic!("expected a replay, got {other:?}"),
+    }
+}
+
+#[actix::test]
+async fn live_events_wait_for_the_replay_read_from_storage_and_follow_it() {
+    let actors = start_actors(Duration::from_secs(60));
+    let (conn, mut frames) = lone_connection(&actors);
+    conn.send(ConnectBegin {
+        opening: opening_reading_two(),
+    })
+    .await
+    .unwrap();
+    conn.send(Push { event: event_at(4) }).await.unwrap();
+    expect_signal(&mut frames, "hello").await;
+    assert!(
+        frames.try_recv().is_err(),
+        "nothing with an id before the read"
+    );
+
+    let read = Ok(vec![event_at(1), event_at(2)]);
+    conn.send(ConnectReplay { events: read }).await.unwrap();
+    assert_eq!(replayed_seqs(&mut frames).await, [1, 2]);
+    assert_eq!(replayed_seqs(&mut frames).await, [3]);
+    assert!(matches!(next(&mut frames).await, Some(Frame::Event(e)) if e.id.seq == 4));
+}
+
+#[actix::test]
+async fn a_read_that_arrives_before_the_begin_is_written_after_hello() {
+    let actors = start_actors(Duration::from_secs(60));
+    let (conn, mut frames) = lone_connection(&actors);
+    let read = Ok(vec![event_at(1), event_at(2)]);
+    conn.send(ConnectReplay { events: read }).await.unwrap();
+    conn.send(ConnectBegin {
+        opening: opening_reading_two(),
+    })
+    .await
+    .unwrap();
+    expect_signal(&mut frames, "hello").await;
+    assert_eq!(replayed_seqs(&mut frames).await, [1, 2]);
+    assert_eq!(replayed_seqs(&mut frames).await, [3]);
+}
+
+#[actix::test]
+async fn a_read_missing_an_event_ends_the_stream_before_any_id_is_written() {
+    let actors = start_actors(Duration::from_secs(60));
+    let (conn, mut frames) = lone_connection(&actors);
+    conn.send(ConnectBegin {
+        opening: opening_reading_two(),
+    })
+    .await
+    .unwrap();
+    // Event 1 alone: a hole before 3.
+    let read = Ok(vec![event_at(1)]);
+    conn.send(ConnectReplay { events: read }).await.unwrap();
+    expect_signal(&mut frames, "hello").await;
+    assert!(next(&mut frames).await.is_none(), "the stream ended");
+    assert!(stopped(&conn).await);
 }

@@ -13,19 +13,28 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    time::{Instant, SystemTime},
+    time::SystemTime,
 };
 
-use bytestring::ByteString;
 use redb::{ReadableTable, WriteTransaction};
 
-use super::tables::{
-    BLOCKS, EVENTS, PAYLOADS, RETAINED, SESSIONS, SessionRow, from_unix_ms, unix_ms,
+use super::{
+    read::{Clock, ParseStored, stored_payload},
+    tables::{BLOCKS, EVENTS, PAYLOADS, RETAINED, SESSIONS, SessionRow, from_unix_ms, unix_ms},
 };
 use crate::{
-    DeviceId, Epoch, EventId, EventName, StoredEvent,
+    DeviceId, Epoch, Footprint,
     backend::{SavedSession, Snapshot},
 };
+
+/// One stored event as start reads it: no payload, which stays on disk.
+struct Row {
+    payload: u64,
+    batch: u64,
+    epoch: u64,
+    seq: u64,
+    size: u32,
+}
 
 /// What was read, with each shared payload's references counted.
 pub(super) struct Loaded {
@@ -42,11 +51,12 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
             *refs.entry(payload).or_default() += 1;
         }
     };
-    let mut payloads = HashMap::new();
+    // Each shared payload's size; the payloads themselves stay on disk.
+    let mut payload_sizes = HashMap::new();
     for row in txn.open_table(PAYLOADS)?.iter()? {
         let (id, value) = row?;
         let (name, data) = value.value();
-        payloads.insert(id.value(), (name.parse_name()?, ByteString::from(data)));
+        payload_sizes.insert(id.value(), size_of(name, data));
     }
     let mut rows: HashMap<DeviceId, SessionRow> = HashMap::new();
     for row in txn.open_table(SESSIONS)?.iter()? {
@@ -54,33 +64,33 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
         rows.insert(device.value().parse_device()?, value.value());
     }
     // Every device's events, in storage order (which is its id order).
-    let mut events: HashMap<DeviceId, Vec<(u64, u64, StoredEvent)>> = HashMap::new();
-    let (mut last_batch, clock) = (0, Clock::now());
+    let mut events: HashMap<DeviceId, Vec<Row>> = HashMap::new();
+    let mut last_batch = 0;
     let mut shared_batches = HashSet::new();
-    // A broadcast's rows are consecutive and share their payload.
-    let mut shared: Option<(u64, EventName, ByteString)> = None;
     for row in txn.open_table(EVENTS)?.iter()? {
         let (key, value) = row?;
         let (batch, device) = key.value();
-        let (epoch, seq, payload, published, name, data) = value.value();
-        let (name, data) = match &shared {
-            Some((id, name, data)) if *id == payload => (name.clone(), data.clone()),
-            _ => {
-                let (name, data) = stored_payload(&payloads, payload, name, data)?;
-                if payload != 0 {
-                    shared = Some((payload, name.clone(), data.clone()));
-                }
-                (name, data)
-            }
+        let (epoch, seq, payload, _, name, data) = value.value();
+        let size = match payload {
+            0 => size_of(name, data),
+            id => *payload_sizes.get(&id).ok_or_else(|| {
+                redb::Error::Corrupted(format!("an event refers to payload {id}, which is missing"))
+            })?,
         };
-        let event = clock.event(epoch, seq, (name, data), published, batch);
+        let row = Row {
+            payload,
+            batch,
+            epoch,
+            seq,
+            size,
+        };
         last_batch = last_batch.max(batch);
         if payload != 0 {
             shared_batches.insert(batch);
         }
         match events.get_mut(device) {
-            Some(list) => list.push((payload, batch, event)),
-            None => drop(events.insert(device.parse_device()?, vec![(payload, batch, event)])),
+            Some(list) => list.push(row),
+            None => drop(events.insert(device.parse_device()?, vec![row])),
         }
     }
 
@@ -90,12 +100,8 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
         ..Snapshot::default()
     };
     let (mut dropped_rows, mut dropped_events) = (Vec::new(), Vec::new());
-    let mut drop_events = |device: &DeviceId, events: Vec<(u64, u64, StoredEvent)>| {
-        (dropped_events).extend(
-            events
-                .into_iter()
-                .map(|(_, batch, _)| (batch, device.clone())),
-        );
+    let mut drop_events = |device: &DeviceId, events: Vec<Row>| {
+        (dropped_events).extend(events.into_iter().map(|row| (row.batch, device.clone())));
     };
     for (device, row) in rows {
         let mine = events.remove(&device).unwrap_or_default();
@@ -110,20 +116,26 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
         // with the newest is its buffer (an older leftover, whose eviction
         // was not yet written, would read as a gap).
         let (mut kept, stale): (Vec<_>, Vec<_>) =
-            (mine.into_iter()).partition(|(_, _, e)| e.id.epoch.to_bits() == epoch);
+            (mine.into_iter()).partition(|row| row.epoch == epoch);
         drop_events(&device, stale);
         let run = (kept.windows(2).rev())
-            .take_while(|pair| pair[0].2.id.seq + 1 == pair[1].2.id.seq)
+            .take_while(|pair| pair[0].seq + 1 == pair[1].seq)
             .count();
         let first = kept.len().saturating_sub(run + 1);
         drop_events(&device, kept.drain(..first).collect());
-        kept.iter().for_each(|(payload, _, _)| count(*payload));
+        kept.iter().for_each(|row| count(row.payload));
         snapshot.sessions.push(SavedSession {
             device,
             epoch: Epoch::from_bits(epoch),
             written,
             expires: (expires != 0).then(|| from_unix_ms(expires)),
-            events: kept.into_iter().map(|(_, _, e)| e).collect(),
+            last_seq: kept.last().map_or(0, |row| row.seq),
+            events: (kept.iter())
+                .map(|row| Footprint {
+                    batch: row.batch,
+                    size: row.size,
+                })
+                .collect(),
         });
     }
     // Events of a device without a session row: its session ended (the
@@ -133,6 +145,8 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
     }
 
     let mut retained = Vec::new();
+    let clock = Clock::now();
+    let payloads = txn.open_table(PAYLOADS)?;
     for row in txn.open_table(RETAINED)?.iter()? {
         let (key, value) = row?;
         let (device, name) = key.value();
@@ -173,13 +187,14 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
     for device in &ended_blocks {
         table.remove(device.as_str())?;
     }
+    drop(payloads);
     let mut table = txn.open_table(PAYLOADS)?;
-    for id in payloads.keys() {
+    for id in payload_sizes.keys() {
         if !refs.contains_key(id) {
             table.remove(*id)?;
         }
     }
-    let next_payload = payloads.keys().max().map_or(1, |id| id + 1);
+    let next_payload = payload_sizes.keys().max().map_or(1, |id| id + 1);
     Ok(Loaded {
         snapshot,
         refs,
@@ -187,79 +202,8 @@ pub(super) fn load(txn: &WriteTransaction) -> Result<Loaded, redb::Error> {
     })
 }
 
-fn stored_payload(
-    payloads: &HashMap<u64, (EventName, ByteString)>,
-    payload: u64,
-    name: &str,
-    data: &str,
-) -> Result<(EventName, ByteString), redb::Error> {
-    match payload {
-        0 => Ok((name.parse_name()?, ByteString::from(data))),
-        id => payloads.get(&id).cloned().ok_or_else(|| {
-            redb::Error::Corrupted(format!("an event refers to payload {id}, which is missing"))
-        }),
-    }
-}
-
-/// Stored names are checked again on the way in: the file is outside
-/// herald's trust.
-trait ParseStored {
-    fn parse_device(&self) -> Result<DeviceId, redb::Error>;
-    fn parse_name(&self) -> Result<EventName, redb::Error>;
-}
-
-impl ParseStored for str {
-    fn parse_device(&self) -> Result<DeviceId, redb::Error> {
-        DeviceId::parse(self)
-            .map_err(|e| redb::Error::Corrupted(format!("device id {self:?}: {e}")))
-    }
-
-    fn parse_name(&self) -> Result<EventName, redb::Error> {
-        EventName::parse(self)
-            .map_err(|e| redb::Error::Corrupted(format!("event name {self:?}: {e}")))
-    }
-}
-
-/// Both clocks read once, to turn stored wall-clock publish times into
-/// monotonic instants (for latency figures).
-struct Clock {
-    wall: SystemTime,
-    monotonic: Instant,
-}
-
-impl Clock {
-    fn now() -> Self {
-        Self {
-            wall: SystemTime::now(),
-            monotonic: Instant::now(),
-        }
-    }
-
-    /// A stored event as the store holds it.
-    fn event(
-        &self,
-        epoch: u64,
-        seq: u64,
-        (name, data): (EventName, ByteString),
-        published_ms: u64,
-        batch: u64,
-    ) -> StoredEvent {
-        StoredEvent {
-            id: EventId {
-                epoch: Epoch::from_bits(epoch),
-                seq,
-            },
-            name,
-            data,
-            published_at: self.instant_of(published_ms),
-            batch,
-        }
-    }
-
-    fn instant_of(&self, published_ms: u64) -> Instant {
-        let age = (self.wall)
-            .duration_since(from_unix_ms(published_ms))
-            .unwrap_or_default();
-        self.monotonic.checked_sub(age).unwrap_or(self.monotonic)
-    }
+/// What an event of this name and data weighs in a buffer
+/// ([`StoredEvent::size`](crate::StoredEvent::size)).
+fn size_of(name: &str, data: &str) -> u32 {
+    u32::try_from(name.len() + data.len()).unwrap_or(u32::MAX)
 }

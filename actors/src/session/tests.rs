@@ -16,7 +16,8 @@ fn append(session: &mut Session, data: &str, limits: BufferLimits) -> StoredEven
         name: EventName::parse("e").unwrap(),
         data: data.into(),
         published_at: std::time::Instant::now(),
-        batch: 0,
+        // Stored in a batch of its own, numbered like its seq.
+        batch: session.next_id(0).seq,
     };
     session.append(event.clone(), limits);
     event
@@ -195,7 +196,7 @@ fn the_growth_dry_run_agrees_with_the_append() {
     ] {
         let size = 1 + data.len();
         let evicted: usize = (session.evicted_if_appended(size, limits))
-            .map(StoredEvent::size)
+            .map(|e| e.size as usize)
             .sum();
         let predicted = signed(size) - signed(evicted);
         let before = signed(session.bytes());
@@ -236,4 +237,75 @@ fn a_stream_without_a_position_gets_retained_state_and_never_an_event_twice() {
     let (again, _) = attach_retaining(&mut session, None, &retained);
     assert_eq!((state_seqs(&again), seqs(&again)), (vec![2, 5], vec![]));
     assert_eq!(again.start, Start::Fresh);
+}
+
+fn unread(opening: &Opening) -> Option<(u64, Vec<u64>)> {
+    (opening.unread.as_ref()).map(|u| (u.first_seq, u.batches.clone()))
+}
+
+#[test]
+fn cooled_events_are_named_for_storage_to_read_and_hot_ones_follow() {
+    let mut session = session_with(5, 10);
+    assert_eq!(session.cool(3), 3);
+    let (opening, _) = attach(&mut session, Some(&id(1, 1)));
+    assert_eq!(unread(&opening), Some((2, vec![2, 3])));
+    assert_eq!(seqs(&opening), [4, 5]);
+
+    let (past_the_cold, _) = attach(&mut session, Some(&id(1, 4)));
+    assert_eq!(unread(&past_the_cold), None);
+    assert_eq!(seqs(&past_the_cold), [5]);
+}
+
+#[test]
+fn a_retained_event_still_unwritten_in_the_cold_part_is_history_not_state() {
+    let mut session = session_with(3, 10);
+    session.cool(3);
+    let retained = StoredEvent {
+        id: EventId {
+            epoch: Epoch::new(BOOT, 1),
+            seq: 2,
+        },
+        name: EventName::parse("config").unwrap(),
+        data: "2".into(),
+        published_at: std::time::Instant::now(),
+        batch: 2,
+    };
+    let (opening, _) = attach_retaining(&mut session, None, &[retained]);
+    assert_eq!(unread(&opening), Some((1, vec![1, 2, 3])));
+    assert!(
+        opening.state.is_empty(),
+        "event 2 goes out once, in the replay"
+    );
+}
+
+#[test]
+fn eviction_takes_cold_events_first_and_the_dry_run_agrees() {
+    let limits = at_most(4);
+    let mut session = session_with(4, 4);
+    session.cool(2);
+    let predicted: Vec<_> = session.evicted_if_appended(1, limits).collect();
+    append(&mut session, "5", limits);
+    assert_eq!(predicted.iter().map(|e| e.batch).collect::<Vec<_>>(), [1]);
+    let (opening, _) = attach(&mut session, Some(&id(1, 1)));
+    assert_eq!(unread(&opening), Some((2, vec![2])));
+    assert_eq!(seqs(&opening), [3, 4, 5]);
+}
+
+#[test]
+fn a_restored_session_is_all_cold_and_sheds_what_lowered_limits_refuse() {
+    let footprints = (3..=6).map(|batch| Footprint { batch, size: 2 }).collect();
+    let (mut session, dropped) =
+        Session::restore(Epoch::new(BOOT, 1), 2, 6, footprints, at_most(3));
+    assert_eq!(dropped, [Footprint { batch: 3, size: 2 }]);
+    assert_eq!((session.buffered(), session.bytes()), (3, 6));
+    let (opening, _) = attach(&mut session, None);
+    assert_eq!(
+        opening.start,
+        Start::Reset {
+            reason: ResetReason::Evicted,
+            last_event_id: None
+        }
+    );
+    assert_eq!(unread(&opening), Some((4, vec![4, 5, 6])));
+    assert!(opening.replay.is_empty());
 }

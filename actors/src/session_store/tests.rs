@@ -165,3 +165,38 @@ async fn only_a_replacement_that_finds_its_client_there_is_a_kick() {
     let refused = try_connect(&actors, &dev, None, 8).await.err();
     assert_eq!(refused, Some(ConnectError::Refused(Refusal::Flapping)));
 }
+
+#[actix::test]
+async fn events_whose_payloads_left_memory_are_replayed_from_the_file_then_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // No room in memory: every event is cold once committed.
+    let storage = on_file(dir.path(), 0);
+    let config = session_config(Duration::from_secs(60));
+    let actors = crate::start(config, quiet_heartbeat(), lenient_kicks(), storage);
+    let (dev, other) = (device("d1"), device("d2"));
+    let first = publish_to(&actors, &dev, "one").await;
+    // Two devices share this one's stored payload.
+    let shared = Publish {
+        devices: vec![dev.clone(), other],
+        ..publish(&dev, "shared")
+    };
+    actors.store.send(shared).await.unwrap().unwrap();
+    publish_to(&actors, &dev, "three").await;
+    let read_before = crate::metrics().storage_read.get();
+
+    let (_conn, mut frames, _) = connect(&actors, &dev, Some(first.id.to_string()), 8).await;
+    let live = publish_to(&actors, &dev, "live").await;
+    expect_signal(&mut frames, "hello").await;
+    match next(&mut frames).await {
+        Some(Frame::Replay(events)) => {
+            let read: Vec<_> = events.iter().map(|e| (e.id.seq, &*e.data)).collect();
+            assert_eq!(read, [(2, "shared"), (3, "three")]);
+        }
+        other => panic!("expected the replay, got {other:?}"),
+    }
+    match next(&mut frames).await {
+        Some(Frame::Event(event)) => assert_eq!(event.id, live.id),
+        other => panic!("expected the live event, got {other:?}"),
+    }
+    assert!(crate::metrics().storage_read.get() >= read_before + 2);
+}

@@ -3,14 +3,17 @@ use std::time::Duration;
 use super::{views::MAX_SCAN, *};
 
 fn storage() -> Storage {
-    Storage::new(SessionConfig {
-        buffer_events: 16,
-        buffer_bytes: 1 << 20,
-        retained_per_device: 4,
-        max_sessions: 20_000,
-        max_total_bytes: 1 << 30,
-        ttl: Duration::from_secs(60),
-    })
+    Storage::new(
+        SessionConfig {
+            buffer_events: 16,
+            buffer_bytes: 1 << 20,
+            retained_per_device: 4,
+            max_sessions: 20_000,
+            max_total_bytes: 1 << 30,
+            ttl: Duration::from_secs(60),
+        },
+        None,
+    )
 }
 
 #[test]
