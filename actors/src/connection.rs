@@ -320,8 +320,8 @@ impl DeviceConnection {
                 held.into_iter().for_each(|frame| self.write(frame, ctx));
             }
             Err(error) => {
-                log::warn!(
-                    "stream.replay_unreadable device={} conn={} error=\"{error}\"",
+                log::error!(
+                    "storage.read_failed device={} conn={} error=\"{error}\"",
                     self.params.device,
                     self.params.connection_id
                 );

@@ -260,18 +260,13 @@ impl Embedded {
         self.db.as_ref().ok_or(redb::Error::DatabaseClosed)
     }
 
-    /// What was committed of the events `unread` names.
+    /// What was committed of the events `unread` names (the stream that
+    /// asked logs a failure).
     fn read(&mut self, device: &DeviceId, unread: &Unread) -> Result<Vec<StoredEvent>, ReadError> {
         let db = (self.database()).map_err(|e| ReadError::Unavailable(e.to_string()))?;
-        let events = read::replay(db, device, unread);
-        match &events {
-            Ok(events) => metrics().storage_read.inc_by(events.len() as u64),
-            Err(error) => log::error!(
-                "storage.read_failed file={} device={device} error=\"{error}\"",
-                self.file.display()
-            ),
-        }
-        events
+        let events = read::replay(db, device, unread)?;
+        metrics().storage_read.inc_by(events.len() as u64);
+        Ok(events)
     }
 
     fn write(&mut self, group: &[(u64, Vec<Change>)]) -> Result<(), redb::Error> {

@@ -32,6 +32,7 @@
 //!  connect:    stream route ──Connect──▶ SessionStore         admit (kick rules, blocks) + attach, one turn
 //!              SessionStore ──ConnectLive{opening}──▶ DeviceRegistry   make it live, end the old stream
 //!              DeviceRegistry ──ConnectBegin──▶ DeviceConnection       hello, reset, replay
+//!              Backend ──ConnectReplay──▶ DeviceConnection       the replay's part no longer in memory, read from disk
 //!              DeviceConnection ──ConnectWatch──▶ Heartbeat
 //!  publish:    admin routes ──Publish/Broadcast──▶ SessionStore ──batch──▶ Backend
 //!              Backend ──Committed──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──Push──▶ DeviceConnection

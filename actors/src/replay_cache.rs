@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 
 use crate::{Footprint, StoredEvent};
 
-
 #[derive(Debug)]
 pub struct ReplayCache {
     /// `None`: nothing ever cools (the memory backend, whose buffers are

@@ -122,7 +122,20 @@ pub(crate) async fn try_connect(
     let (connection_id, progress) = (connect.connection_id, connect.progress.clone());
     actors.store.send(connect).await.unwrap()?;
     let (queue, frames) = channel(capacity);
-    unstarted.start(ConnectionParams {
+    unstarted.start(params(actors, device, connection_id, queue, progress));
+    Ok((addr, frames, connection_id))
+}
+
+/// What the stream route gives a connection, for one whose queue's
+/// receiving end the test holds (dropping it is the client's close).
+pub(crate) fn params(
+    actors: &Actors,
+    device: &DeviceId,
+    connection_id: ConnectionId,
+    queue: tokio::sync::mpsc::Sender<Frame>,
+    progress: Progress,
+) -> ConnectionParams {
+    ConnectionParams {
         device: device.clone(),
         connection_id,
         peer: "test".to_owned(),
@@ -130,12 +143,10 @@ pub(crate) async fn try_connect(
         registry: actors.registry.clone(),
         store: actors.store.clone(),
         heartbeat: actors.heartbeat.clone(),
-        // The test holds the receiving end: dropping it is the client's close.
         client_closed: Box::new(|| false),
         heartbeat_timeout: Duration::from_secs(60),
         progress,
-    });
-    Ok((addr, frames, connection_id))
+    }
 }
 
 /// A connect whose client is gone before the store hands it on (its

@@ -100,19 +100,14 @@ async fn a_connection_whose_queue_is_full_stops_itself() {
 fn lone_connection(actors: &crate::Actors) -> (Addr<DeviceConnection>, Receiver<Frame>) {
     let (unstarted, _) = Unstarted::new();
     let (queue, frames) = tokio::sync::mpsc::channel(8);
-    let conn = unstarted.start(ConnectionParams {
-        device: device("d1"),
-        connection_id: ConnectionId::new(),
-        peer: "test".to_owned(),
+    let params = params(
+        actors,
+        &device("d1"),
+        ConnectionId::new(),
         queue,
-        registry: actors.registry.clone(),
-        store: actors.store.clone(),
-        heartbeat: actors.heartbeat.clone(),
-        client_closed: Box::new(|| false),
-        heartbeat_timeout: Duration::from_secs(60),
-        progress: Progress::default(),
-    });
-    (conn, frames)
+        Progress::default(),
+    );
+    (unstarted.start(params), frames)
 }
 
 fn event_at(seq: u64) -> StoredEvent {
@@ -121,10 +116,10 @@ fn event_at(seq: u64) -> StoredEvent {
     event
 }
 
-/// An opening whose replay is events 1–2 read from storage, then 3.
-fn opening_reading_two() -> Opening {
+/// Begins `conn` with a replay of events 1–2 read from storage, then 3.
+async fn begin_reading_two(conn: &Addr<DeviceConnection>) {
     let through = event_at(3).id;
-    Opening {
+    let opening = Opening {
         start: Start::Resumed,
         state: Vec::new(),
         unread: Some(Unread {
@@ -134,7 +129,8 @@ fn opening_reading_two() -> Opening {
         }),
         replay: vec![event_at(3)],
         through,
-    }
+    };
+    conn.send(ConnectBegin { opening }).await.unwrap();
 }
 
 async fn replayed_seqs(frames: &mut Receiver<Frame>) -> Vec<u64> {
@@ -148,11 +144,7 @@ async fn replayed_seqs(frames: &mut Receiver<Frame>) -> Vec<u64> {
 async fn live_events_wait_for_the_replay_read_from_storage_and_follow_it() {
     let actors = start_actors(Duration::from_secs(60));
     let (conn, mut frames) = lone_connection(&actors);
-    conn.send(ConnectBegin {
-        opening: opening_reading_two(),
-    })
-    .await
-    .unwrap();
+    begin_reading_two(&conn).await;
     conn.send(Push { event: event_at(4) }).await.unwrap();
     expect_signal(&mut frames, "hello").await;
     assert!(
@@ -173,11 +165,7 @@ async fn a_read_that_arrives_before_the_begin_is_written_after_hello() {
     let (conn, mut frames) = lone_connection(&actors);
     let read = Ok(vec![event_at(1), event_at(2)]);
     conn.send(ConnectReplay { events: read }).await.unwrap();
-    conn.send(ConnectBegin {
-        opening: opening_reading_two(),
-    })
-    .await
-    .unwrap();
+    begin_reading_two(&conn).await;
     expect_signal(&mut frames, "hello").await;
     assert_eq!(replayed_seqs(&mut frames).await, [1, 2]);
     assert_eq!(replayed_seqs(&mut frames).await, [3]);
@@ -187,11 +175,7 @@ async fn a_read_that_arrives_before_the_begin_is_written_after_hello() {
 async fn a_read_missing_an_event_ends_the_stream_before_any_id_is_written() {
     let actors = start_actors(Duration::from_secs(60));
     let (conn, mut frames) = lone_connection(&actors);
-    conn.send(ConnectBegin {
-        opening: opening_reading_two(),
-    })
-    .await
-    .unwrap();
+    begin_reading_two(&conn).await;
     // Event 1 alone: a hole before 3.
     let read = Ok(vec![event_at(1)]);
     conn.send(ConnectReplay { events: read }).await.unwrap();
