@@ -122,10 +122,11 @@ async fn serve(loaded: Loaded) -> Result<(), RunError> {
     }
 
     let bind = settings.server.bind.clone();
-    let app = Application::build(settings)?;
+    let app = Application::build(settings).await?;
     let signals = Signals::listen().map_err(RunError::Signals)?;
     log::info!(
-        "server.started bind={bind} port={} version={} config={}",
+        "server.started node={} bind={bind} port={} version={} config={}",
+        app.node_id(),
         app.port(),
         env!("CARGO_PKG_VERSION"),
         loaded.sources_field()

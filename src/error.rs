@@ -98,6 +98,7 @@ impl ApiError {
             Self::Bound(StoreError::RetainedLimit(_)) => "retained_limit",
             Self::Bound(StoreError::Write(WriteError::DiskFull)) => "storage_full",
             Self::Bound(StoreError::Write(WriteError::Unavailable)) => "storage_unavailable",
+            Self::Bound(StoreError::NotOnCluster(_)) => "not_on_redis",
             Self::UnknownDevice => "unknown_device",
             Self::NotReady(_) => "not_ready",
             Self::NotConnected => "not_connected",
@@ -150,6 +151,7 @@ impl ResponseError for ApiError {
             Self::Bound(StoreError::Write(WriteError::Unavailable)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Bound(StoreError::NotOnCluster(_)) => StatusCode::NOT_IMPLEMENTED,
             Self::Bound(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }

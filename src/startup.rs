@@ -20,7 +20,7 @@ use actix_web::{
     http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
     middleware::from_fn,
 };
-use herald_actors::{Actors, CloseStorage, DisconnectAll, OpenError, Opened};
+use herald_actors::{Actors, BackendError, CloseStorage, DisconnectAll, Opened};
 use socket2::{Domain, Socket, Type};
 
 use crate::{
@@ -39,11 +39,12 @@ pub enum BuildError {
     #[error("cannot listen on {bind}: {source}")]
     Bind { bind: String, source: io::Error },
     #[error("cannot open storage: {0}")]
-    Storage(#[from] OpenError),
+    Storage(#[from] BackendError),
 }
 
 pub struct Application {
     port: u16,
+    node_id: String,
     server: Server,
     shutdown: Shutdown,
 }
@@ -58,7 +59,10 @@ impl Application {
     /// herald needs to refuse connections over its limits (`connections.rs`)
     /// and to wrap each socket in a deadline (`watched.rs`). What follows is
     /// what `HttpServer::listen` does, with those two in place.
-    pub fn build(settings: Settings) -> Result<Self, BuildError> {
+    pub async fn build(mut settings: Settings) -> Result<Self, BuildError> {
+        if settings.server.node_id.is_empty() {
+            settings.server.node_id = format!("node-{:08x}", fastrand::u32(..));
+        }
         let bind = |source| BuildError::Bind {
             bind: settings.server.bind.clone(),
             source,
@@ -78,7 +82,7 @@ impl Application {
             keep_alive: settings.server.keep_alive,
         };
         let gate = Gate::new(&plan, timeouts);
-        let storage = open_storage(&settings)?;
+        let storage = open_storage(&settings).await?;
         let actors = herald_actors::start(
             settings.session.clone(),
             settings.heartbeat.clone(),
@@ -149,6 +153,7 @@ impl Application {
         };
         Ok(Self {
             port: local_addr.port(),
+            node_id: settings.server.node_id,
             server,
             shutdown,
         })
@@ -156,6 +161,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// This node's id: `server.node_id`, or the one drawn at start.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// A handle that shuts this application down gracefully.
@@ -170,12 +180,15 @@ impl Application {
 }
 
 /// Opens the configured backend and reads back what it holds.
-fn open_storage(settings: &Settings) -> Result<(Opened, herald_actors::Snapshot), OpenError> {
+async fn open_storage(
+    settings: &Settings,
+) -> Result<(Opened, herald_actors::Snapshot), BackendError> {
     let started = Instant::now();
-    let opened = Opened::open(&settings.storage)?;
+    let opened = Opened::open(&settings.storage, &settings.server.node_id).await?;
     let snapshot = &opened.1;
     log::info!(
-        "storage.opened backend={} path={} sessions={} events={} retained={} ms={}",
+        "storage.opened node={} backend={} path={} sessions={} events={} retained={} ms={}",
+        settings.server.node_id,
         settings.storage.backend.as_str(),
         settings.storage.path.display(),
         snapshot.sessions.len(),

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     DeviceId, Epoch, EventId, EventName, Footprint, SessionStore, StoredEvent, Unread,
+    cluster::{Cluster, ConnectError, RedisConfig, Subscription},
     connection::ConnectReplay,
     embedded::{Embedded, OpenError, Writer},
 };
@@ -47,6 +48,8 @@ pub struct StorageConfig {
     /// in memory; older ones keep only their place and size, and a replay
     /// reads their payloads from the file.
     pub cache_bytes: usize,
+    /// The cluster backend's Redis.
+    pub redis: RedisConfig,
 }
 
 impl Default for StorageConfig {
@@ -55,6 +58,7 @@ impl Default for StorageConfig {
             backend: BackendKind::Embedded,
             path: PathBuf::from("herald-data"),
             cache_bytes: 64 << 20,
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -66,6 +70,8 @@ pub enum BackendKind {
     Embedded,
     /// Nothing survives the process.
     Memory,
+    /// Shared by several nodes, in Redis.
+    Redis,
 }
 
 impl BackendKind {
@@ -73,6 +79,7 @@ impl BackendKind {
         match self {
             Self::Embedded => "embedded",
             Self::Memory => "memory",
+            Self::Redis => "redis",
         }
     }
 }
@@ -190,6 +197,10 @@ pub struct Committed {
 /// A backend opened at start, before the store exists.
 pub enum Opened {
     Memory,
+    Cluster {
+        cluster: Cluster,
+        subscription: Subscription,
+    },
     Embedded {
         store: Embedded,
         /// `storage.cache_bytes`.
@@ -197,12 +208,33 @@ pub enum Opened {
     },
 }
 
+/// Why the configured backend could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Embedded(#[from] OpenError),
+    #[error(transparent)]
+    Redis(#[from] ConnectError),
+}
+
 impl Opened {
-    /// Opens the configured backend and reads what it holds. Refuses a data
-    /// directory in use by another process, and an unreadable or corrupt one.
-    pub fn open(config: &StorageConfig) -> Result<(Self, Snapshot), OpenError> {
+    /// Opens the configured backend, as node `node_id`, and reads what it
+    /// holds. Refuses a data directory in use by another process, an
+    /// unreadable or corrupt one, and a Redis it cannot reach.
+    pub async fn open(
+        config: &StorageConfig,
+        node_id: &str,
+    ) -> Result<(Self, Snapshot), BackendError> {
         match config.backend {
             BackendKind::Memory => Ok((Self::Memory, Snapshot::default())),
+            BackendKind::Redis => {
+                let (cluster, subscription) = Cluster::connect(&config.redis, node_id).await?;
+                let opened = Self::Cluster {
+                    cluster,
+                    subscription,
+                };
+                Ok((opened, Snapshot::default()))
+            }
             BackendKind::Embedded => {
                 let (store, snapshot) = Embedded::open(&config.path)?;
                 let cache_bytes = config.cache_bytes;
@@ -215,7 +247,7 @@ impl Opened {
     /// (no bound) when its buffers are the only copy.
     pub(crate) fn cache_bytes(&self) -> Option<usize> {
         match self {
-            Self::Memory => None,
+            Self::Memory | Self::Cluster { .. } => None,
             Self::Embedded { cache_bytes, .. } => Some(*cache_bytes),
         }
     }
@@ -224,6 +256,13 @@ impl Opened {
     pub(crate) fn start(self, store: Addr<SessionStore>) -> Backend {
         match self {
             Self::Memory => Backend::Memory,
+            Self::Cluster {
+                cluster,
+                subscription,
+            } => {
+                subscription.forward_to(store);
+                Backend::Cluster(cluster)
+            }
             Self::Embedded {
                 store: embedded, ..
             } => Backend::Embedded(embedded.spawn(store)),
@@ -235,13 +274,24 @@ impl Opened {
 pub enum Backend {
     Memory,
     Embedded(Writer),
+    /// Redis holds the sessions and gives ids; the store does not submit
+    /// changes (see `session_store/cluster.rs`).
+    Cluster(Cluster),
 }
 
 impl Backend {
     /// Whether a batch is committed as soon as it is made (nothing to
     /// submit or wait for).
     pub(crate) fn keeps_nothing(&self) -> bool {
-        matches!(self, Self::Memory)
+        matches!(self, Self::Memory | Self::Cluster(_))
+    }
+
+    /// The cluster, if this node is one of several on Redis.
+    pub(crate) fn cluster(&self) -> Option<Cluster> {
+        match self {
+            Self::Cluster(cluster) => Some(cluster.clone()),
+            _ => None,
+        }
     }
 
     /// Submits `changes` as batch number `batch` (the store counts them);
@@ -257,8 +307,8 @@ impl Backend {
     pub(crate) fn read(&self, device: DeviceId, unread: Unread, to: Recipient<ConnectReplay>) {
         match self {
             Self::Embedded(writer) => writer.read(device, unread, to),
-            // Its buffers hold every event whole: nothing is ever unread.
-            Self::Memory => to.do_send(ConnectReplay {
+            // Their buffers hold every event whole: nothing is ever unread.
+            Self::Memory | Self::Cluster(_) => to.do_send(ConnectReplay {
                 events: Err(ReadError::Missing {
                     seq: unread.first_seq,
                 }),
@@ -278,7 +328,7 @@ impl Backend {
     /// released, and later batches fail.
     pub(crate) fn close(&self) -> impl Future<Output = Result<(), WriteError>> + 'static {
         let closed = match self {
-            Self::Memory => None,
+            Self::Memory | Self::Cluster(_) => None,
             Self::Embedded(writer) => Some(writer.close()),
         };
         async move {

@@ -36,6 +36,11 @@ impl Epoch {
     pub fn boot(self) -> u32 {
         (self.0 >> 32) as u32
     }
+
+    /// Which of its boot's sessions it is.
+    pub fn session(self) -> u32 {
+        self.0 as u32
+    }
 }
 
 /// A position in a session's history.

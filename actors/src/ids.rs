@@ -113,6 +113,11 @@ impl ConnectionId {
     pub fn new() -> Self {
         Self(uuid::Uuid::new_v4())
     }
+
+    /// A connection id as another node wrote it.
+    pub fn parse(text: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(text).ok().map(Self)
+    }
 }
 
 impl Default for ConnectionId {

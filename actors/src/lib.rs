@@ -75,6 +75,7 @@
 //! `reset` (`unknown_epoch`) — never a silent gap.
 
 mod backend;
+mod cluster;
 mod commits;
 mod connection;
 mod embedded;
@@ -97,8 +98,10 @@ pub(crate) mod test_support;
 use actix::{Actor, Addr, AsyncContext};
 
 pub use backend::{
-    Backend, BackendKind, Change, Opened, SavedSession, Snapshot, StorageConfig, WriteError,
+    Backend, BackendError, BackendKind, Change, Opened, SavedSession, Snapshot, StorageConfig,
+    WriteError,
 };
+pub use cluster::RedisConfig;
 pub use connection::{ConnectionParams, DeviceConnection, DisconnectReason, Unstarted};
 pub use embedded::OpenError;
 pub use event::{Frame, RESERVED_EVENT_NAMES, ResetReason, Signal, StoredEvent};

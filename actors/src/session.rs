@@ -32,7 +32,8 @@ impl Progress {
         self.0.fetch_max(seq, Ordering::Relaxed);
     }
 
-    fn get(&self) -> u64 {
+    /// The highest seq written so far.
+    pub(crate) fn written(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -212,7 +213,7 @@ impl Session {
 
     /// The highest seq any stream of this session has written.
     pub fn handed_out(&self) -> u64 {
-        let attached = self.attached.as_ref().map_or(0, |a| a.progress.get());
+        let attached = self.attached.as_ref().map_or(0, |a| a.progress.written());
         self.written_before.max(attached)
     }
 
@@ -361,21 +362,7 @@ impl Session {
     /// The sequence number a client's id points at, if this session can
     /// continue from it.
     fn locate(&self, raw: &str) -> Result<u64, ResetReason> {
-        let id = EventId::parse(raw).map_err(|_| ResetReason::Invalid)?;
-        if id.epoch != self.epoch {
-            return Err(if id.epoch.boot() == self.epoch.boot() {
-                ResetReason::Expired
-            } else {
-                ResetReason::UnknownEpoch
-            });
-        }
-        if id.seq > self.last_seq {
-            return Err(ResetReason::Future);
-        }
-        if id.seq + 1 < self.oldest_kept() {
-            return Err(ResetReason::Evicted);
-        }
-        Ok(id.seq)
+        locate(raw, self.through(), self.oldest_kept())
     }
 
     /// The seq of the oldest buffered event (one past the last when empty).
@@ -397,6 +384,27 @@ impl Session {
         let skip_hot = skip.saturating_sub(self.cold.len());
         (unread, self.hot.iter().skip(skip_hot).cloned().collect())
     }
+}
+
+/// The sequence number the client's id `raw` points at in a history that
+/// ends at `through` and keeps events from seq `oldest` on, if a stream can
+/// continue from it; otherwise why not.
+pub(crate) fn locate(raw: &str, through: EventId, oldest: u64) -> Result<u64, ResetReason> {
+    let id = EventId::parse(raw).map_err(|_| ResetReason::Invalid)?;
+    if id.epoch != through.epoch {
+        return Err(if id.epoch.boot() == through.epoch.boot() {
+            ResetReason::Expired
+        } else {
+            ResetReason::UnknownEpoch
+        });
+    }
+    if id.seq > through.seq {
+        return Err(ResetReason::Future);
+    }
+    if id.seq + 1 < oldest {
+        return Err(ResetReason::Evicted);
+    }
+    Ok(id.seq)
 }
 
 #[cfg(test)]

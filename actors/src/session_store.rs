@@ -200,6 +200,8 @@ pub struct SessionStore {
     commits: Commits,
     /// Set by `CloseStorage`: nothing more is submitted.
     closed: bool,
+    /// On the cluster backend: this node's streams and their devices.
+    routing: cluster::Routing,
 }
 
 impl SessionStore {
@@ -227,6 +229,7 @@ impl SessionStore {
             backend: opened.start(me),
             commits,
             closed: false,
+            routing: cluster::Routing::default(),
         }
     }
 
@@ -277,9 +280,22 @@ impl Handler<CloseStorage> for SessionStore {
 }
 
 impl Handler<Connect> for SessionStore {
-    type Result = Result<(), ConnectError>;
+    type Result = ResponseActFuture<Self, Result<(), ConnectError>>;
 
     fn handle(&mut self, msg: Connect, _: &mut Self::Context) -> Self::Result {
+        if let Err(refusal) = self.admit(&msg) {
+            return Box::pin(fut::ready(Err(refusal.into())));
+        }
+        match self.backend.cluster() {
+            Some(cluster) => self.connect_on(cluster, msg),
+            None => Box::pin(fut::ready(self.connect(msg))),
+        }
+    }
+}
+
+impl SessionStore {
+    /// The kick rules' and blocks' verdict on a connect.
+    fn admit(&mut self, msg: &Connect) -> Result<(), Refusal> {
         let instance = msg.instance.as_deref();
         self.kicks
             .admit(&msg.device, instance, Instant::now())
@@ -291,7 +307,12 @@ impl Handler<Connect> for SessionStore {
                     instance.unwrap_or("-"),
                     refusal.as_str()
                 );
-            })?;
+            })
+    }
+
+    /// An admitted connect on this node's own storage: attached, and handed
+    /// to the registry with its replay, in this turn.
+    fn connect(&mut self, msg: Connect) -> Result<(), ConnectError> {
         let opening = self.storage.attach(
             &msg.device,
             msg.connection_id,
@@ -322,7 +343,13 @@ impl Handler<Publish> for SessionStore {
     type Result = ResponseFuture<Result<Vec<PublishReceipt>, StoreError>>;
 
     fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> Self::Result {
-        self.publish(msg.devices, msg.name, msg.data, msg.retain)
+        match self.backend.cluster() {
+            Some(_) if msg.retain => {
+                Box::pin(fut::ready(Err(StoreError::NotOnCluster("retained events"))))
+            }
+            Some(cluster) => self.publish_on(cluster, msg.devices, msg.name, msg.data),
+            None => self.publish(msg.devices, msg.name, msg.data, msg.retain),
+        }
     }
 }
 
@@ -330,6 +357,9 @@ impl Handler<Broadcast> for SessionStore {
     type Result = ResponseFuture<Result<BroadcastReceipt, StoreError>>;
 
     fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> Self::Result {
+        if self.backend.cluster().is_some() {
+            return Box::pin(fut::ready(Err(StoreError::NotOnCluster("broadcasts"))));
+        }
         let published = self.publish(self.storage.devices(), msg.name, msg.data, msg.retain);
         Box::pin(async move {
             let receipts = published.await?;
@@ -345,6 +375,9 @@ impl Handler<DisconnectSession> for SessionStore {
     type Result = ();
 
     fn handle(&mut self, msg: DisconnectSession, _: &mut Self::Context) {
+        if let Some(cluster) = self.backend.cluster() {
+            return self.disconnect_on(cluster, msg.device, msg.connection_id);
+        }
         self.storage.detach(&msg.device, msg.connection_id);
         self.save();
     }
@@ -471,6 +504,7 @@ impl Handler<SweepExpired> for SessionStore {
     }
 }
 
+mod cluster;
 mod publishing;
 
 #[cfg(test)]

@@ -89,6 +89,9 @@ pub enum StoreError {
     /// stored.
     #[error("{0}; the event was not stored")]
     Write(#[from] WriteError),
+    /// Not available yet on the cluster (Redis) backend.
+    #[error("{0} are not available on the redis backend yet")]
+    NotOnCluster(&'static str),
 }
 
 struct Entry {
@@ -228,6 +231,11 @@ impl Storage {
 
     pub fn ttl(&self) -> Duration {
         self.config.ttl
+    }
+
+    /// Events each session's buffer holds.
+    pub fn buffer_events(&self) -> usize {
+        self.config.buffer_events
     }
 
     /// How many sessions there are.

@@ -54,7 +54,7 @@ pub(crate) fn in_memory() -> (crate::Opened, crate::Snapshot) {
 
 /// The embedded backend on a file under `dir`, holding at most
 /// `cache_bytes` of buffered events whole in memory.
-pub(crate) fn on_file(
+pub(crate) async fn on_file(
     dir: &std::path::Path,
     cache_bytes: usize,
 ) -> (crate::Opened, crate::Snapshot) {
@@ -62,8 +62,9 @@ pub(crate) fn on_file(
         backend: crate::BackendKind::Embedded,
         path: dir.to_owned(),
         cache_bytes,
+        ..crate::StorageConfig::default()
     };
-    crate::Opened::open(&config).unwrap()
+    crate::Opened::open(&config, "test").await.unwrap()
 }
 
 pub(crate) fn start_actors(ttl: Duration) -> Actors {

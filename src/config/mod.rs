@@ -51,6 +51,9 @@ pub struct ServerSettings {
     /// How long a connection may stay idle between requests.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// This node's name in logs and admin views, and among several nodes
+    /// on one Redis; empty: `node-` and 8 random hex digits, drawn at start.
+    pub node_id: String,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +67,7 @@ impl Default for ServerSettings {
             shutdown_timeout: Duration::from_secs(5),
             drain_window: Duration::from_secs(10),
             keep_alive: Duration::from_secs(15),
+            node_id: String::new(),
         }
     }
 }

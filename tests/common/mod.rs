@@ -9,15 +9,17 @@
 //! | `sse.rs`     | [`EventStream`]: a stream read event by event              |
 //! | `raw.rs`     | raw TCP: hostile requests, streams the test closes itself  |
 //! | `process.rs` | [`HeraldProcess`]: the real binary, its log, kill, limits  |
+//! | `redis.rs`   | [`RedisServer`]: a real redis-server on an ephemeral port  |
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 mod process;
 mod raw;
+mod redis;
 mod sse;
 
 // Each test binary uses a different part of the harness.
 #[allow(unused_imports)]
-pub use {process::*, raw::*, sse::*};
+pub use {process::*, raw::*, redis::*, sse::*};
 
 use std::{path::Path, time::Duration};
 
@@ -63,11 +65,11 @@ impl TestServer {
         settings.storage.path = data.path().to_owned();
         adjust(&mut settings);
         settings.validate().expect("adjusted settings are valid");
-        Self::launch(settings, data)
+        Self::launch(settings, data).await
     }
 
-    fn launch(settings: Settings, data: tempfile::TempDir) -> Self {
-        let (base, shutdown) = Self::serve(&settings);
+    async fn launch(settings: Settings, data: tempfile::TempDir) -> Self {
+        let (base, shutdown) = Self::serve(&settings).await;
         Self {
             base,
             settings,
@@ -77,8 +79,10 @@ impl TestServer {
         }
     }
 
-    fn serve(settings: &Settings) -> (String, Shutdown) {
-        let app = Application::build(settings.clone()).expect("server starts");
+    async fn serve(settings: &Settings) -> (String, Shutdown) {
+        let app = Application::build(settings.clone())
+            .await
+            .expect("server starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         let shutdown = app.shutdown_handle();
         actix_web::rt::spawn(app.run_until_stopped());
@@ -90,7 +94,7 @@ impl TestServer {
     /// what it knows is what its storage backend kept.
     pub async fn restart(&mut self) {
         self.shut_down().await;
-        (self.base, self.shutdown) = Self::serve(&self.settings);
+        (self.base, self.shutdown) = Self::serve(&self.settings).await;
     }
 
     pub fn admin_token(&self) -> &str {

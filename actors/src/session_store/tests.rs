@@ -170,7 +170,7 @@ async fn only_a_replacement_that_finds_its_client_there_is_a_kick() {
 async fn events_whose_payloads_left_memory_are_replayed_from_the_file_then_live_ones() {
     let dir = tempfile::tempdir().unwrap();
     // No room in memory: every event is cold once committed.
-    let storage = on_file(dir.path(), 0);
+    let storage = on_file(dir.path(), 0).await;
     let config = session_config(Duration::from_secs(60));
     let actors = crate::start(config, quiet_heartbeat(), lenient_kicks(), storage);
     let (dev, other) = (device("d1"), device("d2"));

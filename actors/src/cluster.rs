@@ -1,0 +1,417 @@
+//! The cluster backend: several herald nodes share one Redis, which holds
+//! every device's session (epoch, sequence, buffer, owner) and routes each
+//! published event to the node that holds the device's live stream.
+//!
+//! Redis, not a node, gives ids: a publish on any node runs one script
+//! ([`publish.lua`](cluster/publish.lua)) that appends the event to each
+//! device's buffer at the device's next seq and `PUBLISH`es it to the node
+//! channel of the device's owner, atomically. A connect runs another
+//! ([`attach.lua`](cluster/attach.lua)) that makes the connecting node the
+//! owner under a new generation (a fencing token that only grows), tells
+//! the previous owner to kick its stream, and reads the buffer after the
+//! stream's start, atomically: every event appended before it is in the
+//! answer, every one after it is published to the new owner. A stream's end
+//! ([`detach.lua`](cluster/detach.lua)) writes only while the node still owns
+//! the device under the generation it attached with, so a node that lost a
+//! device can never write to it again.
+//!
+//! Keys (`P` the configured prefix, `D` a device id):
+//!
+//! | key          | type   | holds                                                  |
+//! |--------------|--------|--------------------------------------------------------|
+//! | `P{D}:s`     | hash   | `ep` epoch, `sq` last seq, `gen` generation, `own` owner node, `wr` written seq |
+//! | `P{D}:b`     | stream | the buffer: entry `<seq>-0`, fields `n` name, `p` published (Unix ms), `d` data |
+//! | `Psessions`  | string | sessions created, numbering epochs                     |
+//! | `Pinstance`  | string | this Redis data set's id: the boot part of its epochs   |
+//! | `Pnode:<N>`  | channel| events and kicks for the streams node `N` holds        |
+
+use std::{
+    sync::{Arc, LazyLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use futures_util::StreamExt as _;
+use redis::{AsyncCommands as _, Script, aio::ConnectionManager};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ConnectionId, DeviceId, Epoch, EventId, EventName, SessionStore, StoredEvent,
+    backend::WriteError,
+};
+
+/// The `[storage.redis]` config section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Put before every key and channel, so several herald clusters (or
+    /// other programs) can share one Redis.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".to_owned(),
+            prefix: "herald:".to_owned(),
+        }
+    }
+}
+
+static PUBLISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("cluster/publish.lua")));
+static ATTACH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/attach.lua")));
+static DETACH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/detach.lua")));
+
+/// How long one Redis command may take before the node counts Redis as
+/// unavailable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the cluster backend could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach Redis at {url}: {source}")]
+pub struct ConnectError {
+    url: String,
+    source: redis::RedisError,
+}
+
+/// This node's handle on the shared Redis. Cheap to clone: every clone
+/// shares one connection.
+#[derive(Clone)]
+pub struct Cluster {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    /// This process's name on the node channels: the node id and a
+    /// number drawn at start, so a restarted node never takes its previous
+    /// life's ownerships for its own.
+    node: Arc<str>,
+    /// The boot part of the epochs this Redis data set gives.
+    boot: u32,
+}
+
+/// This node's channel, subscribed.
+pub struct Subscription {
+    channel: String,
+    messages: redis::aio::PubSubStream,
+}
+
+impl Subscription {
+    /// Hands what arrives on the node's channel to `store`, from now on.
+    pub fn forward_to(self, store: Addr<SessionStore>) {
+        let Self {
+            channel,
+            mut messages,
+        } = self;
+        actix::spawn(async move {
+            while let Some(message) = messages.next().await {
+                let Ok(payload) = message.get_payload::<String>() else {
+                    continue;
+                };
+                match serde_json::from_str(&payload) {
+                    Ok(routed) => route(routed, &store),
+                    Err(error) => {
+                        log::error!("cluster.unreadable channel={channel} error=\"{error}\"")
+                    }
+                }
+            }
+            log::error!("storage.unavailable backend=redis reason=subscription_lost");
+        });
+    }
+}
+
+/// A stream's start, as Redis decided it.
+#[derive(Debug)]
+pub struct Attached {
+    pub epoch: Epoch,
+    pub last_seq: u64,
+    pub generation: u64,
+    /// The seq of the oldest event the buffer keeps (one past `last_seq`
+    /// when it is empty).
+    pub oldest: u64,
+    /// What the device's streams had written, as of the last one's end.
+    pub written: u64,
+    /// Whether `events` follow the client's position (otherwise they follow
+    /// `written`).
+    pub resumed: bool,
+    pub events: Vec<StoredEvent>,
+}
+
+/// What a node channel carries, as `publish.lua` and `attach.lua` encode it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Routed {
+    Event {
+        name: String,
+        data: String,
+        published: u64,
+        /// Device, epoch, seq.
+        to: Vec<(String, String, u64)>,
+    },
+    Kick {
+        device: String,
+        generation: u64,
+        by: String,
+    },
+}
+
+/// Events Redis routed to this node, for the streams it holds. Sent by the
+/// node channel's listener to the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverRouted {
+    pub events: Vec<(DeviceId, StoredEvent)>,
+}
+
+/// Another node took a device over: its stream here ends if it is older
+/// than `generation`. Sent by the node channel's listener to the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DisconnectTakenOver {
+    pub device: DeviceId,
+    pub generation: u64,
+    /// The newer stream's connection id.
+    pub by: String,
+}
+
+impl Cluster {
+    /// Connects to Redis as node `node_id`: learns the data set's id (made
+    /// if Redis has none) and subscribes to the node's channel, so nothing
+    /// routed to it from now on is missed.
+    pub async fn connect(
+        config: &RedisConfig,
+        node_id: &str,
+    ) -> Result<(Self, Subscription), ConnectError> {
+        let failed = |source| ConnectError {
+            url: config.url.clone(),
+            source,
+        };
+        let client = redis::Client::open(config.url.as_str()).map_err(failed)?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let mut conn =
+            (client.get_connection_manager_with_config(manager).await).map_err(failed)?;
+        let instance = format!("{}instance", config.prefix);
+        let _: bool = (conn.set_nx(&instance, fastrand::u32(..)).await).map_err(failed)?;
+        let boot: u32 = conn.get(&instance).await.map_err(failed)?;
+        let node = format!("{node_id}/{:08x}", fastrand::u32(..));
+        let mut pubsub = client.get_async_pubsub().await.map_err(failed)?;
+        let channel = format!("{}node:{node}", config.prefix);
+        pubsub.subscribe(&channel).await.map_err(failed)?;
+        let cluster = Self {
+            conn,
+            prefix: config.prefix.as_str().into(),
+            node: node.into(),
+            boot,
+        };
+        let subscription = Subscription {
+            channel,
+            messages: pubsub.into_on_message(),
+        };
+        Ok((cluster, subscription))
+    }
+
+    /// Appends one event to each device (sessions made where missing) and
+    /// routes it to their streams' nodes. Answers each device's id, and
+    /// whether a node held its live stream.
+    pub async fn publish(
+        mut self,
+        devices: Vec<DeviceId>,
+        name: EventName,
+        data: ByteString,
+        max_events: usize,
+    ) -> Result<Vec<(EventId, bool)>, WriteError> {
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation
+            .arg(&*self.prefix)
+            .arg(name.as_str())
+            .arg(&*data)
+            .arg(unix_ms(SystemTime::now()))
+            .arg(max_events)
+            .arg(self.boot);
+        for device in &devices {
+            invocation.arg(device.as_str());
+        }
+        let answers: Vec<(String, u64, u8)> = invocation
+            .invoke_async(&mut self.conn)
+            .await
+            .map_err(unavailable)?;
+        answers
+            .into_iter()
+            .map(|(epoch, seq, live)| {
+                Ok((
+                    EventId {
+                        epoch: parse_epoch(&epoch)?,
+                        seq,
+                    },
+                    live == 1,
+                ))
+            })
+            .collect()
+    }
+
+    /// Makes this node the device's owner for stream `connection` and reads
+    /// the buffer after `since` (the client's position, if it gave one
+    /// this data set could honour) or else after what streams wrote.
+    pub async fn attach(
+        mut self,
+        device: DeviceId,
+        since: Option<EventId>,
+        connection: ConnectionId,
+    ) -> Result<Attached, WriteError> {
+        let (since_epoch, since_seq) = since.map_or((String::new(), 0), |id| {
+            let epoch = format!("{}:{}", id.epoch.boot(), id.epoch.session());
+            (epoch, id.seq)
+        });
+        type Answer = (String, u64, u64, u64, u64, u64, Vec<(String, Vec<String>)>);
+        let (epoch, last_seq, generation, oldest, written, resumed, entries): Answer = ATTACH
+            .arg(&*self.prefix)
+            .arg(device.as_str())
+            .arg(&*self.node)
+            .arg(self.boot)
+            .arg(since_epoch)
+            .arg(since_seq)
+            .arg(connection.to_string())
+            .invoke_async(&mut self.conn)
+            .await
+            .map_err(unavailable)?;
+        let epoch = parse_epoch(&epoch)?;
+        let now = (SystemTime::now(), Instant::now());
+        let events = (entries.into_iter())
+            .map(|(id, fields)| entry(epoch, &id, fields, now))
+            .collect::<Result<_, _>>()?;
+        Ok(Attached {
+            epoch,
+            last_seq,
+            generation,
+            oldest,
+            written,
+            resumed: resumed == 1,
+            events,
+        })
+    }
+
+    /// The device's stream here ended, having written up to `written`:
+    /// gives ownership up, unless another stream took the device over since
+    /// `generation`. Answers whether it still owned it.
+    pub async fn detach(
+        mut self,
+        device: DeviceId,
+        generation: u64,
+        written: u64,
+    ) -> Result<bool, WriteError> {
+        let owned: u8 = DETACH
+            .arg(&*self.prefix)
+            .arg(device.as_str())
+            .arg(&*self.node)
+            .arg(generation)
+            .arg(written)
+            .invoke_async(&mut self.conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(owned == 1)
+    }
+
+    /// This node's name on the node channels.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// Hands what a node channel carried to the store; text that is not a
+/// device id or an event name is dropped (only herald writes there).
+fn route(routed: Routed, store: &Addr<SessionStore>) {
+    match routed {
+        Routed::Event {
+            name,
+            data,
+            published,
+            to,
+        } => {
+            let Ok(name) = EventName::parse(&name) else {
+                return;
+            };
+            let data = ByteString::from(data);
+            let published_at = instant_of(published, (SystemTime::now(), Instant::now()));
+            let events = (to.into_iter())
+                .filter_map(|(device, epoch, seq)| {
+                    let device = DeviceId::parse(&device).ok()?;
+                    let event = StoredEvent {
+                        id: EventId {
+                            epoch: parse_epoch(&epoch).ok()?,
+                            seq,
+                        },
+                        name: name.clone(),
+                        data: data.clone(),
+                        published_at,
+                        batch: 0,
+                    };
+                    Some((device, event))
+                })
+                .collect();
+            store.do_send(DeliverRouted { events });
+        }
+        Routed::Kick {
+            device,
+            generation,
+            by,
+        } => {
+            if let Ok(device) = DeviceId::parse(&device) {
+                store.do_send(DisconnectTakenOver {
+                    device,
+                    generation,
+                    by,
+                });
+            }
+        }
+    }
+}
+
+/// One buffer entry of `attach.lua`'s answer: id `<seq>-0`, fields
+/// `n name p published d data`.
+fn entry(
+    epoch: Epoch,
+    id: &str,
+    fields: Vec<String>,
+    now: (SystemTime, Instant),
+) -> Result<StoredEvent, WriteError> {
+    let seq = (id.split_once('-').and_then(|(seq, _)| seq.parse().ok()))
+        .ok_or(WriteError::Unavailable)?;
+    let [_, name, _, published, _, data] =
+        <[String; 6]>::try_from(fields).map_err(|_| WriteError::Unavailable)?;
+    Ok(StoredEvent {
+        id: EventId { epoch, seq },
+        name: EventName::parse(&name).map_err(|_| WriteError::Unavailable)?,
+        data: data.into(),
+        published_at: instant_of(published.parse().unwrap_or(0), now),
+        batch: 0,
+    })
+}
+
+/// `boot:session`, as the scripts write epochs.
+fn parse_epoch(text: &str) -> Result<Epoch, WriteError> {
+    let (boot, session) = text.split_once(':').ok_or(WriteError::Unavailable)?;
+    match (boot.parse(), session.parse()) {
+        (Ok(boot), Ok(session)) => Ok(Epoch::new(boot, session)),
+        _ => Err(WriteError::Unavailable),
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> WriteError {
+    log::warn!("storage.unavailable backend=redis error=\"{error}\"");
+    WriteError::Unavailable
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The monotonic instant of a wall-clock publish time, for latency figures.
+fn instant_of(published_ms: u64, (wall, monotonic): (SystemTime, Instant)) -> Instant {
+    let age = Duration::from_millis(unix_ms(wall).saturating_sub(published_ms));
+    monotonic.checked_sub(age).unwrap_or(monotonic)
+}

@@ -1,0 +1,124 @@
+//! Several herald nodes on one real redis-server (the `redis` storage
+//! backend), each a real process on its own port: a device's events reach
+//! it on whichever node holds its stream, a resume on any node gets exactly
+//! what was missed, and one live stream per device holds cluster-wide.
+
+mod common;
+
+use common::{HeraldProcess, RedisServer, data_json};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// A herald node named `name` on `redis`.
+async fn node(redis: &RedisServer, name: &str) -> HeraldProcess {
+    let url = redis.url();
+    HeraldProcess::start(&[
+        ("HERALD_STORAGE__BACKEND", "redis"),
+        ("HERALD_STORAGE__REDIS__URL", &url),
+        ("HERALD_SERVER__NODE_ID", name),
+    ])
+    .await
+}
+
+/// Publishes `data` as a `note` and expects `202`; answers the reply.
+async fn publish(node: &HeraldProcess, device: &str, data: &str) -> Value {
+    let (status, reply) = node
+        .publish(device, &json!({"event": "note", "data": data}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    reply
+}
+
+#[actix_web::test]
+async fn a_device_gets_what_any_node_publishes_in_order_and_a_resume_anywhere_gets_what_it_missed()
+{
+    let redis = RedisServer::start();
+    let (one, two, three) = (
+        node(&redis, "one").await,
+        node(&redis, "two").await,
+        node(&redis, "three").await,
+    );
+    let mut stream = two.open("lamp", None).await;
+    stream.hello().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let reply = publish(&one, "lamp", &format!("n{n}")).await;
+        assert_eq!(reply["delivered"], json!(true), "node two holds the stream");
+        ids.push(reply["id"].as_str().unwrap().to_owned());
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let event = stream.next_event().await;
+        assert_eq!(
+            (event.id.as_deref(), event.data.as_deref()),
+            (Some(id.as_str()), Some(format!("n{n}").as_str()))
+        );
+    }
+    drop(stream);
+
+    // Missed while away: published on node one, resumed on node three.
+    let mut missed = Vec::new();
+    for n in 5..8 {
+        let reply = publish(&three, "lamp", &format!("n{n}")).await;
+        missed.push(reply["id"].as_str().unwrap().to_owned());
+    }
+    let mut resumed = three.open("lamp", Some(&ids[4])).await;
+    assert_eq!(resumed.hello().await["resumed"], json!(true));
+    for id in &missed {
+        assert_eq!(resumed.next_event().await.id.as_deref(), Some(id.as_str()));
+    }
+    let live = publish(&one, "lamp", "live").await;
+    assert_eq!(
+        resumed.next_event().await.id.as_deref(),
+        live["id"].as_str(),
+        "then live, nothing twice"
+    );
+}
+
+#[actix_web::test]
+async fn connecting_on_another_node_kicks_the_first_stream_and_only_the_newcomer_gets_events() {
+    let redis = RedisServer::start();
+    let (one, two) = (node(&redis, "one").await, node(&redis, "two").await);
+    let mut first = one.open("lamp", None).await;
+    first.hello().await;
+    let mut second = two.open("lamp", None).await;
+    let newcomer = second.hello().await["connection_id"].clone();
+
+    let kicked = first.next_event().await;
+    assert_eq!(kicked.event.as_deref(), Some("kicked"));
+    let kick = data_json(&kicked);
+    assert_eq!(kick["reason"], json!("replaced"));
+    assert_eq!(kick["connection_id"], newcomer, "names the newcomer");
+    first.expect_end().await;
+
+    let reply = publish(&one, "lamp", "after the kick").await;
+    assert_eq!(reply["delivered"], json!(true));
+    let event = second.next_event().await;
+    assert_eq!(event.data.as_deref(), Some("after the kick"));
+}
+
+#[actix_web::test]
+async fn rapid_reconnects_alternating_between_nodes_leave_one_live_stream_with_every_event() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis, "one").await, node(&redis, "two").await];
+    let mut position: Option<String> = None;
+    let mut published = Vec::new();
+    let mut seen = Vec::new();
+    for round in 0..50 {
+        let here = &nodes[round % 2];
+        let mut stream = here.open("lamp", position.as_deref()).await;
+        stream.hello().await;
+        let reply = publish(&nodes[(round + 1) % 2], "lamp", &format!("r{round}")).await;
+        published.push(reply["id"].as_str().unwrap().to_owned());
+        // Everything up to this round's event, then the next node.
+        loop {
+            let event = stream.next_event().await;
+            let id = event.id.clone().expect("only events with ids here");
+            seen.push(id.clone());
+            position = Some(id.clone());
+            if Some(id.as_str()) == reply["id"].as_str() {
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, published, "every event once, in order");
+}
