@@ -122,3 +122,69 @@ async fn rapid_reconnects_alternating_between_nodes_leave_one_live_stream_with_e
     }
     assert_eq!(seen, published, "every event once, in order");
 }
+
+/// What one client saw of its device's events, by id, across its streams.
+async fn follow(
+    device: &str,
+    mut stream: common::EventStream,
+    fallback: &HeraldProcess,
+) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let Some(event) = stream.next_or_cut().await else {
+            // Its node is gone: straight to the other one, from its position.
+            stream = fallback.open(device, seen.last().map(String::as_str)).await;
+            assert_eq!(stream.hello().await["resumed"], json!(!seen.is_empty()));
+            continue;
+        };
+        match event.event.as_deref() {
+            Some("note") => {}
+            Some("heartbeat") | None => continue,
+            other => panic!("{device}: unexpected {other:?}: {event:?}"),
+        }
+        seen.push(event.id.clone().expect("an id"));
+        if event.data.as_deref() == Some("end") {
+            return seen;
+        }
+    }
+}
+
+#[actix_web::test]
+async fn when_a_node_holding_300_streams_is_killed_its_devices_resume_on_another_with_nothing_lost()
+{
+    let redis = RedisServer::start();
+    let (doomed, survivor) = (node(&redis, "doomed").await, node(&redis, "survivor").await);
+    let devices: Vec<String> = (0..300).map(|n| format!("dev-{n:03}")).collect();
+    let mut streams = Vec::new();
+    for device in &devices {
+        let mut stream = doomed.open(device, None).await;
+        stream.hello().await;
+        streams.push(stream);
+    }
+    let publishing = async {
+        let mut published: Vec<Vec<String>> = vec![Vec::new(); devices.len()];
+        let mut doomed = Some(doomed);
+        for round in 0..4 {
+            if round == 2 {
+                // Mid-stream, between two rounds of publishes.
+                doomed.take().expect("alive").kill().await;
+            }
+            for (n, device) in devices.iter().enumerate() {
+                let reply = publish(&survivor, device, &format!("r{round}")).await;
+                published[n].push(reply["id"].as_str().unwrap().to_owned());
+            }
+        }
+        for (n, device) in devices.iter().enumerate() {
+            let reply = publish(&survivor, device, "end").await;
+            published[n].push(reply["id"].as_str().unwrap().to_owned());
+        }
+        published
+    };
+    let following = futures_util::future::join_all(
+        (devices.iter().zip(streams)).map(|(device, stream)| follow(device, stream, &survivor)),
+    );
+    let (published, seen) = futures_util::join!(publishing, following);
+    for ((device, published), seen) in devices.iter().zip(published).zip(seen) {
+        assert_eq!(seen, published, "{device}: every event once, in order");
+    }
+}

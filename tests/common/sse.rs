@@ -59,6 +59,16 @@ impl EventStream {
         }
     }
 
+    /// Like [`next`](Self::next), but a connection cut mid-stream (its
+    /// server killed) ends the stream instead of failing the test.
+    pub async fn next_or_cut(&mut self) -> Option<Sse> {
+        match tokio::time::timeout(PATIENCE, self.events.next()).await {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("no event within {PATIENCE:?}"),
+        }
+    }
+
     /// The next event that is not a heartbeat.
     pub async fn next_event(&mut self) -> Sse {
         loop {
