@@ -11,13 +11,19 @@ use serde_json::{Value, json};
 
 /// A herald node named `name` on `redis`.
 async fn node(redis: &RedisServer, name: &str) -> HeraldProcess {
+    node_with(redis, name, &[]).await
+}
+
+/// Like [`node`], with these environment variables too.
+async fn node_with(redis: &RedisServer, name: &str, env: &[(&str, &str)]) -> HeraldProcess {
     let url = redis.url();
-    HeraldProcess::start(&[
+    let mut all = vec![
         ("HERALD_STORAGE__BACKEND", "redis"),
-        ("HERALD_STORAGE__REDIS__URL", &url),
+        ("HERALD_STORAGE__REDIS__URL", url.as_str()),
         ("HERALD_SERVER__NODE_ID", name),
-    ])
-    .await
+    ];
+    all.extend_from_slice(env);
+    HeraldProcess::start(&all).await
 }
 
 /// Publishes `data` as a `note` and expects `202`; answers the reply.
@@ -187,4 +193,112 @@ async fn when_a_node_holding_300_streams_is_killed_its_devices_resume_on_another
     for ((device, published), seen) in devices.iter().zip(published).zip(seen) {
         assert_eq!(seen, published, "{device}: every event once, in order");
     }
+}
+
+#[actix_web::test]
+async fn retained_events_published_on_one_node_are_the_state_a_fresh_stream_gets_on_another() {
+    let redis = RedisServer::start();
+    // One buffered event: the two older ones are gone from history, so a
+    // fresh stream starts with `reset` and the retained state.
+    let env = [
+        ("HERALD_SESSION__RETAINED_PER_DEVICE", "2"),
+        ("HERALD_SESSION__BUFFER_EVENTS", "1"),
+    ];
+    let (one, two) = (
+        node_with(&redis, "one", &env).await,
+        node_with(&redis, "two", &env).await,
+    );
+    let mut last = Value::Null;
+    for (event, data) in [("config", "v1"), ("schedule", "s1"), ("config", "v2")] {
+        let body = json!({"event": event, "data": data, "retain": true});
+        let (status, reply) = one.publish("lamp", &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+        last = reply["id"].clone();
+    }
+    let body = json!({"event": "third", "data": "x", "retain": true});
+    let (status, reply) = one.publish("lamp", &body).await;
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (StatusCode::INSUFFICIENT_STORAGE, &json!("retained_limit")),
+        "a third name is refused, on any node"
+    );
+
+    let mut fresh = two.open("lamp", None).await;
+    fresh.hello().await;
+    let reset = fresh.next_event().await;
+    assert_eq!(data_json(&reset)["reason"], json!("evicted"));
+    // The state before the one event still buffered, without ids; then that
+    // event, as history with its id.
+    let state = fresh.next_event().await;
+    assert_eq!(
+        (state.event.as_deref(), state.data.as_deref(), state.id),
+        (Some("schedule"), Some("s1"), None)
+    );
+    let history = fresh.next_event().await;
+    assert_eq!(
+        (history.event.as_deref(), history.data.as_deref()),
+        (Some("config"), Some("v2"))
+    );
+    assert_eq!(history.id.as_deref(), last.as_str());
+}
+
+#[actix_web::test]
+async fn a_session_expires_a_ttl_after_its_stream_ends_but_never_while_its_node_holds_a_stream() {
+    let redis = RedisServer::start();
+    let ttl = ("HERALD_SESSION__TTL", "1s");
+    let mut one = node_with(&redis, "one", &[ttl]).await;
+    let two = node_with(&redis, "two", &[ttl]).await;
+    let mut live = two.open("held", None).await;
+    live.hello().await;
+    let mut left = one.open("left", None).await;
+    left.hello().await;
+    let gone = publish(&one, "left", "before").await;
+    assert_eq!(left.next_event().await.id.as_deref(), gone["id"].as_str());
+    drop(left);
+
+    one.expect_log(&["session.expired", "device=left"]).await;
+    let mut late = two.open("left", gone["id"].as_str()).await;
+    assert_eq!(late.hello().await["resumed"], json!(false));
+    let reset = late.next_event().await;
+    assert_eq!(reset.event.as_deref(), Some("reset"));
+    assert_eq!(data_json(&reset)["reason"], json!("expired"));
+
+    // `held` outlived its TTL with its stream open: its session is intact.
+    let reply = publish(&one, "held", "still here").await;
+    assert_eq!(reply["delivered"], json!(true));
+    let event = live.next_event().await;
+    assert_eq!(event.id.as_deref(), reply["id"].as_str());
+    assert!(
+        !one.log_lines().iter().any(|l| l.contains("device=held")),
+        "held was never expired"
+    );
+}
+
+#[actix_web::test]
+async fn a_buffer_keeps_its_newest_events_within_its_byte_bound() {
+    let redis = RedisServer::start();
+    let bound = [
+        ("HERALD_SESSION__BUFFER_BYTES", "40"),
+        ("HERALD_LIMITS__MAX_EVENT_BYTES", "40"),
+    ];
+    let (one, two) = (
+        node_with(&redis, "one", &bound).await,
+        node_with(&redis, "two", &bound).await,
+    );
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        // "note" and 10 bytes: 14 bytes each, so two fit in 40.
+        let reply = publish(&one, "lamp", &format!("{n:010}")).await;
+        ids.push(reply["id"].as_str().unwrap().to_owned());
+    }
+    let mut resumed = two.open("lamp", Some(&ids[3])).await;
+    assert_eq!(resumed.hello().await["resumed"], json!(true));
+    assert_eq!(
+        resumed.next_event().await.id.as_deref(),
+        Some(ids[4].as_str())
+    );
+    let mut evicted = two.open("lamp", Some(&ids[2])).await;
+    evicted.hello().await;
+    let reset = evicted.next_event().await;
+    assert_eq!(data_json(&reset)["reason"], json!("evicted"));
 }

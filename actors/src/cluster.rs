@@ -22,6 +22,10 @@
 //! | `P{D}:s`     | hash   | `ep` epoch, `sq` last seq, `gen` generation, `own` owner node, `wr` written seq |
 //! | `P{D}:b`     | stream | the buffer: entry `<seq>-0`, fields `n` name, `p` published (Unix ms), `d` data |
 //! | `Psessions`  | string | sessions created, numbering epochs                     |
+//! | `P{D}:r`     | hash   | retained events: name → `[epoch, seq, published, data]` (JSON) |
+//! | `Pdevices`   | set    | devices with a session or retained events              |
+//! | `Pexpiry`    | zset   | sessions by when their TTL runs out (Unix ms)          |
+//! | `Palive:<N>` | string | exists while node `N` runs (refreshed, expires)        |
 //! | `Pinstance`  | string | this Redis data set's id: the boot part of its epochs   |
 //! | `Pnode:<N>`  | channel| events and kicks for the streams node `N` holds        |
 
@@ -37,8 +41,8 @@ use redis::{AsyncCommands as _, Script, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ConnectionId, DeviceId, Epoch, EventId, EventName, SessionStore, StoredEvent,
-    backend::WriteError,
+    ConnectionId, DeviceId, Epoch, EventId, EventName, SessionConfig, SessionStore, StoredEvent,
+    backend::WriteError, storage::StoreError,
 };
 
 /// The `[storage.redis]` config section.
@@ -64,6 +68,13 @@ static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("cluster/publish.lua")));
 static ATTACH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/attach.lua")));
 static DETACH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/detach.lua")));
+static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/sweep.lua")));
+
+/// How long a node's `alive:` key outlives its last refresh: a node gone
+/// this long no longer protects its devices' sessions from expiry.
+const ALIVE_FOR: Duration = Duration::from_secs(10);
+/// Sessions one sweep ends at most (a script blocks Redis while it runs).
+const SWEEP_LIMIT: usize = 200;
 
 /// How long one Redis command may take before the node counts Redis as
 /// unavailable.
@@ -136,6 +147,8 @@ pub struct Attached {
     /// `written`).
     pub resumed: bool,
     pub events: Vec<StoredEvent>,
+    /// The device's retained events, in publish order.
+    pub retained: Vec<StoredEvent>,
 }
 
 /// What a node channel carries, as `publish.lua` and `attach.lua` encode it.
@@ -220,25 +233,32 @@ impl Cluster {
     pub async fn publish(
         mut self,
         devices: Vec<DeviceId>,
-        name: EventName,
-        data: ByteString,
-        max_events: usize,
-    ) -> Result<Vec<(EventId, bool)>, WriteError> {
+        (name, data): (EventName, ByteString),
+        retain: bool,
+        config: &SessionConfig,
+    ) -> Result<Vec<(EventId, bool)>, StoreError> {
         let mut invocation = PUBLISH.prepare_invoke();
         invocation
             .arg(&*self.prefix)
             .arg(name.as_str())
             .arg(&*data)
             .arg(unix_ms(SystemTime::now()))
-            .arg(max_events)
-            .arg(self.boot);
+            .arg(config.buffer_events)
+            .arg(config.buffer_bytes)
+            .arg(self.boot)
+            .arg(millis(config.ttl))
+            .arg(u8::from(retain))
+            .arg(config.retained_per_device);
         for device in &devices {
             invocation.arg(device.as_str());
         }
-        let answers: Vec<(String, u64, u8)> = invocation
+        let (stored, answers): (u8, Vec<(String, u64, u8)>) = invocation
             .invoke_async(&mut self.conn)
             .await
             .map_err(unavailable)?;
+        if stored == 0 {
+            return Err(StoreError::RetainedLimit(config.retained_per_device));
+        }
         answers
             .into_iter()
             .map(|(epoch, seq, live)| {
@@ -250,7 +270,8 @@ impl Cluster {
                     live == 1,
                 ))
             })
-            .collect()
+            .collect::<Result<_, WriteError>>()
+            .map_err(StoreError::Write)
     }
 
     /// Makes this node the device's owner for stream `connection` and reads
@@ -261,28 +282,43 @@ impl Cluster {
         device: DeviceId,
         since: Option<EventId>,
         connection: ConnectionId,
+        ttl: Duration,
     ) -> Result<Attached, WriteError> {
-        let (since_epoch, since_seq) = since.map_or((String::new(), 0), |id| {
-            let epoch = format!("{}:{}", id.epoch.boot(), id.epoch.session());
-            (epoch, id.seq)
-        });
-        type Answer = (String, u64, u64, u64, u64, u64, Vec<(String, Vec<String>)>);
-        let (epoch, last_seq, generation, oldest, written, resumed, entries): Answer = ATTACH
-            .arg(&*self.prefix)
-            .arg(device.as_str())
-            .arg(&*self.node)
-            .arg(self.boot)
-            .arg(since_epoch)
-            .arg(since_seq)
-            .arg(connection.to_string())
-            .invoke_async(&mut self.conn)
-            .await
-            .map_err(unavailable)?;
+        let (since_epoch, since_seq) =
+            since.map_or((String::new(), 0), |id| (epoch_text(id.epoch), id.seq));
+        type Entries = Vec<(String, Vec<String>)>;
+        type Answer = (
+            String,
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            Entries,
+            Vec<(String, String)>,
+        );
+        let (epoch, last_seq, generation, oldest, written, resumed, entries, retained): Answer =
+            ATTACH
+                .arg(&*self.prefix)
+                .arg(device.as_str())
+                .arg(&*self.node)
+                .arg(self.boot)
+                .arg(since_epoch)
+                .arg(since_seq)
+                .arg(connection.to_string())
+                .arg(millis(ttl))
+                .invoke_async(&mut self.conn)
+                .await
+                .map_err(unavailable)?;
         let epoch = parse_epoch(&epoch)?;
         let now = (SystemTime::now(), Instant::now());
         let events = (entries.into_iter())
             .map(|(id, fields)| entry(epoch, &id, fields, now))
             .collect::<Result<_, _>>()?;
+        let mut retained = (retained.into_iter())
+            .map(|(name, event)| retained_event(&name, &event, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        retained.sort_by_key(|event| (event.published_at, event.id.seq));
         Ok(Attached {
             epoch,
             last_seq,
@@ -291,28 +327,48 @@ impl Cluster {
             written,
             resumed: resumed == 1,
             events,
+            retained,
         })
     }
 
-    /// The device's stream here ended, having written up to `written`:
-    /// gives ownership up, unless another stream took the device over since
-    /// `generation`. Answers whether it still owned it.
+    /// The device's stream here ended, having written up to `written` of
+    /// `epoch`: recorded, and ownership given up, unless another stream
+    /// took the device over since `generation`. Answers whether this node
+    /// still owned it.
     pub async fn detach(
         mut self,
         device: DeviceId,
-        generation: u64,
-        written: u64,
+        (generation, written): (u64, EventId),
+        ttl: Duration,
     ) -> Result<bool, WriteError> {
         let owned: u8 = DETACH
             .arg(&*self.prefix)
             .arg(device.as_str())
             .arg(&*self.node)
             .arg(generation)
-            .arg(written)
+            .arg(written.seq)
+            .arg(epoch_text(written.epoch))
+            .arg(millis(ttl))
             .invoke_async(&mut self.conn)
             .await
             .map_err(unavailable)?;
         Ok(owned == 1)
+    }
+
+    /// Ends the sessions whose TTL passed, on whichever node; answers each
+    /// with the events it held. Also tells Redis this node is still alive,
+    /// which keeps its streams' sessions.
+    pub async fn sweep(mut self, ttl: Duration) -> Result<Vec<(String, usize)>, WriteError> {
+        let alive = format!("{}alive:{}", self.prefix, self.node);
+        let () = (self.conn.pset_ex(alive, 1, millis(ALIVE_FOR)).await).map_err(unavailable)?;
+        let ended: Vec<(String, usize)> = SWEEP
+            .arg(&*self.prefix)
+            .arg(millis(ttl))
+            .arg(SWEEP_LIMIT)
+            .invoke_async(&mut self.conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(ended)
     }
 
     /// This node's name on the node channels.
@@ -389,6 +445,36 @@ fn entry(
         published_at: instant_of(published.parse().unwrap_or(0), now),
         batch: 0,
     })
+}
+
+/// A retained event as `publish.lua` encodes it: `[epoch, seq, published,
+/// data]`.
+fn retained_event(
+    name: &str,
+    encoded: &str,
+    now: (SystemTime, Instant),
+) -> Result<StoredEvent, WriteError> {
+    let (epoch, seq, published, data): (String, u64, u64, String) =
+        serde_json::from_str(encoded).map_err(|_| WriteError::Unavailable)?;
+    Ok(StoredEvent {
+        id: EventId {
+            epoch: parse_epoch(&epoch)?,
+            seq,
+        },
+        name: EventName::parse(name).map_err(|_| WriteError::Unavailable)?,
+        data: data.into(),
+        published_at: instant_of(published, now),
+        batch: 0,
+    })
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An epoch as the scripts write it: `boot:session`.
+fn epoch_text(epoch: Epoch) -> String {
+    format!("{}:{}", epoch.boot(), epoch.session())
 }
 
 /// `boot:session`, as the scripts write epochs.

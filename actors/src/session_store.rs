@@ -344,10 +344,9 @@ impl Handler<Publish> for SessionStore {
 
     fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> Self::Result {
         match self.backend.cluster() {
-            Some(_) if msg.retain => {
-                Box::pin(fut::ready(Err(StoreError::NotOnCluster("retained events"))))
+            Some(cluster) => {
+                self.publish_on(cluster, msg.devices, (msg.name, msg.data), msg.retain)
             }
-            Some(cluster) => self.publish_on(cluster, msg.devices, msg.name, msg.data),
             None => self.publish(msg.devices, msg.name, msg.data, msg.retain),
         }
     }
@@ -497,6 +496,9 @@ impl Handler<SweepExpired> for SessionStore {
     type Result = ();
 
     fn handle(&mut self, _: SweepExpired, _: &mut Self::Context) {
+        if let Some(cluster) = self.backend.cluster() {
+            return self.sweep_on(cluster);
+        }
         for (device, buffered) in self.storage.sweep(tokio::time::Instant::now()) {
             log::info!("session.expired device={device} buffered={buffered}");
         }

@@ -233,9 +233,8 @@ impl Storage {
         self.config.ttl
     }
 
-    /// Events each session's buffer holds.
-    pub fn buffer_events(&self) -> usize {
-        self.config.buffer_events
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
     }
 
     /// How many sessions there are.

@@ -1,26 +1,32 @@
 -- A stream of the device connects on node N: N takes ownership (the
 -- generation, a fencing token, grows by one), the previous owner node is
--- told to kick its stream, and the buffer after the stream's start is read,
--- all at once: every event appended before this is in the answer, every
--- one after it is published to N.
+-- told to kick its stream, and the buffer after the stream's start and the
+-- retained events are read, all at once: every event appended before this
+-- is in the answer, every one after it is published to N.
 -- ARGV: prefix, device, node, boot, since_epoch ('' if none), since_seq,
--- connection id (named in the kick).
+-- connection id (named in the kick), ttl_ms.
 -- Answers {epoch, last seq, generation, oldest seq kept, written seq,
 -- resumed (1 if the entries follow since_seq, 0 if the written seq),
--- entries}.
+-- entries, retained (name, encoded event, ...)}.
 local P, D, N, boot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local since_ep, since_seq, conn = ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local sk, bk = P .. '{' .. D .. '}:s', P .. '{' .. D .. '}:b'
+local ttl = tonumber(ARGV[8])
+local sk, bk, rk = P .. '{' .. D .. '}:s', P .. '{' .. D .. '}:b', P .. '{' .. D .. '}:r'
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local m = redis.call('HMGET', sk, 'ep', 'sq', 'own', 'wr')
 local ep, sq, old, wr = m[1], tonumber(m[2]), m[3], tonumber(m[4])
 if not ep then
   ep = boot .. ':' .. (redis.call('INCR', P .. 'sessions') % 4294967296)
   sq, old, wr = 0, '', 0
   redis.call('DEL', bk)
-  redis.call('HSET', sk, 'ep', ep, 'sq', 0, 'gen', 0, 'own', '', 'wr', 0)
+  redis.call('HSET', sk, 'ep', ep, 'sq', 0, 'gen', 0, 'own', '', 'wr', 0, 'by', 0)
+  redis.call('SADD', P .. 'devices', D)
 end
 local gen = redis.call('HINCRBY', sk, 'gen', 1)
 redis.call('HSET', sk, 'own', N)
+-- Swept only once N is gone (see sweep.lua) and its TTL has passed.
+redis.call('ZADD', P .. 'expiry', now + ttl, D)
 if old ~= '' and old ~= N then
   redis.call('PUBLISH', P .. 'node:' .. old,
     cjson.encode({kick = {device = D, generation = gen, by = conn}}))
@@ -35,4 +41,4 @@ if since_ep == ep and since_seq <= sq and since_seq + 1 >= first then
   after, resumed = since_seq, 1
 end
 local entries = redis.call('XRANGE', bk, '(' .. after .. '-0', '+')
-return {ep, sq, gen, first, wr, resumed, entries}
+return {ep, sq, gen, first, wr, resumed, entries, redis.call('HGETALL', rk)}

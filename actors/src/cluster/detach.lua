@@ -1,17 +1,21 @@
--- The device's stream on node N ended: N gives up ownership and records
--- what the stream wrote, unless another stream took the device over since
--- (fenced: the owner or the generation differs), in which case nothing is
--- written.
--- ARGV: prefix, device, node, generation, written seq.
--- Answers 1 if written, 0 if fenced.
+-- The device's stream on node N ended, having written up to a seq of
+-- epoch E. What a stream wrote is a fact whoever owns the device now, so it
+-- is recorded if the session is still of epoch E. N gives up ownership and
+-- the session's TTL starts only if no stream took the device over since
+-- (fenced: the owner or the generation differs).
+-- ARGV: prefix, device, node, generation, written seq, epoch, ttl_ms.
+-- Answers 1 if N still owned the device, 0 if fenced.
 local P, D, N, gen, written = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local ep, ttl = ARGV[6], tonumber(ARGV[7])
 local sk = P .. '{' .. D .. '}:s'
-local m = redis.call('HMGET', sk, 'own', 'gen', 'wr')
+local m = redis.call('HMGET', sk, 'own', 'gen', 'wr', 'ep')
+if m[4] == ep and written > tonumber(m[3]) then
+  redis.call('HSET', sk, 'wr', written)
+end
 if m[1] ~= N or tonumber(m[2]) ~= gen then
   return 0
 end
 redis.call('HSET', sk, 'own', '')
-if written > tonumber(m[3]) then
-  redis.call('HSET', sk, 'wr', written)
-end
+local t = redis.call('TIME')
+redis.call('ZADD', P .. 'expiry', t[1] * 1000 + math.floor(t[2] / 1000) + ttl, D)
 return 1

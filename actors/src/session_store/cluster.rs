@@ -15,7 +15,7 @@ use bytestring::ByteString;
 
 use super::{Connect, ConnectError, PublishReceipt, SessionStore};
 use crate::{
-    ConnectionId, DeviceId, EventId, EventName, Opening, Progress, Start, StoredEvent,
+    ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Start, StoredEvent,
     cluster::{Attached, Cluster, DeliverRouted, DisconnectTakenOver},
     connection::{Disconnect, Ending, Replacement},
     registry::{ConnectLive, DeliverEach, DisconnectLive},
@@ -34,6 +34,7 @@ pub(super) struct Routing {
 struct Owned {
     connection_id: ConnectionId,
     generation: u64,
+    epoch: Epoch,
     progress: Progress,
 }
 
@@ -56,7 +57,8 @@ impl SessionStore {
             held: Vec::new(),
         };
         self.routing.attaching.insert(msg.device.clone(), attaching);
-        let attach = cluster.attach(msg.device.clone(), since, msg.connection_id);
+        let ttl = self.storage.ttl();
+        let attach = cluster.attach(msg.device.clone(), since, msg.connection_id, ttl);
         Box::pin(attach.into_actor(self).map(move |attached, act, _| {
             let held = match act.routing.attaching.get(&msg.device) {
                 Some(mine) if mine.connection_id == msg.connection_id => {
@@ -79,6 +81,7 @@ impl SessionStore {
             let owned = Owned {
                 connection_id: msg.connection_id,
                 generation: attached.generation,
+                epoch: attached.epoch,
                 progress: msg.progress,
             };
             act.routing.owned.insert(msg.device.clone(), owned);
@@ -104,16 +107,28 @@ impl SessionStore {
         &self,
         cluster: Cluster,
         devices: Vec<DeviceId>,
-        name: EventName,
-        data: ByteString,
+        event: (EventName, ByteString),
+        retain: bool,
     ) -> ResponseFuture<Result<Vec<PublishReceipt>, StoreError>> {
-        let published = cluster.publish(devices, name, data, self.storage.buffer_events());
+        let config = self.storage.config().clone();
         Box::pin(async move {
-            let receipts = published.await?;
+            let receipts = cluster.publish(devices, event, retain, &config).await?;
             Ok((receipts.into_iter())
                 .map(|(id, delivered)| PublishReceipt { id, delivered })
                 .collect())
         })
+    }
+
+    /// Ends the sessions whose TTL passed, on any node.
+    pub(super) fn sweep_on(&self, cluster: Cluster) {
+        let ttl = self.storage.ttl();
+        actix::spawn(async move {
+            if let Ok(ended) = cluster.sweep(ttl).await {
+                for (device, buffered) in ended {
+                    log::info!("session.expired device={device} buffered={buffered}");
+                }
+            }
+        });
     }
 
     /// A stream of this node ended: unless another stream took the device
@@ -129,10 +144,14 @@ impl SessionStore {
         let Some(owned) = mine.then(|| self.routing.owned.remove(&device)).flatten() else {
             return;
         };
-        let written = owned.progress.written();
+        let written = EventId {
+            epoch: owned.epoch,
+            seq: owned.progress.written(),
+        };
+        let ttl = self.storage.ttl();
         actix::spawn(async move {
-            // Fenced (another node owns it now): nothing was written.
-            let _ = cluster.detach(device, owned.generation, written).await;
+            // Fenced (another node owns it now): only the position counts.
+            let _ = (cluster.detach(device, (owned.generation, written), ttl)).await;
         });
     }
 }
@@ -158,9 +177,25 @@ fn opening(attached: Attached, last_event_id: Option<&str>) -> Opening {
         },
         None => Start::Fresh,
     };
+    // As on one node: a stream without a usable position gets the retained
+    // state, except a retained event still to be written, which goes out
+    // once, as history with its id.
+    let state = match start {
+        Start::Resumed => Vec::new(),
+        _ => {
+            let first_unwritten = attached.events.first().map_or(u64::MAX, |e| e.id.seq);
+            let waiting =
+                |e: &StoredEvent| e.id.epoch == through.epoch && e.id.seq >= first_unwritten;
+            attached
+                .retained
+                .into_iter()
+                .filter(|e| !waiting(e))
+                .collect()
+        }
+    };
     Opening {
         start,
-        state: Vec::new(),
+        state,
         unread: None,
         replay: attached.events,
         through,
@@ -193,7 +228,8 @@ impl Handler<DisconnectTakenOver> for SessionStore {
         let Some(by) = ConnectionId::parse(&msg.by).filter(|_| older) else {
             return;
         };
-        self.routing.owned.remove(&msg.device);
+        // Its entry stays until the stream ends: its end still records what
+        // it wrote (the ownership part is fenced).
         let replacement = Replacement {
             by,
             instances: (None, None),

@@ -1,0 +1,25 @@
+-- Ends the sessions whose TTL has passed (their retained events stay). A
+-- session owned by a node that is still alive (its `alive:` key, which it
+-- refreshes, exists) has a live stream: its TTL starts again instead.
+-- ARGV: prefix, ttl_ms, at most this many sessions.
+-- Answers {device, events it held}... of the sessions ended.
+local P, ttl, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ended = {}
+for _, D in ipairs(redis.call('ZRANGEBYSCORE', P .. 'expiry', '-inf', now, 'LIMIT', 0, limit)) do
+  local sk, bk = P .. '{' .. D .. '}:s', P .. '{' .. D .. '}:b'
+  local own = redis.call('HGET', sk, 'own')
+  if own and own ~= '' and redis.call('EXISTS', P .. 'alive:' .. own) == 1 then
+    redis.call('ZADD', P .. 'expiry', now + ttl, D)
+  else
+    ended[#ended + 1] = D
+    ended[#ended + 1] = redis.call('XLEN', bk)
+    redis.call('DEL', sk, bk)
+    redis.call('ZREM', P .. 'expiry', D)
+    if redis.call('EXISTS', P .. '{' .. D .. '}:r') == 0 then
+      redis.call('SREM', P .. 'devices', D)
+    end
+  end
+end
+return ended
