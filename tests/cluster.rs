@@ -302,3 +302,59 @@ async fn a_buffer_keeps_its_newest_events_within_its_byte_bound() {
     let reset = evicted.next_event().await;
     assert_eq!(data_json(&reset)["reason"], json!("evicted"));
 }
+
+/// Posts `body` to an admin `path` on `node`; answers status and JSON.
+async fn admin_post(node: &HeraldProcess, path: &str, body: &Value) -> (StatusCode, Value) {
+    let request = reqwest::Client::new()
+        .post(node.url(path))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .json(body);
+    common::read_json(request).await
+}
+
+#[actix_web::test]
+async fn a_broadcast_on_one_node_reaches_every_session_on_every_node_once() {
+    let redis = RedisServer::start();
+    let (one, two) = (node(&redis, "one").await, node(&redis, "two").await);
+    // 450 sessions (more than two chunks of the broadcast script), made by
+    // one publish to all of them.
+    let devices: Vec<String> = (0..450).map(|n| format!("dev-{n:03}")).collect();
+    let (status, _) = admin_post(&one, "/v1/publish", &json!({
+        "devices": devices, "event": "note", "data": "first"
+    }))
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut on_one = one.open("dev-001", None).await;
+    on_one.hello().await;
+    let mut on_two = two.open("dev-449", None).await;
+    on_two.hello().await;
+    for stream in [&mut on_one, &mut on_two] {
+        assert_eq!(stream.next_event().await.data.as_deref(), Some("first"));
+    }
+
+    let (status, reply) = admin_post(&two, "/v1/broadcast", &json!({
+        "event": "note", "data": "everyone"
+    }))
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    assert_eq!((&reply["buffered"], &reply["delivered"]), (&json!(450), &json!(2)));
+    for stream in [&mut on_one, &mut on_two] {
+        assert_eq!(stream.next_event().await.data.as_deref(), Some("everyone"));
+    }
+    // An offline device has it once, after the first event.
+    let mut offline = two.open("dev-200", None).await;
+    offline.hello().await;
+    let seen: Vec<_> = [offline.next_event().await, offline.next_event().await]
+        .map(|e| (common::seq_of(e.id.as_deref().unwrap()), e.data.unwrap()))
+        .into();
+    assert_eq!(seen, [(1, "first".to_owned()), (2, "everyone".to_owned())]);
+
+    let (status, reply) = admin_post(&one, "/v1/broadcast", &json!({
+        "event": "config", "data": "x", "retain": true
+    }))
+    .await;
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (StatusCode::NOT_IMPLEMENTED, &json!("not_on_redis"))
+    );
+}

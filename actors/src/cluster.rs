@@ -64,11 +64,21 @@ impl Default for RedisConfig {
     }
 }
 
-static PUBLISH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("cluster/publish.lua")));
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| appending(include_str!("cluster/publish.lua")));
+static BROADCAST: LazyLock<Script> =
+    LazyLock::new(|| appending(include_str!("cluster/broadcast.lua")));
 static ATTACH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/attach.lua")));
 static DETACH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/detach.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/sweep.lua")));
+
+/// Devices one broadcast chunk appends to at most: the script blocks
+/// Redis while it runs.
+const BROADCAST_CHUNK: usize = 200;
+
+/// A script that appends events: `append.lua`'s functions, then `body`.
+fn appending(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("cluster/append.lua")))
+}
 
 /// How long a node's `alive:` key outlives its last refresh: a node gone
 /// this long no longer protects its devices' sessions from expiry.
@@ -238,17 +248,7 @@ impl Cluster {
         config: &SessionConfig,
     ) -> Result<Vec<(EventId, bool)>, StoreError> {
         let mut invocation = PUBLISH.prepare_invoke();
-        invocation
-            .arg(&*self.prefix)
-            .arg(name.as_str())
-            .arg(&*data)
-            .arg(unix_ms(SystemTime::now()))
-            .arg(config.buffer_events)
-            .arg(config.buffer_bytes)
-            .arg(self.boot)
-            .arg(millis(config.ttl))
-            .arg(u8::from(retain))
-            .arg(config.retained_per_device);
+        self.event_args(&mut invocation, (&name, &data), retain, config);
         for device in &devices {
             invocation.arg(device.as_str());
         }
@@ -272,6 +272,52 @@ impl Cluster {
             })
             .collect::<Result<_, WriteError>>()
             .map_err(StoreError::Write)
+    }
+
+    /// Appends one event to every device with a session, a chunk of
+    /// devices at a time, and routes it to their streams' nodes. Answers
+    /// how many sessions buffered it and how many live streams it was
+    /// handed to.
+    pub async fn broadcast(
+        mut self,
+        (name, data): (EventName, ByteString),
+        config: &SessionConfig,
+    ) -> Result<(usize, usize), StoreError> {
+        let (mut buffered, mut delivered, mut cursor) = (0, 0, String::new());
+        loop {
+            let mut invocation = BROADCAST.prepare_invoke();
+            self.event_args(&mut invocation, (&name, &data), false, config);
+            invocation.arg(&cursor).arg(BROADCAST_CHUNK);
+            let chunk: (usize, usize, usize, String) =
+                (invocation.invoke_async(&mut self.conn).await).map_err(unavailable)?;
+            buffered += chunk.1;
+            delivered += chunk.2;
+            cursor = chunk.3;
+            if cursor.is_empty() {
+                return Ok((buffered, delivered));
+            }
+        }
+    }
+
+    /// The prefix and the event as `append.lua`'s `event_of` reads them.
+    fn event_args(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+        (name, data): (&EventName, &ByteString),
+        retain: bool,
+        config: &SessionConfig,
+    ) {
+        invocation
+            .arg(&*self.prefix)
+            .arg(name.as_str())
+            .arg(&**data)
+            .arg(unix_ms(SystemTime::now()))
+            .arg(config.buffer_events)
+            .arg(config.buffer_bytes)
+            .arg(self.boot)
+            .arg(millis(config.ttl))
+            .arg(u8::from(retain))
+            .arg(config.retained_per_device);
     }
 
     /// Makes this node the device's owner for stream `connection` and reads

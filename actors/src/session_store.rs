@@ -356,8 +356,8 @@ impl Handler<Broadcast> for SessionStore {
     type Result = ResponseFuture<Result<BroadcastReceipt, StoreError>>;
 
     fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) -> Self::Result {
-        if self.backend.cluster().is_some() {
-            return Box::pin(fut::ready(Err(StoreError::NotOnCluster("broadcasts"))));
+        if let Some(cluster) = self.backend.cluster() {
+            return self.broadcast_on(cluster, (msg.name, msg.data), msg.retain);
         }
         let published = self.publish(self.storage.devices(), msg.name, msg.data, msg.retain);
         Box::pin(async move {

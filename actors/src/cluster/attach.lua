@@ -21,7 +21,7 @@ if not ep then
   sq, old, wr = 0, '', 0
   redis.call('DEL', bk)
   redis.call('HSET', sk, 'ep', ep, 'sq', 0, 'gen', 0, 'own', '', 'wr', 0, 'by', 0)
-  redis.call('SADD', P .. 'devices', D)
+  redis.call('ZADD', P .. 'devices', 0, D)
 end
 local gen = redis.call('HINCRBY', sk, 'gen', 1)
 redis.call('HSET', sk, 'own', N)

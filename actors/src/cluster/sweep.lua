@@ -18,7 +18,7 @@ for _, D in ipairs(redis.call('ZRANGEBYSCORE', P .. 'expiry', '-inf', now, 'LIMI
     redis.call('DEL', sk, bk)
     redis.call('ZREM', P .. 'expiry', D)
     if redis.call('EXISTS', P .. '{' .. D .. '}:r') == 0 then
-      redis.call('SREM', P .. 'devices', D)
+      redis.call('ZREM', P .. 'devices', D)
     end
   end
 end

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::{Connect, ConnectError, PublishReceipt, SessionStore};
+use super::{BroadcastReceipt, Connect, ConnectError, PublishReceipt, SessionStore};
 use crate::{
     ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Start, StoredEvent,
     cluster::{Attached, Cluster, DeliverRouted, DisconnectTakenOver},
@@ -116,6 +116,28 @@ impl SessionStore {
             Ok((receipts.into_iter())
                 .map(|(id, delivered)| PublishReceipt { id, delivered })
                 .collect())
+        })
+    }
+
+    /// A broadcast on the cluster: to every device with a session, on every
+    /// node. A retained broadcast is refused: its bound on retained names
+    /// could not be checked for all devices at once.
+    pub(super) fn broadcast_on(
+        &self,
+        cluster: Cluster,
+        event: (EventName, ByteString),
+        retain: bool,
+    ) -> ResponseFuture<Result<BroadcastReceipt, StoreError>> {
+        let config = self.storage.config().clone();
+        Box::pin(async move {
+            if retain {
+                return Err(StoreError::NotOnCluster("retained broadcasts"));
+            }
+            let (buffered, delivered) = cluster.broadcast(event, &config).await?;
+            Ok(BroadcastReceipt {
+                buffered,
+                delivered,
+            })
         })
     }
 
