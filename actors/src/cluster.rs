@@ -64,10 +64,12 @@ impl Default for RedisConfig {
     }
 }
 
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| appending(include_str!("cluster/publish.lua")));
+static PUBLISH: LazyLock<Script> =
+    LazyLock::new(|| with_functions(include_str!("cluster/publish.lua")));
 static BROADCAST: LazyLock<Script> =
-    LazyLock::new(|| appending(include_str!("cluster/broadcast.lua")));
-static ATTACH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/attach.lua")));
+    LazyLock::new(|| with_functions(include_str!("cluster/broadcast.lua")));
+static ATTACH: LazyLock<Script> =
+    LazyLock::new(|| with_functions(include_str!("cluster/attach.lua")));
 static DETACH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/detach.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/sweep.lua")));
 
@@ -75,9 +77,12 @@ static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("clus
 /// Redis while it runs.
 const BROADCAST_CHUNK: usize = 200;
 
-/// A script that appends events: `append.lua`'s functions, then `body`.
-fn appending(body: &str) -> Script {
-    Script::new(&format!("{}\n{body}", include_str!("cluster/append.lua")))
+/// A script: `functions.lua`, then `body`.
+fn with_functions(body: &str) -> Script {
+    Script::new(&format!(
+        "{}\n{body}",
+        include_str!("cluster/functions.lua")
+    ))
 }
 
 /// How long a node's `alive:` key outlives its last refresh: a node gone
@@ -103,44 +108,130 @@ pub struct ConnectError {
 #[derive(Clone)]
 pub struct Cluster {
     conn: ConnectionManager,
+    health: Arc<Health>,
     prefix: Arc<str>,
     /// This process's name on the node channels: the node id and a
     /// number drawn at start, so a restarted node never takes its previous
     /// life's ownerships for its own.
     node: Arc<str>,
-    /// The boot part of the epochs this Redis data set gives.
-    boot: u32,
 }
 
 /// This node's channel, subscribed.
 pub struct Subscription {
+    client: redis::Client,
+    /// The commands' connection, checked before the node counts Redis back.
+    conn: ConnectionManager,
     channel: String,
     messages: redis::aio::PubSubStream,
+    health: Arc<Health>,
 }
+
+/// How often a node whose subscription was lost tries to subscribe again.
+const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
 
 impl Subscription {
     /// Hands what arrives on the node's channel to `store`, from now on.
+    /// When the subscription is lost (Redis gone, the connection cut), what
+    /// was routed here meanwhile is lost with it: once subscribed again,
+    /// the store ends this node's streams and their clients resume.
     pub fn forward_to(self, store: Addr<SessionStore>) {
         let Self {
+            client,
+            mut conn,
             channel,
             mut messages,
+            health,
         } = self;
         actix::spawn(async move {
-            while let Some(message) = messages.next().await {
-                let Ok(payload) = message.get_payload::<String>() else {
-                    continue;
-                };
-                match serde_json::from_str(&payload) {
-                    Ok(routed) => route(routed, &store),
-                    Err(error) => {
-                        log::error!("cluster.unreadable channel={channel} error=\"{error}\"")
+            loop {
+                while let Some(message) = messages.next().await {
+                    let Ok(payload) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    match serde_json::from_str(&payload) {
+                        Ok(routed) => route(routed, &store),
+                        Err(error) => {
+                            log::error!("cluster.unreadable channel={channel} error=\"{error}\"")
+                        }
                     }
                 }
+                health.failed(&"the subscription to this node's channel was lost");
+                messages = loop {
+                    tokio::time::sleep(RESUBSCRIBE_EVERY).await;
+                    if let Ok(mut pubsub) = client.get_async_pubsub().await
+                        && pubsub.subscribe(&channel).await.is_ok()
+                    {
+                        break pubsub.into_on_message();
+                    }
+                };
+                // The commands' connection reconnects on the first command
+                // that fails: one that succeeds shows it is back too.
+                while (redis::cmd("PING").query_async::<()>(&mut conn).await).is_err() {
+                    tokio::time::sleep(RESUBSCRIBE_EVERY).await;
+                }
+                health.answered();
+                store.do_send(DisconnectInterrupted);
             }
-            log::error!("storage.unavailable backend=redis reason=subscription_lost");
         });
     }
 }
+
+/// Whether Redis answers, as this node last found it: each change is one
+/// log line, `storage.unavailable` or `storage.recovered`.
+#[derive(Debug, Default)]
+struct Health {
+    down_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Health {
+    fn failed(&self, error: &dyn std::fmt::Display) {
+        let mut down = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        if down.is_none() {
+            *down = Some(Instant::now());
+            log::error!("storage.unavailable backend=redis error=\"{error}\"");
+        }
+    }
+
+    fn answered(&self) {
+        let mut down = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = down.take() {
+            log::warn!(
+                "storage.recovered backend=redis down_ms={}",
+                since.elapsed().as_millis()
+            );
+        }
+    }
+
+    /// `result` as a storage answer, noting whether Redis answered.
+    fn check<T>(&self, result: redis::RedisResult<T>) -> Result<T, WriteError> {
+        match result {
+            Ok(value) => {
+                self.answered();
+                Ok(value)
+            }
+            // A script's own error is an answer: Redis is there.
+            Err(error)
+                if error.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                self.answered();
+                log::error!("cluster.script_failed error=\"{error}\"");
+                Err(WriteError::Unavailable)
+            }
+            Err(error) => {
+                self.failed(&error);
+                Err(WriteError::Unavailable)
+            }
+        }
+    }
+}
+
+/// The node's subscription was lost and is back: what was routed to its
+/// streams meanwhile may be lost, so they end and their clients resume.
+/// Sent by the subscription to the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DisconnectInterrupted;
 
 /// A stream's start, as Redis decided it.
 #[derive(Debug)]
@@ -217,22 +308,24 @@ impl Cluster {
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let mut conn =
             (client.get_connection_manager_with_config(manager).await).map_err(failed)?;
-        let instance = format!("{}instance", config.prefix);
-        let _: bool = (conn.set_nx(&instance, fastrand::u32(..)).await).map_err(failed)?;
-        let boot: u32 = conn.get(&instance).await.map_err(failed)?;
+        let () = (redis::cmd("PING").query_async(&mut conn).await).map_err(failed)?;
         let node = format!("{node_id}/{:08x}", fastrand::u32(..));
         let mut pubsub = client.get_async_pubsub().await.map_err(failed)?;
         let channel = format!("{}node:{node}", config.prefix);
         pubsub.subscribe(&channel).await.map_err(failed)?;
+        let health = Arc::new(Health::default());
         let cluster = Self {
             conn,
+            health: health.clone(),
             prefix: config.prefix.as_str().into(),
             node: node.into(),
-            boot,
         };
         let subscription = Subscription {
+            client,
+            conn: cluster.conn.clone(),
             channel,
             messages: pubsub.into_on_message(),
+            health,
         };
         Ok((cluster, subscription))
     }
@@ -252,10 +345,10 @@ impl Cluster {
         for device in &devices {
             invocation.arg(device.as_str());
         }
-        let (stored, answers): (u8, Vec<(String, u64, u8)>) = invocation
-            .invoke_async(&mut self.conn)
-            .await
-            .map_err(unavailable)?;
+        // Stored (0: a retained bound refused it), then epoch, seq, live per device.
+        type Answer = (u8, Vec<(String, u64, u8)>);
+        let answer: redis::RedisResult<Answer> = invocation.invoke_async(&mut self.conn).await;
+        let (stored, answers) = self.health.check(answer)?;
         if stored == 0 {
             return Err(StoreError::RetainedLimit(config.retained_per_device));
         }
@@ -288,8 +381,8 @@ impl Cluster {
             let mut invocation = BROADCAST.prepare_invoke();
             self.event_args(&mut invocation, (&name, &data), false, config);
             invocation.arg(&cursor).arg(BROADCAST_CHUNK);
-            let chunk: (usize, usize, usize, String) =
-                (invocation.invoke_async(&mut self.conn).await).map_err(unavailable)?;
+            let answer = invocation.invoke_async(&mut self.conn).await;
+            let chunk: (usize, usize, usize, String) = self.health.check(answer)?;
             buffered += chunk.1;
             delivered += chunk.2;
             cursor = chunk.3;
@@ -314,7 +407,7 @@ impl Cluster {
             .arg(unix_ms(SystemTime::now()))
             .arg(config.buffer_events)
             .arg(config.buffer_bytes)
-            .arg(self.boot)
+            .arg(fastrand::u32(..))
             .arg(millis(config.ttl))
             .arg(u8::from(retain))
             .arg(config.retained_per_device);
@@ -343,19 +436,19 @@ impl Cluster {
             Entries,
             Vec<(String, String)>,
         );
-        let (epoch, last_seq, generation, oldest, written, resumed, entries, retained): Answer =
-            ATTACH
-                .arg(&*self.prefix)
-                .arg(device.as_str())
-                .arg(&*self.node)
-                .arg(self.boot)
-                .arg(since_epoch)
-                .arg(since_seq)
-                .arg(connection.to_string())
-                .arg(millis(ttl))
-                .invoke_async(&mut self.conn)
-                .await
-                .map_err(unavailable)?;
+        let answer: redis::RedisResult<Answer> = ATTACH
+            .arg(&*self.prefix)
+            .arg(device.as_str())
+            .arg(&*self.node)
+            .arg(fastrand::u32(..))
+            .arg(since_epoch)
+            .arg(since_seq)
+            .arg(connection.to_string())
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn)
+            .await;
+        let (epoch, last_seq, generation, oldest, written, resumed, entries, retained) =
+            self.health.check(answer)?;
         let epoch = parse_epoch(&epoch)?;
         let now = (SystemTime::now(), Instant::now());
         let events = (entries.into_iter())
@@ -387,7 +480,7 @@ impl Cluster {
         (generation, written): (u64, EventId),
         ttl: Duration,
     ) -> Result<bool, WriteError> {
-        let owned: u8 = DETACH
+        let answer: redis::RedisResult<u8> = DETACH
             .arg(&*self.prefix)
             .arg(device.as_str())
             .arg(&*self.node)
@@ -396,8 +489,8 @@ impl Cluster {
             .arg(epoch_text(written.epoch))
             .arg(millis(ttl))
             .invoke_async(&mut self.conn)
-            .await
-            .map_err(unavailable)?;
+            .await;
+        let owned = self.health.check(answer)?;
         Ok(owned == 1)
     }
 
@@ -406,14 +499,15 @@ impl Cluster {
     /// which keeps its streams' sessions.
     pub async fn sweep(mut self, ttl: Duration) -> Result<Vec<(String, usize)>, WriteError> {
         let alive = format!("{}alive:{}", self.prefix, self.node);
-        let () = (self.conn.pset_ex(alive, 1, millis(ALIVE_FOR)).await).map_err(unavailable)?;
-        let ended: Vec<(String, usize)> = SWEEP
+        let answer = self.conn.pset_ex(alive, 1, millis(ALIVE_FOR)).await;
+        let () = self.health.check(answer)?;
+        let answer: redis::RedisResult<Vec<(String, usize)>> = SWEEP
             .arg(&*self.prefix)
             .arg(millis(ttl))
             .arg(SWEEP_LIMIT)
             .invoke_async(&mut self.conn)
-            .await
-            .map_err(unavailable)?;
+            .await;
+        let ended = self.health.check(answer)?;
         Ok(ended)
     }
 
@@ -530,11 +624,6 @@ fn parse_epoch(text: &str) -> Result<Epoch, WriteError> {
         (Ok(boot), Ok(session)) => Ok(Epoch::new(boot, session)),
         _ => Err(WriteError::Unavailable),
     }
-}
-
-fn unavailable(error: redis::RedisError) -> WriteError {
-    log::warn!("storage.unavailable backend=redis error=\"{error}\"");
-    WriteError::Unavailable
 }
 
 fn unix_ms(at: SystemTime) -> u64 {

@@ -69,6 +69,10 @@ pub enum DisconnectReason {
     Superseded,
     /// Its replay's older events could not be read from storage.
     Storage,
+    /// Its node lost its route from the shared storage for a while (the
+    /// cluster backend's subscription): its client resumes and gets what it
+    /// may have missed.
+    Resync,
 }
 
 impl DisconnectReason {
@@ -83,6 +87,7 @@ impl DisconnectReason {
             Self::Gap => "gap",
             Self::Superseded => "superseded",
             Self::Storage => "storage",
+            Self::Resync => "resync",
         }
     }
 }
@@ -133,6 +138,9 @@ pub enum Ending {
     Deleted,
     /// The server is shutting down.
     Shutdown,
+    /// Events for it may have been lost on their way to this node: the
+    /// client resumes.
+    Resync,
     /// A newer stream took the session over and was gone before it went
     /// live: no kick, the client just resumes.
     Superseded,
@@ -529,6 +537,7 @@ impl Handler<Disconnect> for DeviceConnection {
             Ending::Admin => return self.stop(DisconnectReason::Admin, ctx),
             Ending::Deleted => return self.stop(DisconnectReason::Deleted, ctx),
             Ending::Shutdown => return self.stop(DisconnectReason::Shutdown, ctx),
+            Ending::Resync => return self.stop(DisconnectReason::Resync, ctx),
             Ending::Superseded => return self.stop(DisconnectReason::Superseded, ctx),
         };
         let running = ctx.state() == ActorState::Running;

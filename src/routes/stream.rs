@@ -17,7 +17,7 @@ use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use herald_actors::{
     Connect, ConnectError, ConnectionId, ConnectionParams, DeviceId, Frame, Progress, Refusal,
-    StoredEvent, Unstarted, check_name, metrics,
+    StoreError, StoredEvent, Unstarted, check_name, metrics,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -81,6 +81,10 @@ pub async fn open_stream(
                 return Ok(HttpResponse::NoContent().finish());
             }
             Err(ConnectError::Refused(refusal)) => return Err(ApiError::Refused(refusal)),
+            // The shared storage (the cluster's Redis) is away: like a
+            // draining server, 200 and `retry:` then the end, so EventSource
+            // keeps coming back until it is there again.
+            Err(ConnectError::Full(StoreError::Write(_))) => {}
             // A stream only ever needs a new session; the other bounds guard
             // publishes. A full server is a passing state: 503 with
             // Retry-After.

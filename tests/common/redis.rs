@@ -1,6 +1,7 @@
 //! A real `redis-server` (Debian's package, installed by
 //! `.ci/install-redis`) on an ephemeral port with a directory of its own,
-//! stopped with the test.
+//! stopped with the test; it can be killed and started again on the same
+//! port, with or without what it held.
 
 use std::{
     io::{Read as _, Write as _},
@@ -12,40 +13,70 @@ use std::{
 use super::PATIENCE;
 
 pub struct RedisServer {
-    child: Child,
+    /// `None` while stopped.
+    child: Option<Child>,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    /// Whether it writes what it holds to disk (an append-only file synced
+    /// on every write), so a restart keeps it.
+    durable: bool,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// Starts redis-server, keeping nothing on disk; answers once it
     /// answers `PING`.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("a directory for redis");
+        Self::start_with(false)
+    }
+
+    /// Like [`start`](Self::start), keeping every write on disk.
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         // redis-server has no "any free port": take one the kernel gave.
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
+        let mut server = Self {
+            child: None,
+            port,
+            durable,
+            dir: tempfile::tempdir().expect("a directory for redis"),
+        };
+        server.start_again();
+        server
+    }
+
+    /// SIGKILL: gone at once, as a crashed or unplugged Redis.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port: with what it held if durable,
+    /// empty otherwise.
+    pub fn start_again(&mut self) {
+        let appendonly = if self.durable { "yes" } else { "no" };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", appendonly])
+            .args(["--appendfsync", "always", "--daemonize", "no"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server runs (.ci/install-redis installs it)");
-        let server = Self {
-            child,
-            port,
-            _dir: dir,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + PATIENCE;
-        while !server.answers_ping() {
+        while !self.answers_ping() {
             assert!(Instant::now() < deadline, "redis-server answers PING");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        server
     }
 
     pub fn url(&self) -> String {
@@ -65,7 +96,6 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -3,7 +3,8 @@
 -- told to kick its stream, and the buffer after the stream's start and the
 -- retained events are read, all at once: every event appended before this
 -- is in the answer, every one after it is published to N.
--- ARGV: prefix, device, node, boot, since_epoch ('' if none), since_seq,
+-- ARGV: prefix, device, node, boot candidate (see new_epoch), since_epoch
+-- ('' if none), since_seq,
 -- connection id (named in the kick), ttl_ms.
 -- Answers {epoch, last seq, generation, oldest seq kept, written seq,
 -- resumed (1 if the entries follow since_seq, 0 if the written seq),
@@ -17,7 +18,7 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local m = redis.call('HMGET', sk, 'ep', 'sq', 'own', 'wr')
 local ep, sq, old, wr = m[1], tonumber(m[2]), m[3], tonumber(m[4])
 if not ep then
-  ep = boot .. ':' .. (redis.call('INCR', P .. 'sessions') % 4294967296)
+  ep = new_epoch(P, boot)
   sq, old, wr = 0, '', 0
   redis.call('DEL', bk)
   redis.call('HSET', sk, 'ep', ep, 'sq', 0, 'gen', 0, 'own', '', 'wr', 0, 'by', 0)

@@ -16,7 +16,7 @@ use bytestring::ByteString;
 use super::{BroadcastReceipt, Connect, ConnectError, PublishReceipt, SessionStore};
 use crate::{
     ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Start, StoredEvent,
-    cluster::{Attached, Cluster, DeliverRouted, DisconnectTakenOver},
+    cluster::{Attached, Cluster, DeliverRouted, DisconnectInterrupted, DisconnectTakenOver},
     connection::{Disconnect, Ending, Replacement},
     registry::{ConnectLive, DeliverEach, DisconnectLive},
     session::locate,
@@ -261,5 +261,18 @@ impl Handler<DisconnectTakenOver> for SessionStore {
             device: msg.device,
             ending: Ending::Replaced(replacement),
         });
+    }
+}
+
+impl Handler<DisconnectInterrupted> for SessionStore {
+    type Result = ();
+
+    fn handle(&mut self, _: DisconnectInterrupted, _: &mut Self::Context) {
+        for (device, _) in self.routing.owned.drain() {
+            self.registry.do_send(DisconnectLive {
+                device,
+                ending: Ending::Resync,
+            });
+        }
     }
 }

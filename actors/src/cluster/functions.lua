@@ -1,6 +1,18 @@
--- Shared by publish.lua and broadcast.lua (prepended to each).
+-- Shared by the scripts (prepended to each).
 local function key(P, D, k)
   return P .. '{' .. D .. '}:' .. k
+end
+
+-- A new session's epoch, `boot:session`: boot is this Redis data set's
+-- id (made from `candidate`, a random number, if it has none: an emptied
+-- Redis gives epochs no client has seen), session counts sessions.
+local function new_epoch(P, candidate)
+  local boot = redis.call('GET', P .. 'instance')
+  if not boot then
+    boot = candidate
+    redis.call('SET', P .. 'instance', boot)
+  end
+  return boot .. ':' .. (redis.call('INCR', P .. 'sessions') % 4294967296)
 end
 
 local function now_ms()
@@ -22,7 +34,7 @@ local function append(P, D, ev, create, bynode)
     if not create then
       return nil
     end
-    ep = ev.boot .. ':' .. (redis.call('INCR', P .. 'sessions') % 4294967296)
+    ep = new_epoch(P, ev.boot)
     own = ''
     redis.call('DEL', bk)
     redis.call('HSET', sk, 'ep', ep, 'sq', 0, 'gen', 0, 'own', '', 'wr', 0, 'by', 0)
@@ -64,7 +76,8 @@ local function route(P, ev, bynode)
 end
 
 -- The event of ARGV[2..10]: name, data, published_ms, max_events,
--- max_bytes, boot, ttl_ms, retain ('1' or '0'), max_retained_names.
+-- max_bytes, boot candidate (see new_epoch), ttl_ms, retain ('1' or '0'),
+-- max_retained_names.
 local function event_of(argv)
   return {
     name = argv[2], data = argv[3], pub = argv[4],
