@@ -469,3 +469,57 @@ async fn when_redis_comes_back_empty_a_resume_is_told_its_epoch_is_unknown() {
         "never a wrong replay"
     );
 }
+
+#[actix_web::test]
+async fn an_operator_on_any_node_sees_where_a_device_is_live_and_blocks_or_deletes_it_cluster_wide()
+{
+    use reqwest::Method;
+    let redis = RedisServer::start();
+    let (one, two) = (node(&redis, "one").await, node(&redis, "two").await);
+    let mut stream = two.open("lamp", None).await;
+    let connection = stream.hello().await["connection_id"].clone();
+    let reply = publish(&one, "lamp", "x").await;
+
+    let (status, view) = one.admin(Method::GET, "/v1/devices/lamp").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(
+        (
+            &view["node"],
+            &view["connection_id"],
+            &view["last_event_id"]
+        ),
+        (&json!("two"), &connection, &reply["id"]),
+        "{view}"
+    );
+    assert_eq!(view["buffered_events"], json!(1));
+    let (_, page) = one.admin(Method::GET, "/v1/devices?connected=true").await;
+    let listed: Vec<_> = page["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["device"])
+        .collect();
+    assert_eq!(listed, [&json!("lamp")]);
+
+    // Ended from node one with reconnect=false: `kicked` (admin) on node
+    // two, and the device is refused on both nodes.
+    let (status, _) = one
+        .admin(
+            Method::DELETE,
+            "/v1/devices/lamp/connection?reconnect=false",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(stream.next_event().await.data.as_deref(), Some("x"));
+    let kicked = stream.next_event().await;
+    assert_eq!(data_json(&kicked), json!({"reason": "admin"}));
+    for node in [&one, &two] {
+        let refused = node.try_open("lamp", None).await.err().expect("refused");
+        assert_eq!(refused.status, StatusCode::NO_CONTENT);
+    }
+
+    let (status, _) = two.admin(Method::DELETE, "/v1/devices/lamp").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = one.admin(Method::GET, "/v1/devices/lamp").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "forgotten on every node");
+}

@@ -19,7 +19,8 @@
 //!
 //! | key          | type   | holds                                                  |
 //! |--------------|--------|--------------------------------------------------------|
-//! | `P{D}:s`     | hash   | `ep` epoch, `sq` last seq, `gen` generation, `own` owner node, `wr` written seq |
+//! | `P{D}:s`     | hash   | `ep` epoch, `sq` last seq, `gen` generation, `own` owner node, `wr` written seq, `by` buffered bytes; for the admin view `cid`, `addr`, `at`, `seen`, `att`, `kicks` |
+//! | `P{D}:k`     | string | exists while the device's connects are refused (`reconnect=false`) |
 //! | `P{D}:b`     | stream | the buffer: entry `<seq>-0`, fields `n` name, `p` published (Unix ms), `d` data |
 //! | `Psessions`  | string | sessions created, numbering epochs                     |
 //! | `P{D}:r`     | hash   | retained events: name → `[epoch, seq, published, data]` (JSON) |
@@ -42,7 +43,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ConnectionId, DeviceId, Epoch, EventId, EventName, SessionConfig, SessionStore, StoredEvent,
-    backend::WriteError, storage::StoreError,
+    backend::WriteError,
+    storage::{DevicePage, DeviceView, MAX_SCAN, StoreError},
 };
 
 /// The `[storage.redis]` config section.
@@ -70,7 +72,11 @@ static BROADCAST: LazyLock<Script> =
     LazyLock::new(|| with_functions(include_str!("cluster/broadcast.lua")));
 static ATTACH: LazyLock<Script> =
     LazyLock::new(|| with_functions(include_str!("cluster/attach.lua")));
-static DETACH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/detach.lua")));
+static DETACH: LazyLock<Script> =
+    LazyLock::new(|| with_functions(include_str!("cluster/detach.lua")));
+static DISCONNECT: LazyLock<Script> =
+    LazyLock::new(|| with_functions(include_str!("cluster/disconnect.lua")));
+static VIEW: LazyLock<Script> = LazyLock::new(|| with_functions(include_str!("cluster/view.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/sweep.lua")));
 
 /// Devices one broadcast chunk appends to at most: the script blocks
@@ -266,7 +272,10 @@ enum Routed {
     Kick {
         device: String,
         generation: u64,
-        by: String,
+        /// `replaced`, `admin`, `blocked` or `deleted`.
+        ending: String,
+        /// The newer stream's connection, for `replaced`.
+        by: Option<String>,
     },
 }
 
@@ -278,15 +287,28 @@ pub struct DeliverRouted {
     pub events: Vec<(DeviceId, StoredEvent)>,
 }
 
-/// Another node took a device over: its stream here ends if it is older
-/// than `generation`. Sent by the node channel's listener to the store.
+/// The device's stream here must end if it is older than `generation`:
+/// another node took the device over, or an operator ended it there. Sent
+/// by the node channel's listener to the store.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct DisconnectTakenOver {
     pub device: DeviceId,
     pub generation: u64,
-    /// The newer stream's connection id.
-    pub by: String,
+    pub by: TakenBy,
+}
+
+/// Who ended a stream through Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakenBy {
+    /// A newer stream of the device, on another node.
+    Stream(ConnectionId),
+    /// An operator; the client may come straight back.
+    Admin,
+    /// An operator, who also blocked the device's connects.
+    Blocked,
+    /// The device was deleted.
+    Deleted,
 }
 
 impl Cluster {
@@ -420,13 +442,14 @@ impl Cluster {
         mut self,
         device: DeviceId,
         since: Option<EventId>,
-        connection: ConnectionId,
+        (connection, address): (ConnectionId, String),
         ttl: Duration,
-    ) -> Result<Attached, WriteError> {
+    ) -> Result<Option<Attached>, WriteError> {
         let (since_epoch, since_seq) =
             since.map_or((String::new(), 0), |id| (epoch_text(id.epoch), id.seq));
         type Entries = Vec<(String, Vec<String>)>;
         type Answer = (
+            u8,
             String,
             u64,
             u64,
@@ -445,10 +468,14 @@ impl Cluster {
             .arg(since_seq)
             .arg(connection.to_string())
             .arg(millis(ttl))
+            .arg(address)
             .invoke_async(&mut self.conn)
             .await;
-        let (epoch, last_seq, generation, oldest, written, resumed, entries, retained) =
+        let (admitted, epoch, last_seq, generation, oldest, written, resumed, entries, retained) =
             self.health.check(answer)?;
+        if admitted == 0 {
+            return Ok(None);
+        }
         let epoch = parse_epoch(&epoch)?;
         let now = (SystemTime::now(), Instant::now());
         let events = (entries.into_iter())
@@ -458,7 +485,7 @@ impl Cluster {
             .map(|(name, event)| retained_event(&name, &event, now))
             .collect::<Result<Vec<_>, _>>()?;
         retained.sort_by_key(|event| (event.published_at, event.id.seq));
-        Ok(Attached {
+        Ok(Some(Attached {
             epoch,
             last_seq,
             generation,
@@ -467,7 +494,7 @@ impl Cluster {
             resumed: resumed == 1,
             events,
             retained,
-        })
+        }))
     }
 
     /// The device's stream here ended, having written up to `written` of
@@ -509,6 +536,69 @@ impl Cluster {
             .await;
         let ended = self.health.check(answer)?;
         Ok(ended)
+    }
+
+    /// Ends the device's live stream wherever it is (see `disconnect.lua`);
+    /// answers whether there was one (for `Deleted`: anything to forget).
+    pub async fn disconnect(
+        mut self,
+        device: DeviceId,
+        ending: TakenBy,
+        (block, ttl): (Duration, Duration),
+    ) -> Result<bool, WriteError> {
+        let ending = match ending {
+            TakenBy::Stream(_) | TakenBy::Admin => "admin",
+            TakenBy::Blocked => "blocked",
+            TakenBy::Deleted => "deleted",
+        };
+        let answer: redis::RedisResult<u8> = DISCONNECT
+            .arg(&*self.prefix)
+            .arg(device.as_str())
+            .arg(ending)
+            .arg(millis(block))
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn)
+            .await;
+        Ok(self.health.check(answer)? == 1)
+    }
+
+    /// One device as the admin API shows it, if Redis holds anything for it.
+    pub async fn describe(mut self, device: DeviceId) -> Result<Option<DeviceView>, WriteError> {
+        let answer: redis::RedisResult<Vec<String>> = VIEW
+            .arg(&*self.prefix)
+            .arg("1")
+            .arg(device.as_str())
+            .invoke_async(&mut self.conn)
+            .await;
+        let answer = self.health.check(answer)?;
+        answer.get(1).map(|view| view_of(view)).transpose()
+    }
+
+    /// A page of the device list after `after`, as `Storage::page` pages it.
+    pub async fn page(
+        mut self,
+        connected: Option<bool>,
+        after: Option<DeviceId>,
+        limit: usize,
+    ) -> Result<DevicePage, WriteError> {
+        let connected = connected.map_or("", |c| if c { "1" } else { "0" });
+        let answer: redis::RedisResult<Vec<String>> = VIEW
+            .arg(&*self.prefix)
+            .arg("0")
+            .arg(after.as_ref().map_or("", DeviceId::as_str))
+            .arg(limit)
+            .arg(connected)
+            .arg(MAX_SCAN)
+            .invoke_async(&mut self.conn)
+            .await;
+        let mut answer = self.health.check(answer)?.into_iter();
+        let next = answer.next().unwrap_or_default();
+        Ok(DevicePage {
+            devices: answer
+                .map(|view| view_of(&view))
+                .collect::<Result<_, _>>()?,
+            next: DeviceId::parse(&next).ok(),
+        })
     }
 
     /// This node's name on the node channels.
@@ -553,9 +643,19 @@ fn route(routed: Routed, store: &Addr<SessionStore>) {
         Routed::Kick {
             device,
             generation,
+            ending,
             by,
         } => {
-            if let Ok(device) = DeviceId::parse(&device) {
+            let by = match ending.as_str() {
+                "admin" => Some(TakenBy::Admin),
+                "blocked" => Some(TakenBy::Blocked),
+                "deleted" => Some(TakenBy::Deleted),
+                _ => by
+                    .as_deref()
+                    .and_then(ConnectionId::parse)
+                    .map(TakenBy::Stream),
+            };
+            if let (Ok(device), Some(by)) = (DeviceId::parse(&device), by) {
                 store.do_send(DisconnectTakenOver {
                     device,
                     generation,
@@ -584,6 +684,61 @@ fn entry(
         data: data.into(),
         published_at: instant_of(published.parse().unwrap_or(0), now),
         batch: 0,
+    })
+}
+
+/// A device as `view.lua` encodes it.
+fn view_of(encoded: &str) -> Result<DeviceView, WriteError> {
+    #[derive(Deserialize)]
+    struct Stored {
+        device: String,
+        epoch: String,
+        seq: u64,
+        node: String,
+        connection: String,
+        address: String,
+        since: u64,
+        seen: u64,
+        bytes: usize,
+        events: usize,
+        retained: usize,
+        attaches: u64,
+        kicks: u64,
+    }
+    let v: Stored = serde_json::from_str(encoded).map_err(|_| WriteError::Unavailable)?;
+    let live = !v.node.is_empty();
+    let at = |ms: u64| (ms > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+    Ok(DeviceView {
+        device: DeviceId::parse(&v.device).map_err(|_| WriteError::Unavailable)?,
+        // The node's id, without the number its process drew at start.
+        node: live.then(|| {
+            v.node
+                .rsplit_once('/')
+                .map_or(&*v.node, |(id, _)| id)
+                .to_owned()
+        }),
+        connection_id: live.then(|| ConnectionId::parse(&v.connection)).flatten(),
+        address: (!v.address.is_empty()).then_some(v.address),
+        connected_since: live.then(|| at(v.since)).flatten(),
+        last_seen: if live {
+            SystemTime::now()
+        } else {
+            at(v.seen).or(at(v.since)).unwrap_or(SystemTime::UNIX_EPOCH)
+        },
+        last_event_id: match (v.epoch.is_empty(), v.seq) {
+            (false, 1..) => Some(EventId {
+                epoch: parse_epoch(&v.epoch)?,
+                seq: v.seq,
+            }),
+            _ => None,
+        },
+        buffered_events: v.events,
+        buffered_bytes: v.bytes,
+        retained: v.retained,
+        reconnects: v.attaches.saturating_sub(1),
+        kicks: v.kicks,
+        resets: 0,
+        flapping: false,
     })
 }
 

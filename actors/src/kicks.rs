@@ -197,6 +197,11 @@ impl KickPolicy {
         flagged.is_some_and(|until| now < until)
     }
 
+    /// How long an operator's `reconnect=false` refuses a device's streams.
+    pub fn reconnect_block(&self) -> Duration {
+        self.config.reconnect_block
+    }
+
     /// Refuses every stream of `device` for `reconnect_block` from `now`;
     /// answers how long.
     pub fn block(&mut self, device: &DeviceId, now: Instant) -> Duration {

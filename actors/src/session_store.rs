@@ -28,6 +28,7 @@ use bytestring::ByteString;
 use crate::{
     ConnectionId, DeviceConnection, DeviceId, EventId, EventName, Progress,
     backend::{Backend, Change, Committed, Opened, Snapshot, wall_in},
+    cluster::TakenBy,
     commits::Commits,
     connection::{Ending, Replacement},
     kicks::{KickConfig, KickPolicy, Refusal},
@@ -132,7 +133,7 @@ pub struct Kicked {
 /// `kicks.reconnect_block`. Answers whether there was a live stream. Sent by
 /// the admin route.
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "Result<bool, StoreError>")]
 pub struct DisconnectDevice {
     pub device: DeviceId,
     pub reconnect: bool,
@@ -142,7 +143,7 @@ pub struct DisconnectDevice {
 /// ended. Answers whether there was anything to forget. Sent by the admin
 /// delete route.
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "Result<bool, StoreError>")]
 pub struct DeleteDevice {
     pub device: DeviceId,
 }
@@ -150,7 +151,7 @@ pub struct DeleteDevice {
 /// One device as the admin API shows it; `None` if herald holds nothing for
 /// it. Sent by the admin device route.
 #[derive(Message)]
-#[rtype(result = "Option<DeviceView>")]
+#[rtype(result = "Result<Option<DeviceView>, StoreError>")]
 pub struct DescribeDevice {
     pub device: DeviceId,
 }
@@ -159,7 +160,7 @@ pub struct DescribeDevice {
 /// (see `Storage::page`).
 /// Sent by the admin device list route.
 #[derive(Message)]
-#[rtype(result = "DevicePage")]
+#[rtype(result = "Result<DevicePage, StoreError>")]
 pub struct ListDevices {
     /// Only attached (`true`) or detached (`false`) sessions.
     pub connected: Option<bool>,
@@ -410,11 +411,21 @@ impl Handler<Kicked> for SessionStore {
 }
 
 impl Handler<DisconnectDevice> for SessionStore {
-    type Result = ResponseActFuture<Self, bool>;
+    type Result = ResponseActFuture<Self, Result<bool, StoreError>>;
 
     fn handle(&mut self, msg: DisconnectDevice, _: &mut Self::Context) -> Self::Result {
+        if let Some(cluster) = self.backend.cluster() {
+            let ending = match msg.reconnect {
+                true => TakenBy::Admin,
+                false => TakenBy::Blocked,
+            };
+            let block = self.kicks.reconnect_block();
+            let ttl = self.storage.ttl();
+            let ended = cluster.disconnect(msg.device, ending, (block, ttl));
+            return Box::pin(fut::wrap_future(async move { Ok(ended.await?) }));
+        }
         if !self.storage.is_attached(&msg.device) {
-            return Box::pin(fut::ready(false));
+            return Box::pin(fut::ready(Ok(false)));
         }
         let ending = if msg.reconnect {
             Ending::Admin
@@ -441,15 +452,27 @@ impl Handler<DisconnectDevice> for SessionStore {
                 act.kicks.unblock(&device);
                 act.save_block(Change::Unblock { device });
             }
-            ended
+            Ok(ended)
         }))
     }
 }
 
 impl Handler<DeleteDevice> for SessionStore {
-    type Result = bool;
+    type Result = ResponseFuture<Result<bool, StoreError>>;
 
-    fn handle(&mut self, msg: DeleteDevice, _: &mut Self::Context) -> bool {
+    fn handle(&mut self, msg: DeleteDevice, _: &mut Self::Context) -> Self::Result {
+        if let Some(cluster) = self.backend.cluster() {
+            let ttl = self.storage.ttl();
+            let device = msg.device.clone();
+            let deleted = cluster.disconnect(msg.device, TakenBy::Deleted, (ttl, ttl));
+            return Box::pin(async move {
+                let existed = deleted.await?;
+                if existed {
+                    log::info!("device.deleted device={device}");
+                }
+                Ok(existed)
+            });
+        }
         let existed = self.storage.delete(&msg.device);
         self.save();
         if existed {
@@ -459,28 +482,36 @@ impl Handler<DeleteDevice> for SessionStore {
                 ending: Ending::Deleted,
             });
         }
-        existed
+        Box::pin(async move { Ok(existed) })
     }
 }
 
 impl Handler<DescribeDevice> for SessionStore {
-    type Result = Option<DeviceView>;
+    type Result = ResponseFuture<Result<Option<DeviceView>, StoreError>>;
 
     fn handle(&mut self, msg: DescribeDevice, _: &mut Self::Context) -> Self::Result {
-        let view = self.storage.view(&msg.device)?;
-        Some(self.flagged(view))
+        if let Some(cluster) = self.backend.cluster() {
+            let view = cluster.describe(msg.device);
+            return Box::pin(async move { Ok(view.await?) });
+        }
+        let view = self.storage.view(&msg.device).map(|v| self.flagged(v));
+        Box::pin(async move { Ok(view) })
     }
 }
 
 impl Handler<ListDevices> for SessionStore {
-    type Result = MessageResult<ListDevices>;
+    type Result = ResponseFuture<Result<DevicePage, StoreError>>;
 
     fn handle(&mut self, msg: ListDevices, _: &mut Self::Context) -> Self::Result {
+        if let Some(cluster) = self.backend.cluster() {
+            let page = cluster.page(msg.connected, msg.after, msg.limit);
+            return Box::pin(async move { Ok(page.await?) });
+        }
         let mut page = self
             .storage
             .page(msg.connected, msg.after.as_ref(), msg.limit);
         page.devices = page.devices.into_iter().map(|v| self.flagged(v)).collect();
-        MessageResult(page)
+        Box::pin(async move { Ok(page) })
     }
 }
 

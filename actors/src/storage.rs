@@ -577,6 +577,7 @@ impl Storage {
 
 mod views;
 
+pub(crate) use views::MAX_SCAN;
 pub use views::{DevicePage, DeviceView};
 
 #[cfg(test)]

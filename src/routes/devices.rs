@@ -26,7 +26,8 @@ pub async fn delete_device(
         .store
         .send(DeleteDevice { device })
         .await
-        .map_err(|_| ApiError::Unavailable)?;
+        .map_err(|_| ApiError::Unavailable)?
+        .map_err(ApiError::Bound)?;
     if existed {
         Ok(HttpResponse::NoContent().finish())
     } else {
@@ -65,7 +66,8 @@ pub async fn disconnect(
         .store
         .send(disconnect)
         .await
-        .map_err(|_| ApiError::Unavailable)?;
+        .map_err(|_| ApiError::Unavailable)?
+        .map_err(ApiError::Bound)?;
     if ended {
         log::info!("device.disconnected_by_admin device={device} reconnect={reconnect}");
         Ok(HttpResponse::NoContent().finish())
@@ -110,7 +112,8 @@ pub async fn list_devices(
         .store
         .send(list)
         .await
-        .map_err(|_| ApiError::Unavailable)?;
+        .map_err(|_| ApiError::Unavailable)?
+        .map_err(ApiError::Bound)?;
     let next = page.next.map(|device| device.to_string());
     let devices: Vec<Value> = page.devices.iter().map(to_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "devices": devices, "next": next })))
@@ -127,7 +130,8 @@ pub async fn get_device(
         .store
         .send(DescribeDevice { device })
         .await
-        .map_err(|_| ApiError::Unavailable)?;
+        .map_err(|_| ApiError::Unavailable)?
+        .map_err(ApiError::Bound)?;
     let view = view.ok_or(ApiError::UnknownDevice)?;
     Ok(HttpResponse::Ok().json(to_json(&view)))
 }
@@ -137,6 +141,7 @@ fn to_json(view: &DeviceView) -> Value {
     json!({
         "device": view.device.as_str(),
         "connected": view.connection_id.is_some(),
+        "node": view.node,
         "connection_id": view.connection_id.map(|c| c.to_string()),
         "address": view.address,
         "connected_since": view.connected_since.map(time),

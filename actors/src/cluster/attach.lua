@@ -3,15 +3,20 @@
 -- told to kick its stream, and the buffer after the stream's start and the
 -- retained events are read, all at once: every event appended before this
 -- is in the answer, every one after it is published to N.
+-- A device an operator blocked (`reconnect=false`) is refused, changing
+-- nothing.
 -- ARGV: prefix, device, node, boot candidate (see new_epoch), since_epoch
--- ('' if none), since_seq,
--- connection id (named in the kick), ttl_ms.
--- Answers {epoch, last seq, generation, oldest seq kept, written seq,
+-- ('' if none), since_seq, connection id (named in the kick), ttl_ms,
+-- client address.
+-- Answers {1, epoch, last seq, generation, oldest seq kept, written seq,
 -- resumed (1 if the entries follow since_seq, 0 if the written seq),
--- entries, retained (name, encoded event, ...)}.
+-- entries, retained (name, encoded event, ...)}, or {0, ...} if blocked.
 local P, D, N, boot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local since_ep, since_seq, conn = ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local ttl = tonumber(ARGV[8])
+local ttl, addr = tonumber(ARGV[8]), ARGV[9]
+if redis.call('EXISTS', key(P, D, 'k')) == 1 then
+  return {0, '', 0, 0, 0, 0, 0, {}, {}}
+end
 local sk, bk, rk = P .. '{' .. D .. '}:s', P .. '{' .. D .. '}:b', P .. '{' .. D .. '}:r'
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -25,12 +30,16 @@ if not ep then
   redis.call('ZADD', P .. 'devices', 0, D)
 end
 local gen = redis.call('HINCRBY', sk, 'gen', 1)
-redis.call('HSET', sk, 'own', N)
+redis.call('HSET', sk, 'own', N, 'cid', conn, 'addr', addr, 'at', now)
+redis.call('HINCRBY', sk, 'att', 1)
 -- Swept only once N is gone (see sweep.lua) and its TTL has passed.
 redis.call('ZADD', P .. 'expiry', now + ttl, D)
-if old ~= '' and old ~= N then
-  redis.call('PUBLISH', P .. 'node:' .. old,
-    cjson.encode({kick = {device = D, generation = gen, by = conn}}))
+if old ~= '' then
+  redis.call('HINCRBY', sk, 'kicks', 1)
+  if old ~= N then
+    redis.call('PUBLISH', P .. 'node:' .. old,
+      cjson.encode({kick = {device = D, generation = gen, ending = 'replaced', by = conn}}))
+  end
 end
 local first = sq + 1
 local oldest = redis.call('XRANGE', bk, '-', '+', 'COUNT', 1)[1]
@@ -42,4 +51,4 @@ if since_ep == ep and since_seq <= sq and since_seq + 1 >= first then
   after, resumed = since_seq, 1
 end
 local entries = redis.call('XRANGE', bk, '(' .. after .. '-0', '+')
-return {ep, sq, gen, first, wr, resumed, entries, redis.call('HGETALL', rk)}
+return {1, ep, sq, gen, first, wr, resumed, entries, redis.call('HGETALL', rk)}

@@ -15,7 +15,7 @@ end
 if m[1] ~= N or tonumber(m[2]) ~= gen then
   return 0
 end
-redis.call('HSET', sk, 'own', '')
-local t = redis.call('TIME')
-redis.call('ZADD', P .. 'expiry', t[1] * 1000 + math.floor(t[2] / 1000) + ttl, D)
+local now = now_ms()
+redis.call('HSET', sk, 'own', '', 'seen', now)
+redis.call('ZADD', P .. 'expiry', now + ttl, D)
 return 1

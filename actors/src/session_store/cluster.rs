@@ -16,8 +16,11 @@ use bytestring::ByteString;
 use super::{BroadcastReceipt, Connect, ConnectError, PublishReceipt, SessionStore};
 use crate::{
     ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Start, StoredEvent,
-    cluster::{Attached, Cluster, DeliverRouted, DisconnectInterrupted, DisconnectTakenOver},
+    cluster::{
+        Attached, Cluster, DeliverRouted, DisconnectInterrupted, DisconnectTakenOver, TakenBy,
+    },
     connection::{Disconnect, Ending, Replacement},
+    kicks::Refusal,
     registry::{ConnectLive, DeliverEach, DisconnectLive},
     session::locate,
     storage::StoreError,
@@ -58,7 +61,8 @@ impl SessionStore {
         };
         self.routing.attaching.insert(msg.device.clone(), attaching);
         let ttl = self.storage.ttl();
-        let attach = cluster.attach(msg.device.clone(), since, msg.connection_id, ttl);
+        let stream = (msg.connection_id, msg.peer.clone());
+        let attach = cluster.attach(msg.device.clone(), since, stream, ttl);
         Box::pin(attach.into_actor(self).map(move |attached, act, _| {
             let held = match act.routing.attaching.get(&msg.device) {
                 Some(mine) if mine.connection_id == msg.connection_id => {
@@ -67,6 +71,16 @@ impl SessionStore {
                 _ => None,
             };
             let attached = attached.map_err(|e| ConnectError::Full(StoreError::Write(e)))?;
+            let Some(attached) = attached else {
+                log::info!(
+                    "device.refused device={} addr={} instance={} reason={}",
+                    msg.device,
+                    msg.peer,
+                    msg.instance.as_deref().unwrap_or("-"),
+                    Refusal::Blocked.as_str()
+                );
+                return Err(ConnectError::Refused(Refusal::Blocked));
+            };
             let newer = (act.routing.owned.get(&msg.device))
                 .is_some_and(|owned| owned.generation > attached.generation);
             if newer {
@@ -247,19 +261,24 @@ impl Handler<DisconnectTakenOver> for SessionStore {
     fn handle(&mut self, msg: DisconnectTakenOver, _: &mut Self::Context) {
         let older = (self.routing.owned.get(&msg.device))
             .is_some_and(|owned| owned.generation < msg.generation);
-        let Some(by) = ConnectionId::parse(&msg.by).filter(|_| older) else {
+        if !older {
             return;
-        };
+        }
         // Its entry stays until the stream ends: its end still records what
         // it wrote (the ownership part is fenced).
-        let replacement = Replacement {
-            by,
-            instances: (None, None),
-            peers: ("-".to_owned(), "another node".to_owned()),
+        let ending = match msg.by {
+            TakenBy::Stream(by) => Ending::Replaced(Replacement {
+                by,
+                instances: (None, None),
+                peers: ("-".to_owned(), "another node".to_owned()),
+            }),
+            TakenBy::Admin => Ending::Admin,
+            TakenBy::Blocked => Ending::Blocked,
+            TakenBy::Deleted => Ending::Deleted,
         };
         self.registry.do_send(DisconnectLive {
             device: msg.device,
-            ending: Ending::Replaced(replacement),
+            ending,
         });
     }
 }

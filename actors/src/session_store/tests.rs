@@ -142,7 +142,7 @@ async fn only_a_replacement_that_finds_its_client_there_is_a_kick() {
         let describe = crate::DescribeDevice {
             device: dev.clone(),
         };
-        let view = actors.store.send(describe).await.unwrap();
+        let view = actors.store.send(describe).await.unwrap().unwrap();
         view.expect("a session").kicks
     };
 

@@ -7,7 +7,7 @@ use super::{Entry, Storage};
 use crate::{ConnectionId, DeviceId, EventId};
 
 /// Sessions one device-list page looks at, at most.
-pub(super) const MAX_SCAN: usize = 10_000;
+pub(crate) const MAX_SCAN: usize = 10_000;
 
 /// A page of the device list.
 #[derive(Debug, Clone)]
@@ -21,6 +21,8 @@ pub struct DevicePage {
 #[derive(Debug, Clone)]
 pub struct DeviceView {
     pub device: DeviceId,
+    /// The node holding its live stream, among several on one Redis.
+    pub node: Option<String>,
     pub connection_id: Option<ConnectionId>,
     /// The address of the attached stream's client, or of the last one.
     pub address: Option<String>,
@@ -50,6 +52,7 @@ impl Storage {
             Some(entry) => Some(Self::describe(device, entry, retained)),
             None if retained > 0 => Some(DeviceView {
                 device: device.clone(),
+                node: None,
                 connection_id: None,
                 address: None,
                 connected_since: None,
@@ -111,6 +114,7 @@ impl Storage {
         let attached = session.attached();
         DeviceView {
             device: device.clone(),
+            node: None,
             connection_id: attached,
             address: history.peer.clone(),
             connected_since: history.connected_since,
