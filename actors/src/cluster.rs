@@ -35,14 +35,22 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use actix::prelude::*;
 use bytestring::ByteString;
-use futures_util::StreamExt as _;
 use redis::{AsyncCommands as _, Script, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 
+mod channel;
+mod decode;
+mod health;
+
+pub use channel::{
+    DeliverRouted, DisconnectInterrupted, DisconnectTakenOver, Subscription, TakenBy,
+};
+use decode::{entry, epoch_text, millis, parse_epoch, retained_event, unix_ms, view_of};
+use health::Health;
+
 use crate::{
-    ConnectionId, DeviceId, Epoch, EventId, EventName, SessionConfig, SessionStore, StoredEvent,
+    ConnectionId, DeviceId, Epoch, EventId, EventName, SessionConfig, StoredEvent,
     backend::WriteError,
     storage::{DevicePage, DeviceView, MAX_SCAN, StoreError},
 };
@@ -122,123 +130,6 @@ pub struct Cluster {
     node: Arc<str>,
 }
 
-/// This node's channel, subscribed.
-pub struct Subscription {
-    client: redis::Client,
-    /// The commands' connection, checked before the node counts Redis back.
-    conn: ConnectionManager,
-    channel: String,
-    messages: redis::aio::PubSubStream,
-    health: Arc<Health>,
-}
-
-/// How often a node whose subscription was lost tries to subscribe again.
-const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
-
-impl Subscription {
-    /// Hands what arrives on the node's channel to `store`, from now on.
-    /// When the subscription is lost (Redis gone, the connection cut), what
-    /// was routed here meanwhile is lost with it: once subscribed again,
-    /// the store ends this node's streams and their clients resume.
-    pub fn forward_to(self, store: Addr<SessionStore>) {
-        let Self {
-            client,
-            mut conn,
-            channel,
-            mut messages,
-            health,
-        } = self;
-        actix::spawn(async move {
-            loop {
-                while let Some(message) = messages.next().await {
-                    let Ok(payload) = message.get_payload::<String>() else {
-                        continue;
-                    };
-                    match serde_json::from_str(&payload) {
-                        Ok(routed) => route(routed, &store),
-                        Err(error) => {
-                            log::error!("cluster.unreadable channel={channel} error=\"{error}\"")
-                        }
-                    }
-                }
-                health.failed(&"the subscription to this node's channel was lost");
-                messages = loop {
-                    tokio::time::sleep(RESUBSCRIBE_EVERY).await;
-                    if let Ok(mut pubsub) = client.get_async_pubsub().await
-                        && pubsub.subscribe(&channel).await.is_ok()
-                    {
-                        break pubsub.into_on_message();
-                    }
-                };
-                // The commands' connection reconnects on the first command
-                // that fails: one that succeeds shows it is back too.
-                while (redis::cmd("PING").query_async::<()>(&mut conn).await).is_err() {
-                    tokio::time::sleep(RESUBSCRIBE_EVERY).await;
-                }
-                health.answered();
-                store.do_send(DisconnectInterrupted);
-            }
-        });
-    }
-}
-
-/// Whether Redis answers, as this node last found it: each change is one
-/// log line, `storage.unavailable` or `storage.recovered`.
-#[derive(Debug, Default)]
-struct Health {
-    down_since: std::sync::Mutex<Option<Instant>>,
-}
-
-impl Health {
-    fn failed(&self, error: &dyn std::fmt::Display) {
-        let mut down = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
-        if down.is_none() {
-            *down = Some(Instant::now());
-            log::error!("storage.unavailable backend=redis error=\"{error}\"");
-        }
-    }
-
-    fn answered(&self) {
-        let mut down = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(since) = down.take() {
-            log::warn!(
-                "storage.recovered backend=redis down_ms={}",
-                since.elapsed().as_millis()
-            );
-        }
-    }
-
-    /// `result` as a storage answer, noting whether Redis answered.
-    fn check<T>(&self, result: redis::RedisResult<T>) -> Result<T, WriteError> {
-        match result {
-            Ok(value) => {
-                self.answered();
-                Ok(value)
-            }
-            // A script's own error is an answer: Redis is there.
-            Err(error)
-                if error.kind()
-                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
-            {
-                self.answered();
-                log::error!("cluster.script_failed error=\"{error}\"");
-                Err(WriteError::Unavailable)
-            }
-            Err(error) => {
-                self.failed(&error);
-                Err(WriteError::Unavailable)
-            }
-        }
-    }
-}
-
-/// The node's subscription was lost and is back: what was routed to its
-/// streams meanwhile may be lost, so they end and their clients resume.
-/// Sent by the subscription to the store.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DisconnectInterrupted;
-
 /// A stream's start, as Redis decided it.
 #[derive(Debug)]
 pub struct Attached {
@@ -256,59 +147,6 @@ pub struct Attached {
     pub events: Vec<StoredEvent>,
     /// The device's retained events, in publish order.
     pub retained: Vec<StoredEvent>,
-}
-
-/// What a node channel carries, as `publish.lua` and `attach.lua` encode it.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Routed {
-    Event {
-        name: String,
-        data: String,
-        published: u64,
-        /// Device, epoch, seq.
-        to: Vec<(String, String, u64)>,
-    },
-    Kick {
-        device: String,
-        generation: u64,
-        /// `replaced`, `admin`, `blocked` or `deleted`.
-        ending: String,
-        /// The newer stream's connection, for `replaced`.
-        by: Option<String>,
-    },
-}
-
-/// Events Redis routed to this node, for the streams it holds. Sent by the
-/// node channel's listener to the store.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeliverRouted {
-    pub events: Vec<(DeviceId, StoredEvent)>,
-}
-
-/// The device's stream here must end if it is older than `generation`:
-/// another node took the device over, or an operator ended it there. Sent
-/// by the node channel's listener to the store.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DisconnectTakenOver {
-    pub device: DeviceId,
-    pub generation: u64,
-    pub by: TakenBy,
-}
-
-/// Who ended a stream through Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TakenBy {
-    /// A newer stream of the device, on another node.
-    Stream(ConnectionId),
-    /// An operator; the client may come straight back.
-    Admin,
-    /// An operator, who also blocked the device's connects.
-    Blocked,
-    /// The device was deleted.
-    Deleted,
 }
 
 impl Cluster {
@@ -605,189 +443,4 @@ impl Cluster {
     pub fn node(&self) -> &str {
         &self.node
     }
-}
-
-/// Hands what a node channel carried to the store; text that is not a
-/// device id or an event name is dropped (only herald writes there).
-fn route(routed: Routed, store: &Addr<SessionStore>) {
-    match routed {
-        Routed::Event {
-            name,
-            data,
-            published,
-            to,
-        } => {
-            let Ok(name) = EventName::parse(&name) else {
-                return;
-            };
-            let data = ByteString::from(data);
-            let published_at = instant_of(published, (SystemTime::now(), Instant::now()));
-            let events = (to.into_iter())
-                .filter_map(|(device, epoch, seq)| {
-                    let device = DeviceId::parse(&device).ok()?;
-                    let event = StoredEvent {
-                        id: EventId {
-                            epoch: parse_epoch(&epoch).ok()?,
-                            seq,
-                        },
-                        name: name.clone(),
-                        data: data.clone(),
-                        published_at,
-                        batch: 0,
-                    };
-                    Some((device, event))
-                })
-                .collect();
-            store.do_send(DeliverRouted { events });
-        }
-        Routed::Kick {
-            device,
-            generation,
-            ending,
-            by,
-        } => {
-            let by = match ending.as_str() {
-                "admin" => Some(TakenBy::Admin),
-                "blocked" => Some(TakenBy::Blocked),
-                "deleted" => Some(TakenBy::Deleted),
-                _ => by
-                    .as_deref()
-                    .and_then(ConnectionId::parse)
-                    .map(TakenBy::Stream),
-            };
-            if let (Ok(device), Some(by)) = (DeviceId::parse(&device), by) {
-                store.do_send(DisconnectTakenOver {
-                    device,
-                    generation,
-                    by,
-                });
-            }
-        }
-    }
-}
-
-/// One buffer entry of `attach.lua`'s answer: id `<seq>-0`, fields
-/// `n name p published d data`.
-fn entry(
-    epoch: Epoch,
-    id: &str,
-    fields: Vec<String>,
-    now: (SystemTime, Instant),
-) -> Result<StoredEvent, WriteError> {
-    let seq = (id.split_once('-').and_then(|(seq, _)| seq.parse().ok()))
-        .ok_or(WriteError::Unavailable)?;
-    let [_, name, _, published, _, data] =
-        <[String; 6]>::try_from(fields).map_err(|_| WriteError::Unavailable)?;
-    Ok(StoredEvent {
-        id: EventId { epoch, seq },
-        name: EventName::parse(&name).map_err(|_| WriteError::Unavailable)?,
-        data: data.into(),
-        published_at: instant_of(published.parse().unwrap_or(0), now),
-        batch: 0,
-    })
-}
-
-/// A device as `view.lua` encodes it.
-fn view_of(encoded: &str) -> Result<DeviceView, WriteError> {
-    #[derive(Deserialize)]
-    struct Stored {
-        device: String,
-        epoch: String,
-        seq: u64,
-        node: String,
-        connection: String,
-        address: String,
-        since: u64,
-        seen: u64,
-        bytes: usize,
-        events: usize,
-        retained: usize,
-        attaches: u64,
-        kicks: u64,
-    }
-    let v: Stored = serde_json::from_str(encoded).map_err(|_| WriteError::Unavailable)?;
-    let live = !v.node.is_empty();
-    let at = |ms: u64| (ms > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-    Ok(DeviceView {
-        device: DeviceId::parse(&v.device).map_err(|_| WriteError::Unavailable)?,
-        // The node's id, without the number its process drew at start.
-        node: live.then(|| {
-            v.node
-                .rsplit_once('/')
-                .map_or(&*v.node, |(id, _)| id)
-                .to_owned()
-        }),
-        connection_id: live.then(|| ConnectionId::parse(&v.connection)).flatten(),
-        address: (!v.address.is_empty()).then_some(v.address),
-        connected_since: live.then(|| at(v.since)).flatten(),
-        last_seen: if live {
-            SystemTime::now()
-        } else {
-            at(v.seen).or(at(v.since)).unwrap_or(SystemTime::UNIX_EPOCH)
-        },
-        last_event_id: match (v.epoch.is_empty(), v.seq) {
-            (false, 1..) => Some(EventId {
-                epoch: parse_epoch(&v.epoch)?,
-                seq: v.seq,
-            }),
-            _ => None,
-        },
-        buffered_events: v.events,
-        buffered_bytes: v.bytes,
-        retained: v.retained,
-        reconnects: v.attaches.saturating_sub(1),
-        kicks: v.kicks,
-        resets: 0,
-        flapping: false,
-    })
-}
-
-/// A retained event as `publish.lua` encodes it: `[epoch, seq, published,
-/// data]`.
-fn retained_event(
-    name: &str,
-    encoded: &str,
-    now: (SystemTime, Instant),
-) -> Result<StoredEvent, WriteError> {
-    let (epoch, seq, published, data): (String, u64, u64, String) =
-        serde_json::from_str(encoded).map_err(|_| WriteError::Unavailable)?;
-    Ok(StoredEvent {
-        id: EventId {
-            epoch: parse_epoch(&epoch)?,
-            seq,
-        },
-        name: EventName::parse(name).map_err(|_| WriteError::Unavailable)?,
-        data: data.into(),
-        published_at: instant_of(published, now),
-        batch: 0,
-    })
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// An epoch as the scripts write it: `boot:session`.
-fn epoch_text(epoch: Epoch) -> String {
-    format!("{}:{}", epoch.boot(), epoch.session())
-}
-
-/// `boot:session`, as the scripts write epochs.
-fn parse_epoch(text: &str) -> Result<Epoch, WriteError> {
-    let (boot, session) = text.split_once(':').ok_or(WriteError::Unavailable)?;
-    match (boot.parse(), session.parse()) {
-        (Ok(boot), Ok(session)) => Ok(Epoch::new(boot, session)),
-        _ => Err(WriteError::Unavailable),
-    }
-}
-
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The monotonic instant of a wall-clock publish time, for latency figures.
-fn instant_of(published_ms: u64, (wall, monotonic): (SystemTime, Instant)) -> Instant {
-    let age = Duration::from_millis(unix_ms(wall).saturating_sub(published_ms));
-    monotonic.checked_sub(age).unwrap_or(monotonic)
 }

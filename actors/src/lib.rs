@@ -15,8 +15,9 @@
 //! | `storage.rs`       | the store's in-memory storage: sessions, retained events, bounds, expiry index (admin views in `storage/views.rs`) |
 //! | `backend.rs`       | the storage seam: [`Backend`] (memory, embedded), its [`Change`]s and [`Snapshot`] |
 //! | `embedded.rs`      | the embedded backend: a redb file written by a group-committing thread |
+//! | `cluster.rs`       | the redis backend: several nodes on one Redis, its Lua scripts in `cluster/*.lua`, the node channel in `cluster/channel.rs` |
 //! | `commits.rs`       | publishes between their ids and their commit           |
-//! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry (its publish path in `session_store/publishing.rs`) |
+//! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry (its publish path in `session_store/publishing.rs`, its cluster side in `session_store/cluster.rs`) |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `kicks.rs`         | [`KickConfig`]: the store's rules ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |
@@ -43,6 +44,9 @@
 //!              DeviceConnection ──Kicked──▶ SessionStore              only if its client was still there
 //!              DeviceConnection ──Disconnected──▶ DeviceRegistry ──DisconnectSession──▶ SessionStore (TTL starts)
 //!              DeviceConnection ──DisconnectWatch──▶ Heartbeat
+//!  cluster:    node channel ──DeliverRouted──▶ SessionStore ──DeliverEach──▶ DeviceRegistry   events Redis routed here
+//!              node channel ──DisconnectTakenOver──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry   taken over elsewhere
+//!              node channel ──DisconnectInterrupted──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry  subscription was lost
 //!  shutdown:   after the streams ended ──CloseStorage──▶ DeviceRegistry ──▶ SessionStore ──▶ Backend
 //!  heartbeat:  Heartbeat ──SendHeartbeat──▶ DeviceConnection
 //! ```
