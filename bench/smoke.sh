@@ -19,8 +19,16 @@ common=(--runs 1 --targets herald --streams 120 --per-worker 50 --herald-bin tar
 "$bench" unicast "${common[@]}" --rates 50,200 --step-secs 1
 "$bench" storm "${common[@]}" --history 5 --rate 5 --before-secs 1 --after-secs 2
 "$bench" slow "${common[@]}" --rate 20 --secs 3 --payload-bytes 16384
+# Two nodes on one Redis (.ci/install-redis installs redis-server).
+cluster=(--runs 1 --targets herald-cluster --streams 120 --per-worker 50
+    --herald-bin target/debug/herald --server-cpus 0 --client-cpus "$client_cpu"
+    --out "$out/cluster" --check)
+"$bench" fanout "${cluster[@]}" --rates 1,20 --step-secs 1
+"$bench" unicast "${cluster[@]}" --rates 50,200 --step-secs 1
+"$bench" storm "${cluster[@]}" --history 5 --rate 5 --before-secs 1 --after-secs 2
 for scenario in idle fanout unicast storm slow; do
     test -s "$out/$scenario.json" && test -s "$out/$scenario.md"
 done
 test -s "$out/fanout.png" && test -s "$out/unicast.png"
+test -s "$out/cluster/unicast.md" && test -s "$out/cluster/storm.md"
 echo "bench smoke: every scenario ran clean"

@@ -92,7 +92,11 @@ pub struct Step {
     pub resets: u64,
     /// Failed connects and non-200 answers to streams (each retried).
     pub errors: u64,
+    /// Every server process's CPU: herald's, nginx's, or the cluster's two
+    /// nodes and Redis.
     pub server_cpu_s: f64,
+    /// Of `server_cpu_s`, the cluster's Redis.
+    pub redis_cpu_s: Option<f64>,
     pub client_cpu_s: f64,
     /// Client CPU time over the step's duration and the client's CPUs: near
     /// 1, the harness rather than the server limited the step.
@@ -291,7 +295,14 @@ fn steps_table(out: &mut String, targets: &[TargetResult]) {
                 step.duplicates.to_string(),
                 step.published.refused.to_string(),
                 step.ended.to_string(),
-                format_value(step.server_cpu_s),
+                match step.redis_cpu_s {
+                    Some(redis) => format!(
+                        "{} (Redis {})",
+                        format_value(step.server_cpu_s),
+                        format_value(redis)
+                    ),
+                    None => format_value(step.server_cpu_s),
+                },
                 format!(
                     "{} ({:.0}%)",
                     format_value(step.client_cpu_s),

@@ -1,6 +1,8 @@
 //! The servers under test: herald (its binary, with the repo's
 //! `config.toml` and the bench overrides below; `herald` on its default
-//! embedded storage, `herald-memory` on the memory backend) and nginx with the nchan
+//! embedded storage, `herald-memory` on the memory backend, `herald-cluster`
+//! two nodes sharing a redis-server, streams on one and publishes on the
+//! other, so every delivery crosses nodes) and nginx with the nchan
 //! module (`bench/nchan/nginx.conf.template`). Both get one worker on the
 //! server CPUs, the same replay buffer length and the same keep-alive period.
 
@@ -27,6 +29,8 @@ pub enum Target {
     Herald,
     /// herald on the memory backend (nothing survives the process).
     HeraldMemory,
+    /// Two herald nodes on one Redis: streams on one, publishes on the other.
+    HeraldCluster,
     Nchan,
 }
 
@@ -35,6 +39,7 @@ impl Target {
         match self {
             Self::Herald => "herald",
             Self::HeraldMemory => "herald-memory",
+            Self::HeraldCluster => "herald-cluster",
             Self::Nchan => "nchan",
         }
     }
@@ -42,7 +47,7 @@ impl Target {
     /// Where a device's EventSource connects.
     pub fn stream_path(self, device: &str) -> String {
         match self {
-            Self::Herald | Self::HeraldMemory => format!("/v1/devices/{device}/events"),
+            Self::Herald | Self::HeraldMemory | Self::HeraldCluster => format!("/v1/devices/{device}/events"),
             Self::Nchan => format!("/sub/{device}"),
         }
     }
@@ -51,7 +56,7 @@ impl Target {
     /// or to every device when `device` is `None`.
     pub fn publish_request(self, device: Option<&str>, payload: &str) -> PublishRequest {
         match self {
-            Self::Herald | Self::HeraldMemory => PublishRequest {
+            Self::Herald | Self::HeraldMemory | Self::HeraldCluster => PublishRequest {
                 path: match device {
                     Some(device) => format!("/v1/devices/{device}/events"),
                     None => "/v1/broadcast".to_owned(),
@@ -95,7 +100,12 @@ pub struct ServerOptions {
 pub struct Server {
     pub target: Target,
     child: Child,
+    /// Where streams connect.
     pub addr: SocketAddr,
+    /// Where publishes go: `addr`, or another node of the cluster.
+    pub publish_addr: SocketAddr,
+    /// The cluster's other processes: its second node, then Redis.
+    others: Vec<Child>,
     scratch: PathBuf,
 }
 
@@ -110,28 +120,49 @@ impl Server {
         ));
         std::fs::create_dir_all(scratch.join("logs"))
             .map_err(|err| format!("scratch dir {}: {err}", scratch.display()))?;
+        let (mut others, mut publish_addr) = (Vec::new(), addr);
         let mut command = match target {
             Target::Herald => herald_command(options, addr, "embedded", &scratch),
             Target::HeraldMemory => herald_command(options, addr, "memory", &scratch),
+            Target::HeraldCluster => {
+                let redis_port = free_port()?;
+                let mut redis = redis_command(redis_port, &scratch);
+                others.push(spawn(&mut redis, options)?);
+                await_redis(redis_port).await?;
+                let url = format!("redis://127.0.0.1:{redis_port}/0");
+                publish_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+                let mut publishing = herald_command(options, publish_addr, "redis", &scratch);
+                publishing.env("HERALD_STORAGE__REDIS__URL", &url);
+                others.insert(0, spawn(&mut publishing, options)?);
+                let mut streaming = herald_command(options, addr, "redis", &scratch);
+                streaming.env("HERALD_STORAGE__REDIS__URL", &url);
+                streaming
+            }
             Target::Nchan => nginx_command(options, port, &scratch)?,
         };
-        procfs::pin(&mut command, &options.cpus)?;
-        let program = command.get_program().to_string_lossy().into_owned();
-        let child = command
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|err| format!("cannot start {program}: {err}"))?;
+        let child = spawn(&mut command, options)?;
         let mut server = Self {
             target,
             child,
             addr,
+            publish_addr,
+            others,
             scratch,
         };
-        if let Err(err) = server.await_ready().await {
+        let mut ready = server.await_ready(server.addr).await;
+        if ready.is_ok() && server.publish_addr != server.addr {
+            ready = server.await_ready(server.publish_addr).await;
+        }
+        if let Err(err) = ready {
             server.stop().await;
             return Err(err);
         }
         Ok(server)
+    }
+
+    /// The cluster's Redis, if this is the cluster.
+    pub fn redis_pid(&self) -> Option<u32> {
+        (self.target == Target::HeraldCluster).then(|| self.others.last().map(Child::id))?
     }
 
     /// An error if the server has exited (it should run until stopped).
@@ -149,6 +180,7 @@ impl Server {
     /// The server's processes: herald's one, or nginx's master and workers.
     pub fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.child.id()];
+        pids.extend(self.others.iter().map(Child::id));
         if self.target == Target::Nchan {
             pids.extend(procfs::children(self.child.id()));
         }
@@ -159,7 +191,7 @@ impl Server {
         self.addr.to_string()
     }
 
-    async fn await_ready(&mut self) -> Result<(), String> {
+    async fn await_ready(&mut self, addr: SocketAddr) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -168,7 +200,7 @@ impl Server {
                     self.target.name()
                 ));
             }
-            if self.answers().await {
+            if self.answers(addr).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -180,13 +212,13 @@ impl Server {
 
     /// Whether a publish-side request gets an answer: `/healthz` for herald,
     /// a publish to a probe channel's info for nchan.
-    async fn answers(&self) -> bool {
+    async fn answers(&self, addr: SocketAddr) -> bool {
         let path = match self.target {
-            Target::Herald | Target::HeraldMemory => "/healthz",
+            Target::Herald | Target::HeraldMemory | Target::HeraldCluster => "/healthz",
             Target::Nchan => "/pub/ready-probe",
         };
         let probe = async {
-            let stream = net::connect(Ipv4Addr::LOCALHOST, self.addr, None).await?;
+            let stream = net::connect(Ipv4Addr::LOCALHOST, addr, None).await?;
             let (mut sender, _guard) = net::handshake(stream).await?;
             let request = hyper::Request::get(path)
                 .header("host", self.host())
@@ -208,14 +240,23 @@ impl Server {
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
+        for other in &self.others {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(other.id() as libc::pid_t, libc::SIGTERM);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let children = std::iter::once(&mut self.child).chain(self.others.iter_mut());
+        for child in children {
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
@@ -236,10 +277,55 @@ impl Server {
 /// left listening and pinned.
 impl Drop for Server {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.others.iter_mut()) {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
+    }
+}
+
+/// Starts `command` on the server CPUs.
+fn spawn(command: &mut Command, options: &ServerOptions) -> Result<Child, String> {
+    procfs::pin(command, &options.cpus)?;
+    let program = command.get_program().to_string_lossy().into_owned();
+    command
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|err| format!("cannot start {program}: {err}"))
+}
+
+/// A redis-server keeping nothing on disk, for the cluster.
+fn redis_command(port: u16, scratch: &std::path::Path) -> Command {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(scratch)
+        .stdout(Stdio::null());
+    command
+}
+
+/// Waits until Redis answers `PING`.
+async fn await_redis(port: u16) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(mut socket) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+            let mut answer = [0; 7];
+            let pong = socket.write_all(b"PING\r\n").await.is_ok()
+                && socket.read_exact(&mut answer).await.is_ok()
+                && &answer == b"+PONG\r\n";
+            if pong {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("redis-server not ready within 15 s".to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -69,7 +69,7 @@ impl Session {
     pub fn publisher(&self, mode: Mode) -> Publisher {
         Publisher::new(
             self.server.target,
-            self.server.addr,
+            self.server.publish_addr,
             mode,
             self.payload_bytes,
         )
@@ -98,6 +98,12 @@ impl Session {
         )
     }
 
+    /// The cluster's Redis CPU seconds so far (part of the server's).
+    fn redis_cpu(&self) -> Option<f64> {
+        let redis = self.server.redis_pid()?;
+        Some(procfs::cpu_seconds(&[redis]))
+    }
+
     /// Offers `rate` publishes/s for `secs`; each should reach
     /// `per_publish` streams.
     pub async fn step(
@@ -111,6 +117,7 @@ impl Session {
         self.fleet.await_quiet(QUIET_PATIENCE).await?;
         self.fleet.reset().await?;
         let (server_before, client_before) = self.cpu();
+        let redis_before = self.redis_cpu();
         let started = Instant::now();
         let published = publisher.run(rate, Duration::from_secs_f64(secs)).await?;
         let expected = published.accepted * per_publish;
@@ -120,6 +127,7 @@ impl Session {
         // The window is the step, or longer if deliveries trailed behind.
         let elapsed = started.elapsed().as_secs_f64().max(secs);
         let (server_after, client_after) = self.cpu();
+        let redis_cpu_s = self.redis_cpu().zip(redis_before).map(|(a, b)| a - b);
         self.server.check_alive()?;
         let merged = self.fleet.report().await?;
         let tally = &merged.tally;
@@ -157,6 +165,7 @@ impl Session {
             resets: tally.resets,
             errors: tally.errors,
             server_cpu_s,
+            redis_cpu_s,
             client_cpu_s,
             client_cpu_share: client_cpu_s / elapsed / self.client_cpus.max(1) as f64,
             server_cpu_us_per_delivery: if tally.deliveries == 0 {
