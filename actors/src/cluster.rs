@@ -31,12 +31,15 @@
 //! | `Pnode:<N>`  | channel| events and kicks for the streams node `N` holds        |
 
 use std::{
-    sync::{Arc, LazyLock},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
 use bytestring::ByteString;
-use redis::{AsyncCommands as _, Script, aio::ConnectionManager};
+use redis::{Script, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 
 mod channel;
@@ -123,6 +126,8 @@ pub struct ConnectError {
 pub struct Cluster {
     conn: ConnectionManager,
     health: Arc<Health>,
+    /// Whether this node has told Redis it is alive yet.
+    alive: Arc<AtomicBool>,
     prefix: Arc<str>,
     /// This process's name on the node channels: the node id and a
     /// number drawn at start, so a restarted node never takes its previous
@@ -177,6 +182,7 @@ impl Cluster {
         let cluster = Self {
             conn,
             health: health.clone(),
+            alive: Arc::default(),
             prefix: config.prefix.as_str().into(),
             node: node.into(),
         };
@@ -360,12 +366,24 @@ impl Cluster {
     }
 
     /// Ends the sessions whose TTL passed, on whichever node; answers each
-    /// with the events it held. Also tells Redis this node is still alive,
-    /// which keeps its streams' sessions.
-    pub async fn sweep(mut self, ttl: Duration) -> Result<Vec<(String, usize)>, WriteError> {
+    /// with the events it held, and whether this node's liveness had lapsed
+    /// (then its streams' sessions may have been ended under them). Also
+    /// tells Redis this node is still alive, which keeps those sessions.
+    pub async fn sweep(
+        mut self,
+        ttl: Duration,
+    ) -> Result<(Vec<(String, usize)>, bool), WriteError> {
         let alive = format!("{}alive:{}", self.prefix, self.node);
-        let answer = self.conn.pset_ex(alive, 1, millis(ALIVE_FOR)).await;
-        let () = self.health.check(answer)?;
+        let refresh = redis::cmd("SET")
+            .arg(alive)
+            .arg(1)
+            .arg("PX")
+            .arg(millis(ALIVE_FOR))
+            .arg("GET")
+            .query_async::<Option<String>>(&mut self.conn)
+            .await;
+        let before = self.health.check(refresh)?;
+        let lapsed = before.is_none() && self.alive.swap(true, Ordering::Relaxed);
         let answer: redis::RedisResult<Vec<(String, usize)>> = SWEEP
             .arg(&*self.prefix)
             .arg(millis(ttl))
@@ -373,7 +391,7 @@ impl Cluster {
             .invoke_async(&mut self.conn)
             .await;
         let ended = self.health.check(answer)?;
-        Ok(ended)
+        Ok((ended, lapsed))
     }
 
     /// Ends the device's live stream wherever it is (see `disconnect.lua`);

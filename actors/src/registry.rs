@@ -170,6 +170,12 @@ impl Handler<ConnectLive> for DeviceRegistry {
                     ending: Ending::Superseded,
                 });
             }
+            // It never reports `Disconnected` (it never ran): its session
+            // is given up here, or it would stay attached to no one.
+            self.store.do_send(DisconnectSession {
+                device: msg.device,
+                connection_id: msg.connection_id,
+            });
             return;
         }
         let new = Live {
@@ -320,6 +326,12 @@ mod tests {
         assert!(next(&mut frames).await.is_none(), "ended, without `kicked`");
         assert!(stopped(&live).await);
         assert_eq!(count_live(&actors).await, 0);
+        // Nor is the session left attached to the connect that is gone.
+        let describe = crate::DescribeDevice {
+            device: dev.clone(),
+        };
+        let view = actors.store.send(describe).await.unwrap().unwrap();
+        assert_eq!(view.expect("a session").connection_id, None);
 
         // Its client resumes, and is the device's stream again.
         let (_again, mut frames, _) = connect(&actors, &dev, None, 8).await;

@@ -526,9 +526,9 @@ impl Handler<CountSessions> for SessionStore {
 impl Handler<SweepExpired> for SessionStore {
     type Result = ();
 
-    fn handle(&mut self, _: SweepExpired, _: &mut Self::Context) {
+    fn handle(&mut self, _: SweepExpired, ctx: &mut Self::Context) {
         if let Some(cluster) = self.backend.cluster() {
-            return self.sweep_on(cluster);
+            return self.sweep_on(cluster, ctx.address());
         }
         for (device, buffered) in self.storage.sweep(tokio::time::Instant::now()) {
             log::info!("session.expired device={device} buffered={buffered}");

@@ -47,7 +47,9 @@ impl Target {
     /// Where a device's EventSource connects.
     pub fn stream_path(self, device: &str) -> String {
         match self {
-            Self::Herald | Self::HeraldMemory | Self::HeraldCluster => format!("/v1/devices/{device}/events"),
+            Self::Herald | Self::HeraldMemory | Self::HeraldCluster => {
+                format!("/v1/devices/{device}/events")
+            }
             Self::Nchan => format!("/sub/{device}"),
         }
     }

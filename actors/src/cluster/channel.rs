@@ -83,7 +83,8 @@ impl Subscription {
 
 /// The node's subscription was lost and is back: what was routed to its
 /// streams meanwhile may be lost, so they end and their clients resume.
-/// Sent by the subscription to the store.
+/// Sent by the subscription to the store, and by the store to itself when
+/// its liveness in Redis had lapsed.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct DisconnectInterrupted;

@@ -1,6 +1,7 @@
 -- Ends the sessions whose TTL has passed (their retained events stay). A
 -- session owned by a node that is still alive (its `alive:` key, which it
--- refreshes, exists) has a live stream: its TTL starts again instead.
+-- refreshes, exists) has a live stream: its TTL starts again instead. One
+-- owned by a node whose key lapsed ends, and that node is told.
 -- ARGV: prefix, ttl_ms, at most this many sessions.
 -- Answers {device, events it held}... of the sessions ended.
 local P, ttl, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -13,6 +14,13 @@ for _, D in ipairs(redis.call('ZRANGEBYSCORE', P .. 'expiry', '-inf', now, 'LIMI
   if own and own ~= '' and redis.call('EXISTS', P .. 'alive:' .. own) == 1 then
     redis.call('ZADD', P .. 'expiry', now + ttl, D)
   else
+    if own and own ~= '' then
+      -- Its node stopped refreshing `alive:`: should it still hold the
+      -- stream (stalled, not dead), it ends it.
+      local gen = redis.call('HINCRBY', sk, 'gen', 1)
+      redis.call('PUBLISH', P .. 'node:' .. own,
+        cjson.encode({kick = {device = D, generation = gen, ending = 'admin'}}))
+    end
     ended[#ended + 1] = D
     ended[#ended + 1] = redis.call('XLEN', bk)
     redis.call('DEL', sk, bk)

@@ -5,8 +5,12 @@
 //!
 //! A connect's attach script and the events routed to this node travel on
 //! different Redis connections, so an event published right after the
-//! attach can arrive before the attach's answer: it waits in `attaching`
-//! and follows the replay (the stream skips any it already has).
+//! attach can arrive before the attach's answer: every connect waiting for
+//! its answer keeps a copy of what arrives for its device, which follows
+//! its replay (the stream skips any it already has); what arrives goes to
+//! the device's live stream here too, which may be an older one still in
+//! charge. A kick or a lost subscription that comes while a connect waits
+//! is noted on it, and ends its stream before it begins if it concerns it.
 
 use std::collections::HashMap;
 
@@ -31,7 +35,10 @@ use crate::{
 #[derive(Default)]
 pub(super) struct Routing {
     owned: HashMap<DeviceId, Owned>,
-    attaching: HashMap<DeviceId, Attaching>,
+    /// Connects waiting for their attach's answer, per device.
+    attaching: HashMap<DeviceId, Vec<Attaching>>,
+    /// Times the node's subscription was lost and taken up again.
+    interruptions: u64,
 }
 
 struct Owned {
@@ -44,6 +51,29 @@ struct Owned {
 struct Attaching {
     connection_id: ConnectionId,
     held: Vec<StoredEvent>,
+    /// The highest generation a kick of the device named meanwhile.
+    kicked: u64,
+    /// `Routing::interruptions` when the connect began.
+    interruptions: u64,
+}
+
+impl Routing {
+    /// Takes the waiting connect `connection_id` of `device` out.
+    fn take_attaching(
+        &mut self,
+        device: &DeviceId,
+        connection_id: ConnectionId,
+    ) -> Option<Attaching> {
+        let waiting = self.attaching.get_mut(device)?;
+        let at = waiting
+            .iter()
+            .position(|a| a.connection_id == connection_id)?;
+        let attaching = waiting.swap_remove(at);
+        if waiting.is_empty() {
+            self.attaching.remove(device);
+        }
+        Some(attaching)
+    }
 }
 
 impl SessionStore {
@@ -58,18 +88,17 @@ impl SessionStore {
         let attaching = Attaching {
             connection_id: msg.connection_id,
             held: Vec::new(),
+            kicked: 0,
+            interruptions: self.routing.interruptions,
         };
-        self.routing.attaching.insert(msg.device.clone(), attaching);
+        (self.routing.attaching.entry(msg.device.clone()))
+            .or_default()
+            .push(attaching);
         let ttl = self.storage.ttl();
         let stream = (msg.connection_id, msg.peer.clone());
         let attach = cluster.attach(msg.device.clone(), since, stream, ttl);
         Box::pin(attach.into_actor(self).map(move |attached, act, _| {
-            let held = match act.routing.attaching.get(&msg.device) {
-                Some(mine) if mine.connection_id == msg.connection_id => {
-                    act.routing.attaching.remove(&msg.device).map(|a| a.held)
-                }
-                _ => None,
-            };
+            let waited = act.routing.take_attaching(&msg.device, msg.connection_id);
             let attached = attached.map_err(|e| ConnectError::Full(StoreError::Write(e)))?;
             let Some(attached) = attached else {
                 log::info!(
@@ -81,17 +110,32 @@ impl SessionStore {
                 );
                 return Err(ConnectError::Refused(Refusal::Blocked));
             };
+            let waited = waited.unwrap_or(Attaching {
+                connection_id: msg.connection_id,
+                held: Vec::new(),
+                kicked: 0,
+                interruptions: act.routing.interruptions,
+            });
             let newer = (act.routing.owned.get(&msg.device))
                 .is_some_and(|owned| owned.generation > attached.generation);
-            if newer {
-                // A later connect of the device on this node went live
-                // first: this one ends before it begins, and its client
-                // resumes.
+            if newer || waited.kicked > attached.generation {
+                // A later connect of the device, here or on another node,
+                // took it over first: this one ends before it begins, and
+                // its client resumes.
                 msg.connection.do_send(Disconnect {
                     ending: Ending::Superseded,
                 });
                 return Ok(());
             }
+            if waited.interruptions != act.routing.interruptions {
+                // The subscription was lost while it waited: what was
+                // routed to it meanwhile may be lost.
+                msg.connection.do_send(Disconnect {
+                    ending: Ending::Resync,
+                });
+                return Ok(());
+            }
+            let held = waited.held;
             let owned = Owned {
                 connection_id: msg.connection_id,
                 generation: attached.generation,
@@ -108,7 +152,7 @@ impl SessionStore {
                 peer: msg.peer,
                 opening,
             });
-            if let Some(held) = held.filter(|held| !held.is_empty()) {
+            if !held.is_empty() {
                 let events = held.into_iter().map(|e| (msg.device.clone(), e)).collect();
                 act.registry.do_send(DeliverEach { events });
             }
@@ -155,13 +199,19 @@ impl SessionStore {
         })
     }
 
-    /// Ends the sessions whose TTL passed, on any node.
-    pub(super) fn sweep_on(&self, cluster: Cluster) {
+    /// Ends the sessions whose TTL passed, on any node. Should this node's
+    /// liveness have lapsed (it could not reach Redis for a while), its
+    /// streams' sessions may be gone: they end as after a lost
+    /// subscription, and their clients resume.
+    pub(super) fn sweep_on(&self, cluster: Cluster, me: Addr<Self>) {
         let ttl = self.storage.ttl();
         actix::spawn(async move {
-            if let Ok(ended) = cluster.sweep(ttl).await {
+            if let Ok((ended, lapsed)) = cluster.sweep(ttl).await {
                 for (device, buffered) in ended {
                     log::info!("session.expired device={device} buffered={buffered}");
+                }
+                if lapsed {
+                    me.do_send(DisconnectInterrupted);
                 }
             }
         });
@@ -242,16 +292,12 @@ impl Handler<DeliverRouted> for SessionStore {
     type Result = ();
 
     fn handle(&mut self, msg: DeliverRouted, _: &mut Self::Context) {
-        let mut live = Vec::with_capacity(msg.events.len());
-        for (device, event) in msg.events {
-            match self.routing.attaching.get_mut(&device) {
-                Some(attaching) => attaching.held.push(event),
-                None => live.push((device, event)),
+        for (device, event) in &msg.events {
+            for waiting in self.routing.attaching.get_mut(device).into_iter().flatten() {
+                waiting.held.push(event.clone());
             }
         }
-        if !live.is_empty() {
-            self.registry.do_send(DeliverEach { events: live });
-        }
+        self.registry.do_send(DeliverEach { events: msg.events });
     }
 }
 
@@ -259,6 +305,15 @@ impl Handler<DisconnectTakenOver> for SessionStore {
     type Result = ();
 
     fn handle(&mut self, msg: DisconnectTakenOver, _: &mut Self::Context) {
+        for waiting in self
+            .routing
+            .attaching
+            .get_mut(&msg.device)
+            .into_iter()
+            .flatten()
+        {
+            waiting.kicked = waiting.kicked.max(msg.generation);
+        }
         let older = (self.routing.owned.get(&msg.device))
             .is_some_and(|owned| owned.generation < msg.generation);
         if !older {
@@ -287,9 +342,12 @@ impl Handler<DisconnectInterrupted> for SessionStore {
     type Result = ();
 
     fn handle(&mut self, _: DisconnectInterrupted, _: &mut Self::Context) {
-        for (device, _) in self.routing.owned.drain() {
+        self.routing.interruptions += 1;
+        // The entries stay until the streams' ends, which record what they
+        // wrote and give the devices up (or are fenced).
+        for device in self.routing.owned.keys() {
             self.registry.do_send(DisconnectLive {
-                device,
+                device: device.clone(),
                 ending: Ending::Resync,
             });
         }
