@@ -523,3 +523,44 @@ async fn an_operator_on_any_node_sees_where_a_device_is_live_and_blocks_or_delet
     let (status, _) = one.admin(Method::GET, "/v1/devices/lamp").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "forgotten on every node");
 }
+
+#[actix_web::test]
+async fn the_kick_ping_pong_rules_hold_across_nodes() {
+    let redis = RedisServer::start();
+    let mut one = node(&redis, "one").await;
+    let mut two = node(&redis, "two").await;
+
+    // Instance `a` replaced by instance `b` on another node: `a` coming
+    // back within the instance window is refused, on either node.
+    let mut a = one.try_open_as("lamp", "a").await.expect("a connects");
+    a.hello().await;
+    let mut b = two.try_open_as("lamp", "b").await.expect("b connects");
+    b.hello().await;
+    assert_eq!(a.next_event().await.event.as_deref(), Some("kicked"));
+    for node in [&one, &two] {
+        let refused = node.try_open_as("lamp", "a").await.err().expect("refused");
+        assert_eq!(
+            (refused.status, &refused.body["error"]["code"]),
+            (StatusCode::CONFLICT, &json!("kicked_instance"))
+        );
+    }
+
+    // Without instances, kicks bouncing between the nodes make the device
+    // flapping (3 within 10 s by default): newcomers are refused.
+    let mut streams = Vec::new();
+    for round in 0..4 {
+        let here = if round % 2 == 0 { &one } else { &two };
+        let mut stream = here.open("bulb", None).await;
+        stream.hello().await;
+        streams.push(stream);
+    }
+    let flapping = ["device.flapping", "device=bulb"];
+    tokio::select! {
+        _ = one.expect_log(&flapping) => {}
+        _ = two.expect_log(&flapping) => {}
+    }
+    let refused = two.try_open("bulb", None).await.err().expect("refused");
+    assert_eq!(refused.body["error"]["code"], json!("flapping"));
+    let (_, view) = one.admin(reqwest::Method::GET, "/v1/devices/bulb").await;
+    assert_eq!(view["flapping"], json!(true));
+}

@@ -53,7 +53,8 @@ use decode::{entry, epoch_text, millis, parse_epoch, retained_event, unix_ms, vi
 use health::Health;
 
 use crate::{
-    ConnectionId, DeviceId, Epoch, EventId, EventName, SessionConfig, StoredEvent,
+    ConnectionId, DeviceId, Epoch, EventId, EventName, FlappingPolicy, KickConfig, Refusal,
+    SessionConfig, StoredEvent,
     backend::WriteError,
     storage::{DevicePage, DeviceView, MAX_SCAN, StoreError},
 };
@@ -88,6 +89,8 @@ static DETACH: LazyLock<Script> =
 static DISCONNECT: LazyLock<Script> =
     LazyLock::new(|| with_functions(include_str!("cluster/disconnect.lua")));
 static VIEW: LazyLock<Script> = LazyLock::new(|| with_functions(include_str!("cluster/view.lua")));
+static KICKED: LazyLock<Script> =
+    LazyLock::new(|| with_functions(include_str!("cluster/kicked.lua")));
 static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cluster/sweep.lua")));
 
 /// Devices one broadcast chunk appends to at most: the script blocks
@@ -286,9 +289,9 @@ impl Cluster {
         mut self,
         device: DeviceId,
         since: Option<EventId>,
-        (connection, address): (ConnectionId, String),
-        ttl: Duration,
-    ) -> Result<Option<Attached>, WriteError> {
+        (connection, address, instance): (ConnectionId, String, Option<String>),
+        (ttl, instance_window): (Duration, Duration),
+    ) -> Result<Result<Attached, Refusal>, WriteError> {
         let (since_epoch, since_seq) =
             since.map_or((String::new(), 0), |id| (epoch_text(id.epoch), id.seq));
         type Entries = Vec<(String, Vec<String>)>;
@@ -313,12 +316,17 @@ impl Cluster {
             .arg(connection.to_string())
             .arg(millis(ttl))
             .arg(address)
+            .arg(instance.unwrap_or_default())
+            .arg(millis(instance_window))
             .invoke_async(&mut self.conn)
             .await;
         let (admitted, epoch, last_seq, generation, oldest, written, resumed, entries, retained) =
             self.health.check(answer)?;
-        if admitted == 0 {
-            return Ok(None);
+        match admitted {
+            0 => return Ok(Err(Refusal::Blocked)),
+            2 => return Ok(Err(Refusal::KickedInstance)),
+            3 => return Ok(Err(Refusal::Flapping)),
+            _ => {}
         }
         let epoch = parse_epoch(&epoch)?;
         let now = (SystemTime::now(), Instant::now());
@@ -329,7 +337,7 @@ impl Cluster {
             .map(|(name, event)| retained_event(&name, &event, now))
             .collect::<Result<Vec<_>, _>>()?;
         retained.sort_by_key(|event| (event.published_at, event.id.seq));
-        Ok(Some(Attached {
+        Ok(Ok(Attached {
             epoch,
             last_seq,
             generation,
@@ -394,6 +402,30 @@ impl Cluster {
         Ok((ended, lapsed))
     }
 
+    /// Records a kick of the device's stream (`old` kicked by `new`, their
+    /// instances) under the kick rules, kept in Redis for every node;
+    /// answers whether the device is flapping now.
+    pub async fn record_kick(
+        mut self,
+        device: DeviceId,
+        (old, new): (Option<String>, Option<String>),
+        kicks: &KickConfig,
+    ) -> Result<bool, WriteError> {
+        let answer: redis::RedisResult<u8> = KICKED
+            .arg(&*self.prefix)
+            .arg(device.as_str())
+            .arg(old.unwrap_or_default())
+            .arg(new.unwrap_or_default())
+            .arg(millis(kicks.instance_window))
+            .arg(kicks.flapping_kicks)
+            .arg(millis(kicks.flapping_window))
+            .arg(millis(kicks.flapping_cooldown))
+            .arg(u8::from(kicks.flapping_policy == FlappingPolicy::Refuse))
+            .invoke_async(&mut self.conn)
+            .await;
+        Ok(self.health.check(answer)? == 1)
+    }
+
     /// Ends the device's live stream wherever it is (see `disconnect.lua`);
     /// answers whether there was one (for `Deleted`: anything to forget).
     pub async fn disconnect(
@@ -403,7 +435,7 @@ impl Cluster {
         (block, ttl): (Duration, Duration),
     ) -> Result<bool, WriteError> {
         let ending = match ending {
-            TakenBy::Stream(_) | TakenBy::Admin => "admin",
+            TakenBy::Stream(..) | TakenBy::Admin => "admin",
             TakenBy::Blocked => "blocked",
             TakenBy::Deleted => "deleted",
         };

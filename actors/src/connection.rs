@@ -554,12 +554,17 @@ impl Handler<Disconnect> for DeviceConnection {
             by.map_or_else(|| "admin".to_owned(), |by| by.to_string())
         );
         metrics().kicks.inc();
-        p.store.do_send(Kicked {
+        let recorded = p.store.send(Kicked {
             device: p.device.clone(),
             replacement,
         });
-        self.write(Frame::Signal(Box::new(Signal::kicked(by))), ctx);
-        self.stop(DisconnectReason::Kicked, ctx);
+        // `kicked` only once the kick is recorded (on the cluster, in
+        // Redis): a client that reads it and comes back, on any node, finds
+        // its kick counted. Nothing else is written meanwhile.
+        ctx.wait(recorded.into_actor(self).map(move |_, act, ctx| {
+            act.write(Frame::Signal(Box::new(Signal::kicked(by))), ctx);
+            act.stop(DisconnectReason::Kicked, ctx);
+        }));
     }
 }
 

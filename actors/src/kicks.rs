@@ -197,6 +197,10 @@ impl KickPolicy {
         flagged.is_some_and(|until| now < until)
     }
 
+    pub fn config(&self) -> &KickConfig {
+        &self.config
+    }
+
     /// How long an operator's `reconnect=false` refuses a device's streams.
     pub fn reconnect_block(&self) -> Duration {
         self.config.reconnect_block

@@ -117,8 +117,9 @@ pub struct DisconnectSession {
 
 /// A replacement or an operator's block found its stream's client still
 /// there: a kick. The admin view counts it and, for a replacement, the kick
-/// rules record it. Sent by the kicked connection, before it writes
-/// `kicked` (so before its client can come back).
+/// rules record it (on the cluster, in Redis). Sent by the kicked
+/// connection, which writes `kicked` only once this is answered (so its
+/// client, coming back on any node, finds the kick counted).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Kicked {
@@ -284,13 +285,15 @@ impl Handler<Connect> for SessionStore {
     type Result = ResponseActFuture<Self, Result<(), ConnectError>>;
 
     fn handle(&mut self, msg: Connect, _: &mut Self::Context) -> Self::Result {
+        // On the cluster, the attach script applies the kick rules, which
+        // Redis keeps for every node.
+        if let Some(cluster) = self.backend.cluster() {
+            return self.connect_on(cluster, msg);
+        }
         if let Err(refusal) = self.admit(&msg) {
             return Box::pin(fut::ready(Err(refusal.into())));
         }
-        match self.backend.cluster() {
-            Some(cluster) => self.connect_on(cluster, msg),
-            None => Box::pin(fut::ready(self.connect(msg))),
-        }
+        Box::pin(fut::ready(self.connect(msg)))
     }
 }
 
@@ -384,10 +387,24 @@ impl Handler<DisconnectSession> for SessionStore {
 }
 
 impl Handler<Kicked> for SessionStore {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: Kicked, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Kicked, _: &mut Self::Context) -> Self::Result {
         self.storage.count_kick(&msg.device);
+        if let Some(cluster) = self.backend.cluster() {
+            return match msg.replacement {
+                Some(replacement) => self.record_kick_on(cluster, msg.device, replacement),
+                None => Box::pin(async {}),
+            };
+        }
+        self.record_kick(msg);
+        Box::pin(async {})
+    }
+}
+
+impl SessionStore {
+    /// A kick on this node's own kick rules.
+    fn record_kick(&mut self, msg: Kicked) {
         let Some(Replacement {
             instances, peers, ..
         }) = msg.replacement

@@ -233,9 +233,23 @@ impl HeraldProcess {
         device: &str,
         last_event_id: Option<&str>,
     ) -> Result<EventStream, Refusal> {
-        let mut request = self
-            .http
-            .get(self.url(&format!("/v1/devices/{device}/events")));
+        self.try_open_at(&format!("/v1/devices/{device}/events"), last_event_id)
+            .await
+    }
+
+    /// Like [`try_open`](Self::try_open), for a client naming itself
+    /// `instance`.
+    pub async fn try_open_as(&self, device: &str, instance: &str) -> Result<EventStream, Refusal> {
+        let path = format!("/v1/devices/{device}/events?instance={instance}");
+        self.try_open_at(&path, None).await
+    }
+
+    async fn try_open_at(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<EventStream, Refusal> {
+        let mut request = self.http.get(self.url(path));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }

@@ -3,23 +3,36 @@
 -- told to kick its stream, and the buffer after the stream's start and the
 -- retained events are read, all at once: every event appended before this
 -- is in the answer, every one after it is published to N.
--- A device an operator blocked (`reconnect=false`) is refused, changing
--- nothing.
+-- Refused, changing nothing: a device an operator blocked
+-- (`reconnect=false`); an instance kicked by another one within the
+-- instance window; under the refuse policy, a client without an instance
+-- while the device cools down from flapping (see kicked.lua).
 -- ARGV: prefix, device, node, boot candidate (see new_epoch), since_epoch
 -- ('' if none), since_seq, connection id (named in the kick), ttl_ms,
--- client address.
+-- client address, instance ('' if none), instance_window_ms.
 -- Answers {1, epoch, last seq, generation, oldest seq kept, written seq,
 -- resumed (1 if the entries follow since_seq, 0 if the written seq),
--- entries, retained (name, encoded event, ...)}, or {0, ...} if blocked.
+-- entries, retained (name, encoded event, ...)}, or {0 blocked, 2 kicked
+-- instance, 3 flapping, ...} if refused.
 local P, D, N, boot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local since_ep, since_seq, conn = ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local ttl, addr = tonumber(ARGV[8]), ARGV[9]
+local ttl, addr, instance, iw = tonumber(ARGV[8]), ARGV[9], ARGV[10], tonumber(ARGV[11])
+local function refused(why)
+  return {why, '', 0, 0, 0, 0, 0, {}, {}}
+end
 if redis.call('EXISTS', key(P, D, 'k')) == 1 then
-  return {0, '', 0, 0, 0, 0, 0, {}, {}}
+  return refused(0)
 end
 local sk, bk, rk = P .. '{' .. D .. '}:s', P .. '{' .. D .. '}:b', P .. '{' .. D .. '}:r'
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
+if instance ~= '' then
+  local kicked_at = redis.call('ZSCORE', key(P, D, 'ki'), instance)
+  if kicked_at and now - tonumber(kicked_at) < iw then
+    return refused(2)
+  end
+elseif redis.call('EXISTS', key(P, D, 'kc')) == 1 then
+  return refused(3)
+end
 local m = redis.call('HMGET', sk, 'ep', 'sq', 'own', 'wr')
 local ep, sq, old, wr = m[1], tonumber(m[2]), m[3], tonumber(m[4])
 if not ep then
@@ -37,8 +50,8 @@ redis.call('ZADD', P .. 'expiry', now + ttl, D)
 if old ~= '' then
   redis.call('HINCRBY', sk, 'kicks', 1)
   if old ~= N then
-    redis.call('PUBLISH', P .. 'node:' .. old,
-      cjson.encode({kick = {device = D, generation = gen, ending = 'replaced', by = conn}}))
+    redis.call('PUBLISH', P .. 'node:' .. old, cjson.encode({kick = {
+      device = D, generation = gen, ending = 'replaced', by = conn, instance = instance}}))
   end
 end
 local first = sq + 1

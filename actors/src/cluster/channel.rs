@@ -107,6 +107,8 @@ enum Routed {
         ending: String,
         /// The newer stream's connection, for `replaced`.
         by: Option<String>,
+        /// The newer stream's instance, for `replaced`.
+        instance: Option<String>,
     },
 }
 
@@ -130,10 +132,10 @@ pub struct DisconnectTakenOver {
 }
 
 /// Who ended a stream through Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TakenBy {
-    /// A newer stream of the device, on another node.
-    Stream(ConnectionId),
+    /// A newer stream of the device, on another node, and its instance.
+    Stream(ConnectionId, Option<String>),
     /// An operator; the client may come straight back.
     Admin,
     /// An operator, who also blocked the device's connects.
@@ -180,15 +182,14 @@ fn route(routed: Routed, store: &Addr<SessionStore>) {
             generation,
             ending,
             by,
+            instance,
         } => {
             let by = match ending.as_str() {
                 "admin" => Some(TakenBy::Admin),
                 "blocked" => Some(TakenBy::Blocked),
                 "deleted" => Some(TakenBy::Deleted),
-                _ => by
-                    .as_deref()
-                    .and_then(ConnectionId::parse)
-                    .map(TakenBy::Stream),
+                _ => (by.as_deref().and_then(ConnectionId::parse))
+                    .map(|by| TakenBy::Stream(by, instance.filter(|i| !i.is_empty()))),
             };
             if let (Ok(device), Some(by)) = (DeviceId::parse(&device), by) {
                 store.do_send(DisconnectTakenOver {

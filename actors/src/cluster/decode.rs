@@ -48,6 +48,7 @@ pub(super) fn view_of(encoded: &str) -> Result<DeviceView, WriteError> {
         retained: usize,
         attaches: u64,
         kicks: u64,
+        flapping: bool,
     }
     let v: Stored = serde_json::from_str(encoded).map_err(|_| WriteError::Unavailable)?;
     let live = !v.node.is_empty();
@@ -82,7 +83,7 @@ pub(super) fn view_of(encoded: &str) -> Result<DeviceView, WriteError> {
         reconnects: v.attaches.saturating_sub(1),
         kicks: v.kicks,
         resets: 0,
-        flapping: false,
+        flapping: v.flapping,
     })
 }
 

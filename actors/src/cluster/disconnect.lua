@@ -25,7 +25,8 @@ if live then
 end
 if ending == 'deleted' then
   local existed = redis.call('EXISTS', sk, key(P, D, 'r'))
-  redis.call('DEL', sk, key(P, D, 'b'), key(P, D, 'r'), key(P, D, 'k'))
+  redis.call('DEL', sk, key(P, D, 'b'), key(P, D, 'r'), key(P, D, 'k'),
+    key(P, D, 'ki'), key(P, D, 'kr'), key(P, D, 'kc'), key(P, D, 'kf'))
   redis.call('ZREM', P .. 'devices', D)
   redis.call('ZREM', P .. 'expiry', D)
   if existed > 0 then

@@ -18,6 +18,7 @@ local function view_of(D)
     since = tonumber(m[6] or '0'), seen = tonumber(m[7] or '0'),
     bytes = tonumber(m[8] or '0'), events = redis.call('XLEN', key(P, D, 'b')),
     retained = retained, attaches = tonumber(m[9] or '0'), kicks = tonumber(m[10] or '0'),
+    flapping = redis.call('EXISTS', key(P, D, 'kf')) == 1,
   })
 end
 if ARGV[2] == '1' then

@@ -24,7 +24,6 @@ use crate::{
         Attached, Cluster, DeliverRouted, DisconnectInterrupted, DisconnectTakenOver, TakenBy,
     },
     connection::{Disconnect, Ending, Replacement},
-    kicks::Refusal,
     registry::{ConnectLive, DeliverEach, DisconnectLive},
     session::locate,
     storage::StoreError,
@@ -43,6 +42,8 @@ pub(super) struct Routing {
 
 struct Owned {
     connection_id: ConnectionId,
+    /// The client's name for itself, for the kick rules.
+    instance: Option<String>,
     generation: u64,
     epoch: Epoch,
     progress: Progress,
@@ -95,21 +96,21 @@ impl SessionStore {
             .or_default()
             .push(attaching);
         let ttl = self.storage.ttl();
-        let stream = (msg.connection_id, msg.peer.clone());
-        let attach = cluster.attach(msg.device.clone(), since, stream, ttl);
+        let stream = (msg.connection_id, msg.peer.clone(), msg.instance.clone());
+        let windows = (ttl, self.kicks.config().instance_window);
+        let attach = cluster.attach(msg.device.clone(), since, stream, windows);
         Box::pin(attach.into_actor(self).map(move |attached, act, _| {
             let waited = act.routing.take_attaching(&msg.device, msg.connection_id);
             let attached = attached.map_err(|e| ConnectError::Full(StoreError::Write(e)))?;
-            let Some(attached) = attached else {
+            let attached = attached.inspect_err(|refusal| {
                 log::info!(
                     "device.refused device={} addr={} instance={} reason={}",
                     msg.device,
                     msg.peer,
                     msg.instance.as_deref().unwrap_or("-"),
-                    Refusal::Blocked.as_str()
+                    refusal.as_str()
                 );
-                return Err(ConnectError::Refused(Refusal::Blocked));
-            };
+            })?;
             let waited = waited.unwrap_or(Attaching {
                 connection_id: msg.connection_id,
                 held: Vec::new(),
@@ -138,6 +139,7 @@ impl SessionStore {
             let held = waited.held;
             let owned = Owned {
                 connection_id: msg.connection_id,
+                instance: msg.instance.clone(),
                 generation: attached.generation,
                 epoch: attached.epoch,
                 progress: msg.progress,
@@ -158,6 +160,32 @@ impl SessionStore {
             }
             Ok(())
         }))
+    }
+
+    /// A kick found its stream's client there: the kick rules, in Redis.
+    pub(super) fn record_kick_on(
+        &self,
+        cluster: Cluster,
+        device: DeviceId,
+        replacement: Replacement,
+    ) -> ResponseFuture<()> {
+        let config = self.kicks.config().clone();
+        let policy = self.kicks.policy_name();
+        let Replacement {
+            instances, peers, ..
+        } = replacement;
+        Box::pin(async move {
+            let flapping = cluster
+                .record_kick(device.clone(), instances, &config)
+                .await;
+            if flapping.unwrap_or(false) {
+                log::warn!(
+                    "device.flapping device={device} addrs={},{} policy={policy}",
+                    peers.0,
+                    peers.1
+                );
+            }
+        })
     }
 
     /// A publish on the cluster: Redis gives the ids and routes the event.
@@ -314,17 +342,17 @@ impl Handler<DisconnectTakenOver> for SessionStore {
         {
             waiting.kicked = waiting.kicked.max(msg.generation);
         }
-        let older = (self.routing.owned.get(&msg.device))
-            .is_some_and(|owned| owned.generation < msg.generation);
-        if !older {
+        let Some(owned) =
+            (self.routing.owned.get(&msg.device)).filter(|owned| owned.generation < msg.generation)
+        else {
             return;
-        }
+        };
         // Its entry stays until the stream ends: its end still records what
         // it wrote (the ownership part is fenced).
         let ending = match msg.by {
-            TakenBy::Stream(by) => Ending::Replaced(Replacement {
+            TakenBy::Stream(by, instance) => Ending::Replaced(Replacement {
                 by,
-                instances: (None, None),
+                instances: (owned.instance.clone(), instance),
                 peers: ("-".to_owned(), "another node".to_owned()),
             }),
             TakenBy::Admin => Ending::Admin,
