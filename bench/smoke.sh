@@ -25,7 +25,7 @@ cluster=(--runs 1 --targets herald-cluster --streams 120 --per-worker 50
     --out "$out/cluster" --check)
 "$bench" fanout "${cluster[@]}" --rates 1,20 --step-secs 1
 "$bench" unicast "${cluster[@]}" --rates 50,200 --step-secs 1
-"$bench" storm "${cluster[@]}" --history 5 --rate 5 --before-secs 1 --after-secs 2
+"$bench" storm "${cluster[@]}" --spread --history 5 --rate 5 --before-secs 1 --after-secs 2
 for scenario in idle fanout unicast storm slow; do
     test -s "$out/$scenario.json" && test -s "$out/$scenario.md"
 done

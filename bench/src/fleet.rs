@@ -46,7 +46,8 @@ struct WorkerProcess {
 
 pub struct Spec {
     pub target: Target,
-    pub server: SocketAddr,
+    /// Where streams connect (see the worker's `--server`).
+    pub servers: Vec<SocketAddr>,
     pub streams: usize,
     pub per_worker: usize,
     pub slow_every: usize,
@@ -70,7 +71,7 @@ impl Fleet {
             command
                 .arg("worker")
                 .args(["--target", spec.target.name()])
-                .args(["--server", &spec.server.to_string()])
+                .args(spec.servers.iter().flat_map(|s| ["--server".to_owned(), s.to_string()]))
                 .args(["--source", &source.to_string()])
                 .args(["--first", &first.to_string()])
                 .args(["--count", &streams.to_string()])

@@ -16,6 +16,9 @@ pub struct StreamState {
     pub last_seq: u64,
     /// When the current connection's `200` arrived (ns since the epoch).
     pub live_at: u64,
+    /// Connections opened so far: with several servers, the next one goes
+    /// to the next server.
+    pub opened: usize,
 }
 
 pub struct Counters {

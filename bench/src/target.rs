@@ -238,28 +238,14 @@ impl Server {
     /// directory. nginx's error log is printed first if it holds errors.
     pub async fn stop(mut self) {
         self.show_errors();
-        // SAFETY: kill(2) on the pid of a child this process has not reaped.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        for other in &self.others {
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(other.id() as libc::pid_t, libc::SIGTERM);
-            }
-        }
+        // The servers first, then what they stand on (the cluster's Redis,
+        // last in `others`), so no node logs losing it on the way out.
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut redis = self.redis_pid().and_then(|_| self.others.pop());
         let children = std::iter::once(&mut self.child).chain(self.others.iter_mut());
-        for child in children {
-            while matches!(child.try_wait(), Ok(None)) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        terminate(children, deadline).await;
+        terminate(redis.as_mut(), deadline).await;
+        self.others.extend(redis);
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 
@@ -284,6 +270,28 @@ impl Drop for Server {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+}
+
+/// Sends SIGTERM to each of `children` and waits for them (SIGKILL once
+/// `deadline` passed).
+async fn terminate(children: impl IntoIterator<Item = &mut Child>, deadline: Instant) {
+    let children: Vec<_> = children.into_iter().collect();
+    for child in &children {
+        // SAFETY: kill(2) on the pid of a child this process has not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    for child in children {
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -36,8 +36,11 @@ const SLOW_RECEIVE_BUFFER: u32 = 4096;
 pub struct WorkerArgs {
     #[arg(long, value_enum)]
     pub target: Target,
-    #[arg(long)]
-    pub server: SocketAddr,
+    /// Where streams connect; given more than once, each connection of a
+    /// stream goes to the next one (stream `i`'s `n`th to `(i + n) % len`),
+    /// so a reconnect moves the stream to another server.
+    #[arg(long, required = true)]
+    pub server: Vec<SocketAddr>,
     /// Local address every socket of this worker is bound to.
     #[arg(long)]
     pub source: Ipv4Addr,
@@ -85,7 +88,7 @@ fn raise_open_files_limit() -> std::io::Result<()> {
 
 struct Worker {
     args: WorkerArgs,
-    host: String,
+    hosts: Vec<String>,
     streams: Vec<RefCell<StreamState>>,
     counters: RefCell<Counters>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
@@ -98,7 +101,7 @@ struct Worker {
 
 async fn serve(args: WorkerArgs) -> std::io::Result<()> {
     let worker = Rc::new(Worker {
-        host: args.server.to_string(),
+        hosts: args.server.iter().map(SocketAddr::to_string).collect(),
         streams: (0..args.count).map(|_| RefCell::default()).collect(),
         counters: RefCell::new(Counters::new(args.fanout)),
         tasks: RefCell::default(),
@@ -239,11 +242,18 @@ async fn session(
     permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Result<(), net::Error> {
     let receive_buffer = slow.then_some(SLOW_RECEIVE_BUFFER);
-    let stream = net::connect(worker.args.source, worker.args.server, receive_buffer).await?;
+    let (last_event_id, at) = {
+        let mut state = worker.streams[index].borrow_mut();
+        state.opened += 1;
+        let servers = worker.args.server.len();
+        let at = (worker.args.first + index + state.opened - 1) % servers;
+        (state.last_event_id.clone(), at)
+    };
+    let server = worker.args.server[at];
+    let stream = net::connect(worker.args.source, server, receive_buffer).await?;
     let (mut sender, _guard) = net::handshake(stream).await?;
-    let last_event_id = worker.streams[index].borrow().last_event_id.clone();
-    let response =
-        net::open_stream(&mut sender, &worker.host, path, last_event_id.as_deref()).await?;
+    let host = &worker.hosts[at];
+    let response = net::open_stream(&mut sender, host, path, last_event_id.as_deref()).await?;
     if response.status() != hyper::StatusCode::OK {
         return Err(format!("status {}", response.status()).into());
     }

@@ -47,6 +47,11 @@ pub struct Common {
     /// Streams per worker process (each binds its own 127.0.0.x).
     #[arg(long, default_value_t = 5_000)]
     pub per_worker: usize,
+    /// herald-cluster: streams connect to both nodes, and each reconnect of
+    /// a stream moves it to the other node (otherwise they stream from one
+    /// node and publishes go to the other).
+    #[arg(long)]
+    pub spread: bool,
     /// CPUs the server is pinned to (taskset syntax).
     #[arg(long, default_value = "0")]
     pub server_cpus: String,

@@ -31,9 +31,16 @@ impl Session {
         fanout: bool,
     ) -> Result<Self, String> {
         let server = Server::start(target, &common.server_options()?).await?;
+        // The storm's streams spread over the cluster's two nodes, each
+        // reconnect moving to the other; the other scenarios stream from
+        // one node and publish on the other.
+        let servers = match common.spread {
+            true if server.publish_addr != server.addr => vec![server.addr, server.publish_addr],
+            _ => vec![server.addr],
+        };
         let spec = Spec {
             target,
-            server: server.addr,
+            servers,
             streams: common.streams,
             per_worker: common.per_worker,
             slow_every,
