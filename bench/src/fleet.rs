@@ -71,7 +71,11 @@ impl Fleet {
             command
                 .arg("worker")
                 .args(["--target", spec.target.name()])
-                .args(spec.servers.iter().flat_map(|s| ["--server".to_owned(), s.to_string()]))
+                .args(
+                    spec.servers
+                        .iter()
+                        .flat_map(|s| ["--server".to_owned(), s.to_string()]),
+                )
                 .args(["--source", &source.to_string()])
                 .args(["--first", &first.to_string()])
                 .args(["--count", &streams.to_string()])
