@@ -17,7 +17,7 @@
 //! | `embedded.rs`      | the embedded backend: a redb file written by a group-committing thread |
 //! | `cluster.rs`       | the redis backend: several nodes on one Redis, its Lua scripts in `cluster/*.lua`, the node channel in `cluster/channel.rs` |
 //! | `commits.rs`       | publishes between their ids and their commit           |
-//! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry (its publish path in `session_store/publishing.rs`, its cluster side in `session_store/cluster.rs`) |
+//! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry (its publish path in `session_store/publishing.rs`, the admin API's device messages in `session_store/admin.rs`, its cluster side in `session_store/cluster.rs`) |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `kicks.rs`         | [`KickConfig`]: the store's rules ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |
