@@ -564,3 +564,31 @@ async fn the_kick_ping_pong_rules_hold_across_nodes() {
     let (_, view) = one.admin(reqwest::Method::GET, "/v1/devices/bulb").await;
     assert_eq!(view["flapping"], json!(true));
 }
+
+#[actix_web::test]
+async fn the_bound_on_sessions_holds_across_nodes() {
+    let redis = RedisServer::start();
+    let bound = [("HERALD_SESSION__MAX_SESSIONS", "2")];
+    let (one, two) = (
+        node_with(&redis, "one", &bound).await,
+        node_with(&redis, "two", &bound).await,
+    );
+    publish(&one, "a", "x").await;
+    publish(&two, "b", "x").await;
+    let (status, reply) = one
+        .publish("c", &json!({"event": "note", "data": "x"}))
+        .await;
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (StatusCode::INSUFFICIENT_STORAGE, &json!("too_many_sessions"))
+    );
+    let refused = two.try_open("d", None).await.err().expect("refused");
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    // A session of its own is no new session.
+    let mut a = two.open("a", None).await;
+    a.hello().await;
+
+    let (status, _) = two.admin(reqwest::Method::DELETE, "/v1/devices/b").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    publish(&one, "c", "room again").await;
+}

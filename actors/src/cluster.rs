@@ -138,6 +138,15 @@ pub struct Cluster {
     node: Arc<str>,
 }
 
+/// Why a connect was not attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAttached {
+    /// The kick rules or an operator's block.
+    Refused(Refusal),
+    /// It needs a new session, and there are `session.max_sessions`.
+    Full,
+}
+
 /// A stream's start, as Redis decided it.
 #[derive(Debug)]
 pub struct Attached {
@@ -218,8 +227,10 @@ impl Cluster {
         type Answer = (u8, Vec<(String, u64, u8)>);
         let answer: redis::RedisResult<Answer> = invocation.invoke_async(&mut self.conn).await;
         let (stored, answers) = self.health.check(answer)?;
-        if stored == 0 {
-            return Err(StoreError::RetainedLimit(config.retained_per_device));
+        match stored {
+            0 => return Err(StoreError::RetainedLimit(config.retained_per_device)),
+            2 => return Err(StoreError::TooManySessions(config.max_sessions)),
+            _ => {}
         }
         answers
             .into_iter()
@@ -279,7 +290,8 @@ impl Cluster {
             .arg(fastrand::u32(..))
             .arg(millis(config.ttl))
             .arg(u8::from(retain))
-            .arg(config.retained_per_device);
+            .arg(config.retained_per_device)
+            .arg(config.max_sessions);
     }
 
     /// Makes this node the device's owner for stream `connection` and reads
@@ -290,8 +302,8 @@ impl Cluster {
         device: DeviceId,
         since: Option<EventId>,
         (connection, address, instance): (ConnectionId, String, Option<String>),
-        (ttl, instance_window): (Duration, Duration),
-    ) -> Result<Result<Attached, Refusal>, WriteError> {
+        (ttl, instance_window, max_sessions): (Duration, Duration, usize),
+    ) -> Result<Result<Attached, NotAttached>, WriteError> {
         let (since_epoch, since_seq) =
             since.map_or((String::new(), 0), |id| (epoch_text(id.epoch), id.seq));
         type Entries = Vec<(String, Vec<String>)>;
@@ -318,14 +330,16 @@ impl Cluster {
             .arg(address)
             .arg(instance.unwrap_or_default())
             .arg(millis(instance_window))
+            .arg(max_sessions)
             .invoke_async(&mut self.conn)
             .await;
         let (admitted, epoch, last_seq, generation, oldest, written, resumed, entries, retained) =
             self.health.check(answer)?;
         match admitted {
-            0 => return Ok(Err(Refusal::Blocked)),
-            2 => return Ok(Err(Refusal::KickedInstance)),
-            3 => return Ok(Err(Refusal::Flapping)),
+            0 => return Ok(Err(NotAttached::Refused(Refusal::Blocked))),
+            2 => return Ok(Err(NotAttached::Refused(Refusal::KickedInstance))),
+            3 => return Ok(Err(NotAttached::Refused(Refusal::Flapping))),
+            4 => return Ok(Err(NotAttached::Full)),
             _ => {}
         }
         let epoch = parse_epoch(&epoch)?;

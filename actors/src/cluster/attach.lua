@@ -6,17 +6,19 @@
 -- Refused, changing nothing: a device an operator blocked
 -- (`reconnect=false`); an instance kicked by another one within the
 -- instance window; under the refuse policy, a client without an instance
--- while the device cools down from flapping (see kicked.lua).
+-- while the device cools down from flapping (see kicked.lua); a device
+-- without a session when there are max_sessions.
 -- ARGV: prefix, device, node, boot candidate (see new_epoch), since_epoch
 -- ('' if none), since_seq, connection id (named in the kick), ttl_ms,
--- client address, instance ('' if none), instance_window_ms.
+-- client address, instance ('' if none), instance_window_ms, max_sessions.
 -- Answers {1, epoch, last seq, generation, oldest seq kept, written seq,
 -- resumed (1 if the entries follow since_seq, 0 if the written seq),
 -- entries, retained (name, encoded event, ...)}, or {0 blocked, 2 kicked
--- instance, 3 flapping, ...} if refused.
+-- instance, 3 flapping, 4 full, ...} if refused.
 local P, D, N, boot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local since_ep, since_seq, conn = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local ttl, addr, instance, iw = tonumber(ARGV[8]), ARGV[9], ARGV[10], tonumber(ARGV[11])
+local maxs = tonumber(ARGV[12])
 local function refused(why)
   return {why, '', 0, 0, 0, 0, 0, {}, {}}
 end
@@ -36,6 +38,9 @@ end
 local m = redis.call('HMGET', sk, 'ep', 'sq', 'own', 'wr')
 local ep, sq, old, wr = m[1], tonumber(m[2]), m[3], tonumber(m[4])
 if not ep then
+  if sessions(P) >= maxs then
+    return refused(4)
+  end
   ep = new_epoch(P, boot)
   sq, old, wr = 0, '', 0
   redis.call('DEL', bk)

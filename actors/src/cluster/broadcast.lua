@@ -7,7 +7,7 @@
 -- Answers {devices looked at, buffered, delivered, next cursor ('' at the
 -- end)}.
 local P, ev = ARGV[1], event_of(ARGV)
-local cursor, limit = ARGV[11], tonumber(ARGV[12])
+local cursor, limit = ARGV[12], tonumber(ARGV[13])
 local from = '-'
 if cursor ~= '' then
   from = '(' .. cursor

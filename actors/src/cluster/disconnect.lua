@@ -24,6 +24,9 @@ if live then
     cjson.encode({kick = {device = D, generation = gen, ending = ending}}))
 end
 if ending == 'deleted' then
+  if redis.call('EXISTS', sk) == 1 then
+    redis.call('DECR', P .. 'count')
+  end
   local existed = redis.call('EXISTS', sk, key(P, D, 'r'))
   redis.call('DEL', sk, key(P, D, 'b'), key(P, D, 'r'), key(P, D, 'k'),
     key(P, D, 'ki'), key(P, D, 'kr'), key(P, D, 'kc'), key(P, D, 'kf'))

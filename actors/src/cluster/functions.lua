@@ -6,12 +6,19 @@ end
 -- A new session's epoch, `boot:session`: boot is this Redis data set's
 -- id (made from `candidate`, a random number, if it has none: an emptied
 -- Redis gives epochs no client has seen), session counts sessions.
+-- Sessions there are (every node's): `Pcount`, kept by the scripts that
+-- make and end sessions.
+local function sessions(P)
+  return tonumber(redis.call('GET', P .. 'count') or '0')
+end
+
 local function new_epoch(P, candidate)
   local boot = redis.call('GET', P .. 'instance')
   if not boot then
     boot = candidate
     redis.call('SET', P .. 'instance', boot)
   end
+  redis.call('INCR', P .. 'count')
   return boot .. ':' .. (redis.call('INCR', P .. 'sessions') % 4294967296)
 end
 
@@ -77,12 +84,13 @@ end
 
 -- The event of ARGV[2..10]: name, data, published_ms, max_events,
 -- max_bytes, boot candidate (see new_epoch), ttl_ms, retain ('1' or '0'),
--- max_retained_names.
+-- max_retained_names, max_sessions.
 local function event_of(argv)
   return {
     name = argv[2], data = argv[3], pub = argv[4],
     maxn = tonumber(argv[5]), maxb = tonumber(argv[6]), boot = argv[7],
     ttl = tonumber(argv[8]), retain = argv[9] == '1', maxr = tonumber(argv[10]),
+    maxs = tonumber(argv[11]),
     now = now_ms(),
   }
 end

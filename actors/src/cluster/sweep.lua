@@ -23,7 +23,10 @@ for _, D in ipairs(redis.call('ZRANGEBYSCORE', P .. 'expiry', '-inf', now, 'LIMI
     end
     ended[#ended + 1] = D
     ended[#ended + 1] = redis.call('XLEN', bk)
-    redis.call('DEL', sk, bk)
+    if redis.call('DEL', sk) == 1 then
+      redis.call('DECR', P .. 'count')
+    end
+    redis.call('DEL', bk)
     redis.call('ZREM', P .. 'expiry', D)
     if redis.call('EXISTS', P .. '{' .. D .. '}:r') == 0 then
       redis.call('ZREM', P .. 'devices', D)

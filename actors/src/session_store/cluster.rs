@@ -21,7 +21,8 @@ use super::{BroadcastReceipt, Connect, ConnectError, PublishReceipt, SessionStor
 use crate::{
     ConnectionId, DeviceId, Epoch, EventId, EventName, Opening, Progress, Start, StoredEvent,
     cluster::{
-        Attached, Cluster, DeliverRouted, DisconnectInterrupted, DisconnectTakenOver, TakenBy,
+        Attached, Cluster, DeliverRouted, DisconnectInterrupted, DisconnectTakenOver, NotAttached,
+        TakenBy,
     },
     connection::{Disconnect, Ending, Replacement},
     registry::{ConnectLive, DeliverEach, DisconnectLive},
@@ -97,19 +98,24 @@ impl SessionStore {
             .push(attaching);
         let ttl = self.storage.ttl();
         let stream = (msg.connection_id, msg.peer.clone(), msg.instance.clone());
-        let windows = (ttl, self.kicks.config().instance_window);
+        let max_sessions = self.storage.config().max_sessions;
+        let windows = (ttl, self.kicks.config().instance_window, max_sessions);
         let attach = cluster.attach(msg.device.clone(), since, stream, windows);
         Box::pin(attach.into_actor(self).map(move |attached, act, _| {
             let waited = act.routing.take_attaching(&msg.device, msg.connection_id);
             let attached = attached.map_err(|e| ConnectError::Full(StoreError::Write(e)))?;
-            let attached = attached.inspect_err(|refusal| {
-                log::info!(
-                    "device.refused device={} addr={} instance={} reason={}",
-                    msg.device,
-                    msg.peer,
-                    msg.instance.as_deref().unwrap_or("-"),
-                    refusal.as_str()
-                );
+            let attached = attached.map_err(|not| match not {
+                NotAttached::Full => ConnectError::Full(StoreError::TooManySessions(max_sessions)),
+                NotAttached::Refused(refusal) => {
+                    log::info!(
+                        "device.refused device={} addr={} instance={} reason={}",
+                        msg.device,
+                        msg.peer,
+                        msg.instance.as_deref().unwrap_or("-"),
+                        refusal.as_str()
+                    );
+                    ConnectError::Refused(refusal)
+                }
             })?;
             let waited = waited.unwrap_or(Attaching {
                 connection_id: msg.connection_id,
