@@ -580,7 +580,10 @@ async fn the_bound_on_sessions_holds_across_nodes() {
         .await;
     assert_eq!(
         (status, &reply["error"]["code"]),
-        (StatusCode::INSUFFICIENT_STORAGE, &json!("too_many_sessions"))
+        (
+            StatusCode::INSUFFICIENT_STORAGE,
+            &json!("too_many_sessions")
+        )
     );
     let refused = two.try_open("d", None).await.err().expect("refused");
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
