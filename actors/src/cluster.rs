@@ -502,9 +502,4 @@ impl Cluster {
             next: DeviceId::parse(&next).ok(),
         })
     }
-
-    /// This node's name on the node channels.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
 }

@@ -263,11 +263,6 @@ impl Session {
         cooled
     }
 
-    /// The buffered events held whole (the newest), oldest first.
-    pub fn hot_events(&self) -> impl Iterator<Item = &StoredEvent> {
-        self.hot.iter()
-    }
-
     /// A session read back from storage, every event cold: the footprints
     /// of its events, oldest first and ending at `last_seq`, and what its
     /// streams had written. Answers it with the events beyond `limits`
