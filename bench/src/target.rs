@@ -3,8 +3,10 @@
 //! embedded storage, `herald-memory` on the memory backend, `herald-cluster`
 //! two nodes sharing a redis-server, streams on one and publishes on the
 //! other, so every delivery crosses nodes) and nginx with the nchan
-//! module (`bench/nchan/nginx.conf.template`). Both get one worker on the
-//! server CPUs, the same replay buffer length and the same keep-alive period.
+//! module (`bench/nchan/nginx.conf.template`; `nchan-cluster` is two of them
+//! on one redis-server, laid out like `herald-cluster`). Each server process
+//! gets one worker on the server CPUs, the same replay buffer length and the
+//! same keep-alive period.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -32,6 +34,9 @@ pub enum Target {
     /// Two herald nodes on one Redis: streams on one, publishes on the other.
     HeraldCluster,
     Nchan,
+    /// Two nginx + nchan on one Redis (`nchan_redis_pass`): streams on one,
+    /// publishes on the other.
+    NchanCluster,
 }
 
 impl Target {
@@ -41,6 +46,7 @@ impl Target {
             Self::HeraldMemory => "herald-memory",
             Self::HeraldCluster => "herald-cluster",
             Self::Nchan => "nchan",
+            Self::NchanCluster => "nchan-cluster",
         }
     }
 
@@ -50,7 +56,7 @@ impl Target {
             Self::Herald | Self::HeraldMemory | Self::HeraldCluster => {
                 format!("/v1/devices/{device}/events")
             }
-            Self::Nchan => format!("/sub/{device}"),
+            Self::Nchan | Self::NchanCluster => format!("/sub/{device}"),
         }
     }
 
@@ -69,7 +75,7 @@ impl Target {
                     ("authorization", format!("Bearer {ADMIN_TOKEN}")),
                 ],
             },
-            Self::Nchan => PublishRequest {
+            Self::Nchan | Self::NchanCluster => PublishRequest {
                 path: format!("/pub/{}", device.unwrap_or("all")),
                 body: Bytes::from(payload.to_owned()),
                 headers: vec![("content-type", "application/json".to_owned())],
@@ -140,7 +146,22 @@ impl Server {
                 streaming.env("HERALD_STORAGE__REDIS__URL", &url);
                 streaming
             }
-            Target::Nchan => nginx_command(options, port, &scratch)?,
+            Target::Nchan => nginx_command(options, port, &scratch, None)?,
+            Target::NchanCluster => {
+                let redis_port = free_port()?;
+                let mut redis = redis_command(redis_port, &scratch);
+                others.push(spawn(&mut redis, options)?);
+                await_redis(redis_port).await?;
+                let url = format!("redis://127.0.0.1:{redis_port}");
+                let publish_port = free_port()?;
+                publish_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, publish_port));
+                let second = scratch.join("publishing");
+                std::fs::create_dir_all(&second)
+                    .map_err(|err| format!("scratch dir {}: {err}", second.display()))?;
+                let mut publishing = nginx_command(options, publish_port, &second, Some(&url))?;
+                others.insert(0, spawn(&mut publishing, options)?);
+                nginx_command(options, port, &scratch, Some(&url))?
+            }
         };
         let child = spawn(&mut command, options)?;
         let mut server = Self {
@@ -162,9 +183,10 @@ impl Server {
         Ok(server)
     }
 
-    /// The cluster's Redis, if this is the cluster.
+    /// The cluster's Redis, if this is a cluster.
     pub fn redis_pid(&self) -> Option<u32> {
-        (self.target == Target::HeraldCluster).then(|| self.others.last().map(Child::id))?
+        let cluster = matches!(self.target, Target::HeraldCluster | Target::NchanCluster);
+        cluster.then(|| self.others.last().map(Child::id))?
     }
 
     /// An error if the server has exited (it should run until stopped).
@@ -179,12 +201,14 @@ impl Server {
         }
     }
 
-    /// The server's processes: herald's one, or nginx's master and workers.
+    /// The server's processes: herald's, or nginx's masters and workers,
+    /// and the cluster's Redis.
     pub fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.child.id()];
         pids.extend(self.others.iter().map(Child::id));
-        if self.target == Target::Nchan {
-            pids.extend(procfs::children(self.child.id()));
+        if matches!(self.target, Target::Nchan | Target::NchanCluster) {
+            let masters = pids.clone();
+            pids.extend(masters.into_iter().flat_map(procfs::children));
         }
         pids
     }
@@ -217,7 +241,7 @@ impl Server {
     async fn answers(&self, addr: SocketAddr) -> bool {
         let path = match self.target {
             Target::Herald | Target::HeraldMemory | Target::HeraldCluster => "/healthz",
-            Target::Nchan => "/pub/ready-probe",
+            Target::Nchan | Target::NchanCluster => "/pub/ready-probe",
         };
         let probe = async {
             let stream = net::connect(Ipv4Addr::LOCALHOST, addr, None).await?;
@@ -250,7 +274,9 @@ impl Server {
     }
 
     fn show_errors(&self) {
-        let log = std::fs::read_to_string(self.scratch.join("error.log")).unwrap_or_default();
+        let read = |dir: PathBuf| std::fs::read_to_string(dir.join("error.log"));
+        let mut log = read(self.scratch.clone()).unwrap_or_default();
+        log += &read(self.scratch.join("publishing")).unwrap_or_default();
         for line in log
             .lines()
             .filter(|l| l.contains("[error]") || l.contains("[alert]") || l.contains("[crit]"))
@@ -395,12 +421,23 @@ pub fn herald_overrides(options: &ServerOptions) -> Vec<(&'static str, String)> 
     ]
 }
 
+/// nginx on nchan's own store, or on the Redis at `redis_url`.
 fn nginx_command(
     options: &ServerOptions,
     port: u16,
     scratch: &std::path::Path,
+    redis_url: Option<&str>,
 ) -> Result<Command, String> {
+    let (upstream, store) = match redis_url {
+        Some(url) => (
+            format!("upstream redis {{ nchan_redis_server {url}; }}"),
+            "nchan_redis_pass redis;",
+        ),
+        None => (String::new(), ""),
+    };
     let config = NGINX_TEMPLATE
+        .replace("@REDIS@", &upstream)
+        .replace("@STORE@", store)
         .replace("@PREFIX@", &scratch.display().to_string())
         .replace("@PORT@", &port.to_string())
         .replace("@BUFFER@", &options.buffer_events.to_string())

@@ -47,7 +47,7 @@ pub struct Common {
     /// Streams per worker process (each binds its own 127.0.0.x).
     #[arg(long, default_value_t = 5_000)]
     pub per_worker: usize,
-    /// herald-cluster: streams connect to both nodes, and each reconnect of
+    /// herald-cluster, nchan-cluster: streams connect to both nodes, and each reconnect of
     /// a stream moves it to the other node (otherwise they stream from one
     /// node and publishes go to the other).
     #[arg(long)]
