@@ -10,6 +10,7 @@ use actix_web::{
     Error,
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
+    http::Version,
     middleware::Next,
 };
 
@@ -21,6 +22,7 @@ pub async fn access_log(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.path().to_owned());
+    let proto = proto(req.version());
     let peer = req
         .peer_addr()
         .map_or_else(|| "-".to_owned(), |a| a.to_string());
@@ -32,11 +34,20 @@ pub async fn access_log(
     };
     log::log!(
         level,
-        "http.request method={method} path={} status={} addr={peer} duration_ms={}",
+        "http.request method={method} path={} status={} addr={peer} proto={proto} duration_ms={}",
         // A JSON string: the path is client text.
         serde_json::Value::from(path.as_str()),
         response.status().as_u16(),
         started.elapsed().as_millis()
     );
     Ok(response)
+}
+
+/// The HTTP version as logs and metrics name it: `h2`, or `h1` (HTTP/1.1
+/// and 1.0).
+pub fn proto(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "h2",
+        _ => "h1",
+    }
 }

@@ -3,7 +3,7 @@
 //! `herald config check` validates the configuration and `herald config show`
 //! prints it as TOML, secrets redacted.
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{io, path::PathBuf, sync::Arc, time::Duration};
 
 use actix_web::rt::signal;
 use clap::{Parser, Subcommand};
@@ -13,6 +13,7 @@ use crate::{
     config::{ConfigError, Loaded, Settings},
     logging,
     startup::{Application, BuildError, Shutdown},
+    tls::Certificates,
     tokens::DeviceTokens,
 };
 
@@ -131,7 +132,11 @@ async fn serve(loaded: Loaded) -> Result<(), RunError> {
         env!("CARGO_PKG_VERSION"),
         loaded.sources_field()
     );
-    let shutting_down = actix_web::rt::spawn(shut_down_on_signal(signals, app.shutdown_handle()));
+    let shutting_down = actix_web::rt::spawn(on_signals(
+        signals,
+        app.shutdown_handle(),
+        app.certificates(),
+    ));
     app.run_until_stopped().await.map_err(RunError::Serve)?;
     // The server stops only by `shut_down`, which closes the storage after
     // the server stopped: returning now would exit before the last changes
@@ -166,12 +171,13 @@ const CORE_THREADS: [&str; 2] = ["main", herald_actors::STORAGE_THREAD];
 /// EX_SOFTWARE from sysexits.h: an internal error.
 const PANIC_EXIT_CODE: i32 = 70;
 
-/// SIGTERM and SIGINT, listened for from the moment this is made: a signal
-/// that arrives right after `server.started` must shut down gracefully, not
-/// kill the process.
+/// SIGTERM and SIGINT (shut down), SIGHUP (reload the TLS certificate),
+/// listened for from the moment this is made: a signal that arrives right
+/// after `server.started` must be handled, not kill the process.
 struct Signals {
     terminate: signal::unix::Signal,
     interrupt: signal::unix::Signal,
+    hangup: signal::unix::Signal,
 }
 
 impl Signals {
@@ -180,6 +186,7 @@ impl Signals {
         Ok(Self {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -187,12 +194,28 @@ impl Signals {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
+            _ = self.hangup.recv() => "SIGHUP",
         }
     }
 }
 
-async fn shut_down_on_signal(mut signals: Signals, shutdown: Shutdown) {
-    let signal = signals.recv().await;
-    log::info!("server.signal signal={signal}");
-    shutdown.shut_down().await;
+async fn on_signals(
+    mut signals: Signals,
+    shutdown: Shutdown,
+    certificates: Option<Arc<Certificates>>,
+) {
+    loop {
+        let signal = signals.recv().await;
+        log::info!("server.signal signal={signal}");
+        if signal != "SIGHUP" {
+            return shutdown.shut_down().await;
+        }
+        match &certificates {
+            // Logs its outcome (`tls.reloaded`, `tls.reload_failed`).
+            Some(certificates) => _ = certificates.reload(),
+            None => {
+                log::info!("server.reload_skipped reason=no_tls (SIGHUP reloads server.tls only)")
+            }
+        }
+    }
 }

@@ -13,7 +13,10 @@
 //! A connection over a limit is answered at once, before any request is
 //! read, with the documented error (`429 too_many_connections` from its
 //! address, `503 server_full` server-wide, each with `Retry-After`), and
-//! closed. This is the accept stage, in front of actix-http.
+//! closed. Over TLS (`server.tls`) it is closed without an answer: none
+//! could be read before a handshake, and a handshake is what an overloaded
+//! server should not spend. This is the accept stage, in front of
+//! actix-http.
 
 use std::{
     cell::Cell,
@@ -94,10 +97,12 @@ impl Plan {
 pub struct Gate {
     slots: Arc<Slots>,
     timeouts: Timeouts,
+    /// Whether connections speak TLS: a refusal is then closed unanswered.
+    tls: bool,
 }
 
 impl Gate {
-    pub fn new(plan: &Plan, timeouts: Timeouts) -> Self {
+    pub fn new(plan: &Plan, timeouts: Timeouts, tls: bool) -> Self {
         Self {
             slots: Slots::new(
                 plan.max_connections,
@@ -105,6 +110,7 @@ impl Gate {
                 metrics().connections.clone(),
             ),
             timeouts,
+            tls,
         }
     }
 
@@ -145,7 +151,9 @@ impl WorkerGate {
         let addr = peer.map_or_else(|| "-".to_owned(), |a| a.to_string());
         log::info!("connection.refused reason={} addr={addr}", refusal.code());
         let error = DispatchError::Io(io::Error::other(refusal.to_string()));
-        actix_web::rt::spawn(self.clone().refuse(tcp, refusal));
+        if !self.gate.tls {
+            actix_web::rt::spawn(self.clone().refuse(tcp, refusal));
+        }
         Err(error)
     }
 

@@ -17,6 +17,7 @@
 //! | `stats.rs`           | totals for `/v1/stats` and the periodic `server.stats` line |
 //! | `slots.rs`           | open-stream and connection counts, in all and per address |
 //! | `connections.rs`     | the accept stage: connection limits, refusals            |
+//! | `tls.rs`             | HTTPS: the certificate, reloaded on SIGHUP; ALPN h2/http1.1 |
 //! | `watched.rs`         | the time rule: a connection serves a request or gets one soon |
 //! | `open_files.rs`      | the open-file limit, raised at start                     |
 //! | `client_socket.rs`   | whether a stream's client closed, asked of the kernel    |
@@ -39,5 +40,6 @@ pub mod routes;
 pub mod slots;
 pub mod startup;
 pub mod stats;
+pub mod tls;
 pub mod tokens;
 pub mod watched;

@@ -8,20 +8,24 @@ use std::{
     io,
     net::{SocketAddr, TcpListener, ToSocketAddrs as _},
     num::NonZeroUsize,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use actix_cors::Cors;
-use actix_http::HttpService;
-use actix_service::{ServiceFactoryExt as _, map_config};
+use actix_http::{HttpServiceBuilder, Request, Response};
+use actix_server::GracefulShutdownSignal;
+use actix_service::{Service, ServiceFactory, ServiceFactoryExt as _, map_config};
 use actix_web::{
     App,
+    body::BoxBody,
     dev::{AppConfig, Extensions, Server, ServerHandle, fn_service},
     http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
     middleware::from_fn,
 };
 use herald_actors::{Actors, BackendError, CloseStorage, DisconnectAll, Opened};
 use socket2::{Domain, Socket, Type};
+use tokio_rustls::server::TlsStream;
 
 use crate::{
     access_log::access_log,
@@ -30,6 +34,7 @@ use crate::{
     connections::{Gate, Plan},
     routes::{Draining, Shared, configure_routes},
     stats,
+    tls::{self, Certificates, TlsError},
     watched::{Timeouts, Watched, track_requests},
 };
 
@@ -40,6 +45,8 @@ pub enum BuildError {
     Bind { bind: String, source: io::Error },
     #[error("cannot open storage: {0}")]
     Storage(#[from] BackendError),
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 pub struct Application {
@@ -47,6 +54,7 @@ pub struct Application {
     node_id: String,
     server: Server,
     shutdown: Shutdown,
+    certificates: Option<Arc<Certificates>>,
 }
 
 /// actix-http's disconnect timeout, as actix-web's `HttpServer` sets it: how
@@ -81,7 +89,11 @@ impl Application {
             head: settings.limits.request_timeout,
             keep_alive: settings.server.keep_alive,
         };
-        let gate = Gate::new(&plan, timeouts);
+        let tls_files = &settings.server.tls;
+        let certificates = (tls_files.enabled())
+            .then(|| Certificates::load(tls_files))
+            .transpose()?;
+        let gate = Gate::new(&plan, timeouts, certificates.is_some());
         let storage = open_storage(&settings).await?;
         let actors = herald_actors::start(
             settings.session.clone(),
@@ -107,43 +119,44 @@ impl Application {
         if let Some(per_worker) = plan.per_worker {
             builder = builder.max_concurrent_connections(per_worker);
         }
-        // Tells keep-alive connections to close when the server stops, as
-        // `HttpServer` does (actix-http's hook for it is doc-hidden).
-        let stopping = builder.graceful_shutdown_signal();
-        let keep_alive = settings.server.keep_alive;
-        let server = builder
-            .listen("herald", listener, move || {
+        let http = Http {
+            keep_alive: settings.server.keep_alive,
+            local_addr,
+            stopping: builder.graceful_shutdown_signal(),
+        };
+        let app = move || track_requests(map_config(app(), |()| AppConfig::default()));
+        let server = match &certificates {
+            None => builder.listen("herald", listener, move || {
                 let gate = gate.on_worker();
-                let stopping = stopping.clone();
-                let http = HttpService::<Watched, _, _>::build()
-                    // Equal to the keep-alive of `Watched`, which only backs
-                    // it up: actix-http's closes an idle connection gently.
-                    .keep_alive(keep_alive)
-                    // Disabled: it covers only a connection's first request;
-                    // `Watched` bounds every request head.
-                    .client_request_timeout(Duration::ZERO)
-                    .client_disconnect_timeout(DISCONNECT_TIMEOUT)
-                    // End a stream as soon as its client closes the
-                    // connection, rather than at the next failed write.
-                    .h1_allow_half_closed(false)
-                    .local_addr(local_addr)
-                    .graceful_shutdown_signal(move || {
-                        let stopping = stopping.clone();
-                        async move { stopping.notified().await }
-                    })
-                    .on_connect_ext(|socket: &Watched, data: &mut Extensions| {
-                        data.insert(socket.conn());
-                        // For the kick rule: did a stream's client close?
-                        // (see `client_socket`).
-                        data.insert(ClientSocket::of(socket.tcp()));
-                    })
-                    // No handler needs the host or address `AppConfig` would
-                    // carry (for URL generation only).
-                    .h1(track_requests(map_config(app(), |()| AppConfig::default())));
+                let http = http
+                    .builder::<Watched, _>()
+                    .on_connect_ext(|socket: &Watched, data: &mut Extensions| note(socket, data))
+                    // HTTP/1.1 only: browsers speak HTTP/2 over TLS alone.
+                    .h1(app());
                 fn_service(move |tcp| std::future::ready(gate.admit(tcp))).and_then(http)
-            })
-            .map_err(bind)?
-            .run();
+            }),
+            Some(certificates) => {
+                let acceptor = certificates.acceptor()?;
+                builder.listen("herald", listener, move || {
+                    let gate = gate.on_worker();
+                    let acceptor = acceptor.clone();
+                    let http = http
+                        .builder::<TlsStream<Watched>, _>()
+                        .secure()
+                        .on_connect_ext(|tls: &TlsStream<Watched>, data: &mut Extensions| {
+                            note(tls.get_ref().0, data);
+                        })
+                        .finish(app());
+                    fn_service(move |tcp| std::future::ready(gate.admit(tcp)))
+                        .and_then(fn_service(move |socket| {
+                            tls::handshake(acceptor.clone(), socket)
+                        }))
+                        .and_then(http)
+                })
+            }
+        }
+        .map_err(bind)?
+        .run();
         actix_web::rt::spawn(stats::log_every(settings.log.stats_interval));
         let shutdown = Shutdown {
             server: server.handle(),
@@ -156,7 +169,13 @@ impl Application {
             node_id: settings.server.node_id,
             server,
             shutdown,
+            certificates,
         })
+    }
+
+    /// The HTTPS certificate, when `server.tls` is set (to reload it).
+    pub fn certificates(&self) -> Option<Arc<Certificates>> {
+        self.certificates.clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -177,6 +196,51 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         self.server.await
     }
+}
+
+/// What every connection's HTTP service shares, over TLS or not.
+#[derive(Clone)]
+struct Http {
+    keep_alive: Duration,
+    local_addr: SocketAddr,
+    /// Tells keep-alive connections to close when the server stops, as
+    /// `HttpServer` does (actix-http's hook for it is doc-hidden).
+    stopping: GracefulShutdownSignal,
+}
+
+impl Http {
+    fn builder<T, S>(&self) -> HttpServiceBuilder<T, S>
+    where
+        S: ServiceFactory<Request, Config = ()>,
+        S::Error: Into<Response<BoxBody>> + 'static,
+        S::InitError: std::fmt::Debug,
+        <S::Service as Service<Request>>::Future: 'static,
+    {
+        let stopping = self.stopping.clone();
+        HttpServiceBuilder::default()
+            // Equal to the keep-alive of `Watched`, which only backs it up:
+            // actix-http's closes an idle connection gently.
+            .keep_alive(self.keep_alive)
+            // Disabled: it covers only a connection's first request;
+            // `Watched` bounds every request head.
+            .client_request_timeout(Duration::ZERO)
+            .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+            // End a stream as soon as its client closes the connection,
+            // rather than at the next failed write.
+            .h1_allow_half_closed(false)
+            .local_addr(self.local_addr)
+            .graceful_shutdown_signal(move || {
+                let stopping = stopping.clone();
+                async move { stopping.notified().await }
+            })
+    }
+}
+
+/// What a connection's requests learn of it (actix's `on_connect_ext`).
+fn note(socket: &Watched, data: &mut Extensions) {
+    data.insert(socket.conn());
+    // For the kick rule: did a stream's client close? (see `client_socket`).
+    data.insert(ClientSocket::of(socket.tcp()));
 }
 
 /// Opens the configured backend and reads back what it holds.

@@ -21,6 +21,11 @@
 //!   as it streams, so streams are never cut by this rule; nor is a publish
 //!   whose answer waits on storage.
 //!
+//! Over HTTP/2 several requests share the connection: the deadline is off
+//! while any of them is in progress, and once the last one ends the
+//! connection has `keep_alive` to start another (frames between requests,
+//! such as pings, are not the start of a request head there).
+//!
 //! When the deadline passes, the socket's next read, or a write that cannot
 //! proceed, fails with `TimedOut`, and actix-http drops the connection. The
 //! socket cannot see where a request ends: [`track_requests`] wraps the app,
@@ -86,9 +91,13 @@ struct Deadline {
 
 #[derive(Debug, Clone, Copy)]
 struct State {
-    /// `None` while a request is in progress.
+    /// `None` while a request is in progress (and its body, if any, has
+    /// arrived).
     deadline: Option<Deadline>,
-    in_progress: bool,
+    /// Requests in progress: 0 or 1 over HTTP/1.1, any number over HTTP/2.
+    in_progress: u32,
+    /// HTTP/2: requests interleave, bytes between them are not a head.
+    multiplexed: bool,
     /// Bytes arrived while the request was in progress: its body, or the
     /// start of the next request.
     received_during_request: bool,
@@ -114,7 +123,8 @@ impl Conn {
                     at: Instant::now() + timeouts.head,
                     reason: Reason::Head,
                 }),
-                in_progress: false,
+                in_progress: 0,
+                multiplexed: false,
                 received_during_request: false,
                 request_has_body: false,
             }),
@@ -133,8 +143,10 @@ impl Conn {
     fn received(&self) {
         let head = self.timeouts.head;
         self.update(|state| {
-            if state.in_progress {
+            if state.in_progress > 0 {
                 state.received_during_request = true;
+            } else if state.multiplexed {
+                // Pings and settings: the keep-alive deadline stands.
             } else if state.deadline.is_none_or(|d| d.reason != Reason::Head) {
                 let at = Instant::now() + head;
                 state.deadline = Some(Deadline {
@@ -153,7 +165,8 @@ impl Conn {
         self.update(|state| {
             *state = State {
                 deadline: body,
-                in_progress: true,
+                in_progress: state.in_progress + 1,
+                multiplexed: state.multiplexed,
                 received_during_request: false,
                 request_has_body: has_body,
             };
@@ -164,7 +177,7 @@ impl Conn {
     /// to the end of the response, no deadline.
     fn body_received(&self) {
         self.update(|state| {
-            if state.in_progress {
+            if state.in_progress > 0 {
                 state.deadline = None;
             }
         });
@@ -172,25 +185,39 @@ impl Conn {
 
     fn request_finished(&self) {
         let Timeouts { head, keep_alive } = self.timeouts;
+        let mut idle = false;
         self.update(|state| {
+            state.in_progress = state.in_progress.saturating_sub(1);
+            if state.in_progress > 0 {
+                return;
+            }
+            idle = true;
             // Bytes that came during a request without a body can only be
             // the next request's head, already started. Otherwise nothing is
             // known to be waiting (or bytes may be a body's, or a next head
             // read together with this request): the keep-alive bounds it.
-            let deadline = if state.received_during_request && !state.request_has_body {
+            let next_head = state.received_during_request && !state.request_has_body;
+            let deadline = if next_head && !state.multiplexed {
                 (head, Reason::Head)
             } else {
                 (keep_alive, Reason::KeepAlive)
             };
-            state.in_progress = false;
             state.deadline = Some(Deadline {
                 at: Instant::now() + deadline.0,
                 reason: deadline.1,
             });
         });
+        if !idle {
+            return;
+        }
         if let Some(task) = self.task.borrow().as_ref() {
             task.wake_by_ref();
         }
+    }
+
+    /// The connection speaks HTTP/2 (from ALPN, before its first request).
+    pub fn set_multiplexed(&self) {
+        self.update(|state| state.multiplexed = true);
     }
 
     fn remember_task(&self, waker: &Waker) {
@@ -206,6 +233,9 @@ impl Conn {
 pub struct Watched {
     tcp: TcpStream,
     conn: Rc<Conn>,
+    /// Alive exactly as long as the socket: for those who keep the socket's
+    /// descriptor, to know it is still this connection's.
+    open: Rc<()>,
     timer: Pin<Box<Sleep>>,
     peer: Option<SocketAddr>,
     timed_out: bool,
@@ -223,6 +253,7 @@ impl Watched {
         Self {
             tcp,
             conn,
+            open: Rc::new(()),
             timer: Box::pin(sleep_until(first)),
             peer,
             timed_out: false,
@@ -236,9 +267,9 @@ impl Watched {
     }
 
     /// The socket, for what the kernel knows of it (actix's
-    /// `on_connect_ext`).
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+    /// `on_connect_ext`), and a token that is gone once the socket is.
+    pub fn tcp(&self) -> (&TcpStream, std::rc::Weak<()>) {
+        (&self.tcp, Rc::downgrade(&self.open))
     }
 
     /// Whether the deadline has passed; if not, the timer will wake the

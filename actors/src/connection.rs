@@ -169,6 +169,8 @@ pub struct ConnectionParams {
     pub connection_id: ConnectionId,
     /// The client's address, for logs.
     pub peer: String,
+    /// The HTTP version of the client's connection (`h1`, `h2`), for logs.
+    pub proto: &'static str,
     pub queue: Sender<Frame>,
     pub registry: Addr<DeviceRegistry>,
     pub store: Addr<SessionStore>,
@@ -402,10 +404,11 @@ impl Handler<ConnectBegin> for DeviceConnection {
         let p = &self.params;
         let resumed = start == Start::Resumed;
         log::info!(
-            "device.connected device={} conn={} addr={} resumed={resumed} replayed={}",
+            "device.connected device={} conn={} addr={} proto={} resumed={resumed} replayed={}",
             p.device,
             p.connection_id,
             p.peer,
+            p.proto,
             replay.len() + unread.as_ref().map_or(0, |u| u.batches.len())
         );
         let timeout_ms = u64::try_from(p.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);

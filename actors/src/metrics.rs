@@ -10,6 +10,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// Open streams.
     pub streams: IntGauge,
+    /// Streams opened, by HTTP version (`h1`, `h2`).
+    pub streams_opened: IntCounterVec,
     pub sessions: IntGauge,
     pub buffered_events: IntGauge,
     pub buffered_bytes: IntGauge,
@@ -95,6 +97,11 @@ impl Metrics {
                 "Replayed events read from storage because they had left memory",
             ),
             streams: gauge("herald_streams", "Open event streams"),
+            streams_opened: labelled(
+                "herald_streams_opened_total",
+                "Event streams opened, by HTTP version of their connection (h1, h2)",
+                "proto",
+            ),
             sessions: gauge("herald_sessions", "Device sessions held"),
             buffered_events: gauge("herald_buffered_events", "Events held in replay buffers"),
             buffered_bytes: gauge(

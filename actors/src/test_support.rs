@@ -140,6 +140,7 @@ pub(crate) fn params(
         device: device.clone(),
         connection_id,
         peer: "test".to_owned(),
+        proto: "h1",
         queue,
         registry: actors.registry.clone(),
         store: actors.store.clone(),

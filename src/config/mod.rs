@@ -9,7 +9,7 @@
 mod layers;
 mod validate;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use herald_actors::{HeartbeatConfig, KickConfig, SessionConfig, StorageConfig};
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,24 @@ pub struct ServerSettings {
     /// This node's name in logs and admin views, and among several nodes
     /// on one Redis; empty: `node-` and 8 random hex digits, drawn at start.
     pub node_id: String,
+    pub tls: TlsSettings,
+}
+
+/// `[server.tls]`: with both files named, herald serves HTTPS, HTTP/2 and
+/// HTTP/1.1 offered by ALPN (see `tls.rs`); with neither, plain HTTP/1.1.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file: the certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// PEM file: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
 }
 
 impl Default for ServerSettings {
@@ -68,6 +86,7 @@ impl Default for ServerSettings {
             drain_window: Duration::from_secs(10),
             keep_alive: Duration::from_secs(15),
             node_id: String::new(),
+            tls: TlsSettings::default(),
         }
     }
 }

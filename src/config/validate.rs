@@ -57,6 +57,12 @@ impl Settings {
             "cors.allowed_origins must list exact origins like https://app.example.com (scheme and host, no path, no *)"
                 .into(),
         )?;
+        let tls = &self.server.tls;
+        check(
+            tls.cert.as_os_str().is_empty() == tls.key.as_os_str().is_empty(),
+            "server.tls.cert and server.tls.key go together: set both (HTTPS) or neither (plain HTTP)"
+                .into(),
+        )?;
         let limits = &self.limits;
         check(
             limits.max_streams > 0 && limits.max_streams_per_address > 0 && limits.max_devices_per_publish > 0,

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{AppState, drain_hint::DrainHint};
-use crate::{client_socket::ClientSocket, error::ApiError, slots::SlotRefusal};
+use crate::{access_log, client_socket::ClientSocket, error::ApiError, slots::SlotRefusal};
 
 #[derive(Deserialize)]
 pub struct StreamQuery {
@@ -70,7 +70,7 @@ pub async fn open_stream(
         drop(queue);
     } else {
         let client_closed = match req.conn_data::<ClientSocket>() {
-            Some(socket) => socket.probe(Rc::downgrade(&body)),
+            Some(socket) => socket.clone().probe(Rc::downgrade(&body)),
             // Not a TCP connection: the HTTP body alone tells.
             None => Box::new(|| false),
         };
@@ -116,6 +116,8 @@ pub async fn open_stream(
 /// What a stream request says about its client.
 struct Client {
     peer: String,
+    /// `h2` or `h1` (HTTP/1.1 or 1.0).
+    proto: &'static str,
     address: IpAddr,
     instance: Option<String>,
     /// The claimed position, untrusted (capped at [`MAX_ECHOED_POSITION`]).
@@ -131,6 +133,7 @@ impl Client {
         let peer_addr = req.peer_addr();
         Ok(Self {
             peer: peer_addr.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            proto: access_log::proto(req.version()),
             address: peer_addr.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip()),
             instance,
             last_event_id: claimed_position(req, query.last_event_id),
@@ -169,10 +172,15 @@ async fn connect(
         .await
         .map_err(|_| ApiError::Unavailable)?;
     if admitted.is_ok() {
+        metrics()
+            .streams_opened
+            .with_label_values(&[client.proto])
+            .inc();
         unstarted.start(ConnectionParams {
             device,
             connection_id,
             peer: client.peer,
+            proto: client.proto,
             queue,
             registry: state.actors.registry.clone(),
             store: state.actors.store.clone(),

@@ -67,3 +67,25 @@ fn bytes_during_a_request_are_a_next_head_unless_the_request_has_a_body() {
     conn.request_finished();
     assert_deadline(&conn, Reason::KeepAlive, TIMEOUTS.keep_alive);
 }
+
+#[test]
+fn over_http2_the_deadline_waits_for_the_last_request_and_frames_between_requests_are_no_head() {
+    let conn = Conn::new(TIMEOUTS);
+    conn.set_multiplexed();
+    // A stream, and a publish beside it on the same connection.
+    conn.request_started(false);
+    conn.request_started(true);
+    conn.body_received();
+    conn.received();
+    conn.request_finished();
+    assert!(
+        deadline(&conn).is_none(),
+        "none while the stream is in progress"
+    );
+    conn.request_finished();
+    assert_deadline(&conn, Reason::KeepAlive, TIMEOUTS.keep_alive);
+
+    // A ping between requests does not start a head.
+    conn.received();
+    assert_deadline(&conn, Reason::KeepAlive, TIMEOUTS.keep_alive);
+}

@@ -10,16 +10,20 @@
 //! | `raw.rs`     | raw TCP: hostile requests, streams the test closes itself  |
 //! | `process.rs` | [`HeraldProcess`]: the real binary, its log, kill, limits  |
 //! | `redis.rs`   | [`RedisServer`]: a real redis-server on an ephemeral port  |
+//! | `tls.rs`     | test certificates; TLS and HTTP/2 clients                  |
+//! | `browser.rs` | [`TestBrowser`]: a real headless Chromium over DevTools    |
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod browser;
 mod process;
 mod raw;
 mod redis;
 mod sse;
+mod tls;
 
 // Each test binary uses a different part of the harness.
 #[allow(unused_imports)]
-pub use {process::*, raw::*, redis::*, sse::*};
+pub use {browser::*, process::*, raw::*, redis::*, sse::*, tls::*};
 
 use std::{path::Path, time::Duration};
 

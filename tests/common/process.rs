@@ -302,6 +302,15 @@ impl HeraldProcess {
         &self.log
     }
 
+    /// Sends `signal` (SIGHUP, …) and goes on.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("not yet waited for");
+        let pid = i32::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) on the pid of a child this test spawned and has
+        // not yet waited for, so the pid cannot have been reused.
+        unsafe { libc::kill(pid, signal) };
+    }
+
     /// Sends SIGKILL — no shutdown of any kind, as a crash or the OOM killer
     /// — reaps the process, and answers the whole log.
     pub async fn kill(mut self) -> String {
