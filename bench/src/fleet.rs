@@ -46,6 +46,8 @@ struct WorkerProcess {
 
 pub struct Spec {
     pub target: Target,
+    /// The certificate a TLS target serves (see the worker's `--ca`).
+    pub ca: Option<std::path::PathBuf>,
     /// Where streams connect (see the worker's `--server`).
     pub servers: Vec<SocketAddr>,
     pub streams: usize,
@@ -81,6 +83,11 @@ impl Fleet {
                 .args(["--count", &streams.to_string()])
                 .args(["--slow-every", &spec.slow_every.to_string()])
                 .args(spec.fanout.then_some("--fanout"))
+                .args(
+                    spec.ca
+                        .iter()
+                        .flat_map(|ca| [std::ffi::OsStr::new("--ca"), ca.as_os_str()]),
+                )
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true);

@@ -19,7 +19,7 @@ use hyper::client::conn::http1::SendRequest;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::net::{self, ConnectionGuard};
+use crate::net::{self, ConnectionGuard, Wire};
 use crate::protocol::{self, Payload, device_name, now_ns};
 use crate::target::{PublishRequest, Target};
 
@@ -44,6 +44,7 @@ pub enum Mode {
 pub struct Publisher {
     target: Target,
     server: SocketAddr,
+    wire: Wire,
     mode: Mode,
     padding: String,
     next_broadcast: u64,
@@ -70,8 +71,14 @@ pub struct Published {
 }
 
 impl Publisher {
-    /// `payload_bytes` pads each payload to about that size.
-    pub fn new(target: Target, server: SocketAddr, mode: Mode, payload_bytes: usize) -> Self {
+    /// Publishes to `server` over `wire`; `payload_bytes` pads each payload
+    /// to about that size.
+    pub fn new(
+        target: Target,
+        (server, wire): (SocketAddr, Wire),
+        mode: Mode,
+        payload_bytes: usize,
+    ) -> Self {
         let devices = match mode {
             Mode::Broadcast => 0,
             Mode::Unicast { devices, .. } => devices,
@@ -79,6 +86,7 @@ impl Publisher {
         Self {
             target,
             server,
+            wire,
             mode,
             padding: "x".repeat(payload_bytes.saturating_sub(48)),
             next_broadcast: 0,
@@ -101,6 +109,7 @@ impl Publisher {
             queues.push(queue);
             senders.push(tokio::task::spawn_local(send_all(
                 self.server,
+                self.wire.clone(),
                 jobs,
                 counts.clone(),
             )));
@@ -197,7 +206,12 @@ fn bump(counter: &Cell<u64>) {
 }
 
 /// Sends one connection's queue in order, reconnecting after a failure.
-async fn send_all(server: SocketAddr, mut jobs: mpsc::UnboundedReceiver<Job>, counts: Rc<Counts>) {
+async fn send_all(
+    server: SocketAddr,
+    wire: Wire,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    counts: Rc<Counts>,
+) {
     let host = server.to_string();
     let mut connection: Option<(SendRequest<Full<Bytes>>, ConnectionGuard)> = None;
     while let Some(Job { due, request: job }) = jobs.recv().await {
@@ -215,7 +229,7 @@ async fn send_all(server: SocketAddr, mut jobs: mpsc::UnboundedReceiver<Job>, co
             }
             if connection.is_none() {
                 connection = match net::connect(PUBLISHER_SOURCE, server, None).await {
-                    Ok(stream) => net::handshake(stream).await.ok(),
+                    Ok(stream) => net::handshake(&wire, stream).await.ok(),
                     Err(_) => None,
                 };
             }

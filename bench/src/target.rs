@@ -2,7 +2,10 @@
 //! `config.toml` and the bench overrides below; `herald` on its default
 //! embedded storage, `herald-memory` on the memory backend, `herald-cluster`
 //! two nodes sharing a redis-server, streams on one and publishes on the
-//! other, so every delivery crosses nodes) and nginx with the nchan
+//! other, so every delivery crosses nodes; `herald-tls` and `herald-h2`
+//! herald serving HTTPS with a certificate made for the run, streams on
+//! HTTP/1.1 (one connection each) or HTTP/2 ([`H2_STREAMS_PER_CONNECTION`]
+//! per connection)) and nginx with the nchan
 //! module (`bench/nchan/nginx.conf.template`; `nchan-cluster` is two of them
 //! on one redis-server, laid out like `herald-cluster`). Each server process
 //! gets one worker on the server CPUs, the same replay buffer length and the
@@ -19,6 +22,10 @@ use serde::Serialize;
 use crate::net;
 use crate::procfs;
 
+/// Streams one HTTP/2 connection carries (`herald-h2`): a browser's
+/// streams to one site share one connection, and a device SDK may
+/// multiplex as many.
+pub const H2_STREAMS_PER_CONNECTION: usize = 100;
 /// The admin token herald is started with.
 const ADMIN_TOKEN: &str = "herald-bench-admin-token";
 const NGINX_TEMPLATE: &str = include_str!("../nchan/nginx.conf.template");
@@ -33,6 +40,10 @@ pub enum Target {
     HeraldMemory,
     /// Two herald nodes on one Redis: streams on one, publishes on the other.
     HeraldCluster,
+    /// herald serving HTTPS; each stream on an HTTP/1.1 connection of its own.
+    HeraldTls,
+    /// herald serving HTTPS; streams share HTTP/2 connections.
+    HeraldH2,
     Nchan,
     /// Two nginx + nchan on one Redis (`nchan_redis_pass`): streams on one,
     /// publishes on the other.
@@ -45,6 +56,8 @@ impl Target {
             Self::Herald => "herald",
             Self::HeraldMemory => "herald-memory",
             Self::HeraldCluster => "herald-cluster",
+            Self::HeraldTls => "herald-tls",
+            Self::HeraldH2 => "herald-h2",
             Self::Nchan => "nchan",
             Self::NchanCluster => "nchan-cluster",
         }
@@ -53,7 +66,11 @@ impl Target {
     /// Where a device's EventSource connects.
     pub fn stream_path(self, device: &str) -> String {
         match self {
-            Self::Herald | Self::HeraldMemory | Self::HeraldCluster => {
+            Self::Herald
+            | Self::HeraldMemory
+            | Self::HeraldCluster
+            | Self::HeraldTls
+            | Self::HeraldH2 => {
                 format!("/v1/devices/{device}/events")
             }
             Self::Nchan | Self::NchanCluster => format!("/sub/{device}"),
@@ -64,7 +81,11 @@ impl Target {
     /// or to every device when `device` is `None`.
     pub fn publish_request(self, device: Option<&str>, payload: &str) -> PublishRequest {
         match self {
-            Self::Herald | Self::HeraldMemory | Self::HeraldCluster => PublishRequest {
+            Self::Herald
+            | Self::HeraldMemory
+            | Self::HeraldCluster
+            | Self::HeraldTls
+            | Self::HeraldH2 => PublishRequest {
                 path: match device {
                     Some(device) => format!("/v1/devices/{device}/events"),
                     None => "/v1/broadcast".to_owned(),
@@ -80,6 +101,16 @@ impl Target {
                 body: Bytes::from(payload.to_owned()),
                 headers: vec![("content-type", "application/json".to_owned())],
             },
+        }
+    }
+}
+
+impl Target {
+    /// Streams per connection: more than one means HTTP/2.
+    pub fn streams_per_connection(self) -> usize {
+        match self {
+            Self::HeraldH2 => H2_STREAMS_PER_CONNECTION,
+            _ => 1,
         }
     }
 }
@@ -115,6 +146,8 @@ pub struct Server {
     /// The cluster's other processes: its second node, then Redis.
     others: Vec<Child>,
     scratch: PathBuf,
+    /// The certificate (PEM) a TLS target serves, which clients trust.
+    pub ca: Option<PathBuf>,
 }
 
 impl Server {
@@ -128,8 +161,17 @@ impl Server {
         ));
         std::fs::create_dir_all(scratch.join("logs"))
             .map_err(|err| format!("scratch dir {}: {err}", scratch.display()))?;
-        let (mut others, mut publish_addr) = (Vec::new(), addr);
+        let (mut others, mut publish_addr, mut ca) = (Vec::new(), addr, None);
         let mut command = match target {
+            Target::HeraldTls | Target::HeraldH2 => {
+                let mut command = herald_command(options, addr, "embedded", &scratch);
+                let (cert, key) = make_certificate(&scratch)?;
+                command
+                    .env("HERALD_SERVER__TLS__CERT", &cert)
+                    .env("HERALD_SERVER__TLS__KEY", key);
+                ca = Some(cert);
+                command
+            }
             Target::Herald => herald_command(options, addr, "embedded", &scratch),
             Target::HeraldMemory => herald_command(options, addr, "memory", &scratch),
             Target::HeraldCluster => {
@@ -171,6 +213,7 @@ impl Server {
             publish_addr,
             others,
             scratch,
+            ca,
         };
         let mut ready = server.await_ready(server.addr).await;
         if ready.is_ok() && server.publish_addr != server.addr {
@@ -217,6 +260,15 @@ impl Server {
         self.addr.to_string()
     }
 
+    /// How publishes and probes reach the server: HTTP/1.1, over TLS when
+    /// the server serves it.
+    pub fn publish_wire(&self) -> Result<net::Wire, String> {
+        match &self.ca {
+            None => Ok(net::Wire::Plain),
+            Some(ca) => net::Wire::tls(ca, b"http/1.1").map_err(|err| format!("TLS client: {err}")),
+        }
+    }
+
     async fn await_ready(&mut self, addr: SocketAddr) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -240,12 +292,13 @@ impl Server {
     /// a publish to a probe channel's info for nchan.
     async fn answers(&self, addr: SocketAddr) -> bool {
         let path = match self.target {
-            Target::Herald | Target::HeraldMemory | Target::HeraldCluster => "/healthz",
             Target::Nchan | Target::NchanCluster => "/pub/ready-probe",
+            _ => "/healthz",
         };
         let probe = async {
+            let wire = self.publish_wire()?;
             let stream = net::connect(Ipv4Addr::LOCALHOST, addr, None).await?;
-            let (mut sender, _guard) = net::handshake(stream).await?;
+            let (mut sender, _guard) = net::handshake(&wire, stream).await?;
             let request = hyper::Request::get(path)
                 .header("host", self.host())
                 .body(http_body_util::Empty::<Bytes>::new())?;
@@ -455,6 +508,17 @@ fn nginx_command(
         .arg("-c")
         .arg(&path);
     Ok(command)
+}
+
+/// A self-signed certificate for `localhost` and its key, written to
+/// `scratch`; answers both paths.
+fn make_certificate(scratch: &std::path::Path) -> Result<(PathBuf, PathBuf), String> {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let made = rcgen::generate_simple_self_signed(names).map_err(|err| err.to_string())?;
+    let (cert, key) = (scratch.join("tls.crt"), scratch.join("tls.key"));
+    std::fs::write(&cert, made.cert.pem()).map_err(|err| err.to_string())?;
+    std::fs::write(&key, made.signing_key.serialize_pem()).map_err(|err| err.to_string())?;
+    Ok((cert, key))
 }
 
 /// A port nothing listens on right now (bound, read, released).

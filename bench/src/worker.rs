@@ -55,6 +55,9 @@ pub struct WorkerArgs {
     /// Track per-broadcast fan-out completion (sequence numbers are global).
     #[arg(long)]
     pub fanout: bool,
+    /// The server's certificate (PEM), for a target that serves TLS.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: WorkerArgs) -> std::io::Result<()> {
@@ -89,6 +92,11 @@ fn raise_open_files_limit() -> std::io::Result<()> {
 struct Worker {
     args: WorkerArgs,
     hosts: Vec<String>,
+    wire: net::Wire,
+    /// HTTP/2 targets: the connection each group of streams shares (stream
+    /// `i` uses group `i / streams_per_connection`), made by the first of
+    /// them to need it.
+    shared: Vec<tokio::sync::Mutex<Option<SharedConnection>>>,
     streams: Vec<RefCell<StreamState>>,
     counters: RefCell<Counters>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
@@ -99,9 +107,34 @@ struct Worker {
     phase_errors: Cell<u64>,
 }
 
+/// One HTTP/2 connection and the task that drives it.
+type SharedConnection = (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    net::ConnectionGuard,
+);
+
 async fn serve(args: WorkerArgs) -> std::io::Result<()> {
+    let per_connection = args.target.streams_per_connection();
+    let wire = match &args.ca {
+        None => net::Wire::Plain,
+        Some(ca) => {
+            let alpn: &[u8] = if per_connection > 1 {
+                b"h2"
+            } else {
+                b"http/1.1"
+            };
+            net::Wire::tls(ca, alpn).map_err(std::io::Error::other)?
+        }
+    };
+    let groups = if per_connection > 1 {
+        args.count.div_ceil(per_connection)
+    } else {
+        0
+    };
     let worker = Rc::new(Worker {
         hosts: args.server.iter().map(SocketAddr::to_string).collect(),
+        wire,
+        shared: (0..groups).map(|_| tokio::sync::Mutex::default()).collect(),
         streams: (0..args.count).map(|_| RefCell::default()).collect(),
         counters: RefCell::new(Counters::new(args.fanout)),
         tasks: RefCell::default(),
@@ -193,6 +226,9 @@ impl Worker {
         for task in tasks {
             let _ = task.await;
         }
+        for connection in &self.shared {
+            *connection.lock().await = None;
+        }
         // The connection tasks were aborted with their streams; let the
         // runtime drop them (and close their sockets).
         tokio::task::yield_now().await;
@@ -250,9 +286,24 @@ async fn session(
         (state.last_event_id.clone(), at)
     };
     let server = worker.args.server[at];
-    let stream = net::connect(worker.args.source, server, receive_buffer).await?;
-    let (mut sender, _guard) = net::handshake(stream).await?;
     let host = &worker.hosts[at];
+    let (mut sender, _guard) = match worker.shared.is_empty() {
+        true => {
+            let stream = net::connect(worker.args.source, server, receive_buffer).await?;
+            let (sender, guard) = net::handshake(&worker.wire, stream).await?;
+            (net::StreamSender::H1(sender), Some(guard))
+        }
+        false => {
+            let group = index / worker.args.target.streams_per_connection();
+            let mut shared = worker.shared[group].lock().await;
+            if shared.as_ref().is_none_or(|(sender, _)| sender.is_closed()) {
+                let stream = net::connect(worker.args.source, server, receive_buffer).await?;
+                *shared = Some(net::handshake_h2(&worker.wire, stream).await?);
+            }
+            let sender = shared.as_ref().map(|(sender, _)| sender.clone());
+            (net::StreamSender::H2(sender.ok_or("no connection")?), None)
+        }
+    };
     let response = net::open_stream(&mut sender, host, path, last_event_id.as_deref()).await?;
     if response.status() != hyper::StatusCode::OK {
         return Err(format!("status {}", response.status()).into());

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{Common, healthy};
 use crate::fleet::{Fleet, Spec};
+use crate::net::Wire;
 use crate::procfs::{self, Memory};
 use crate::protocol::{self, Live};
 use crate::publisher::{Mode, Publisher};
@@ -19,6 +20,8 @@ const QUIET_PATIENCE: Duration = Duration::from_secs(10);
 pub struct Session {
     pub server: Server,
     pub fleet: Fleet,
+    /// How publishes reach the server.
+    publish_wire: Wire,
     payload_bytes: usize,
     client_cpus: usize,
 }
@@ -40,6 +43,7 @@ impl Session {
         };
         let spec = Spec {
             target,
+            ca: server.ca.clone(),
             servers,
             streams: common.streams,
             per_worker: common.per_worker,
@@ -48,6 +52,7 @@ impl Session {
         };
         Ok(Self {
             fleet: Fleet::spawn(&spec)?,
+            publish_wire: server.publish_wire()?,
             server,
             payload_bytes: common.payload_bytes,
             client_cpus: procfs::parse_cpus(&common.client_cpus)?.len(),
@@ -76,7 +81,7 @@ impl Session {
     pub fn publisher(&self, mode: Mode) -> Publisher {
         Publisher::new(
             self.server.target,
-            self.server.publish_addr,
+            (self.server.publish_addr, self.publish_wire.clone()),
             mode,
             self.payload_bytes,
         )
