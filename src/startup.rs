@@ -20,8 +20,8 @@ use actix_web::{
     App,
     body::BoxBody,
     dev::{AppConfig, Extensions, Server, ServerHandle, fn_service},
-    http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName},
-    middleware::from_fn,
+    http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderName},
+    middleware::{DefaultHeaders, from_fn},
 };
 use herald_actors::{Actors, BackendError, CloseStorage, DisconnectAll, Opened};
 use socket2::{Domain, Socket, Type};
@@ -107,6 +107,10 @@ impl Application {
         let app = move || {
             App::new()
                 .wrap(cors(&routes_settings.cors))
+                // API answers (device views, tokens' results) are never
+                // kept by a browser or a proxy; what sets its own caching
+                // (streams, the admin page's files) keeps it.
+                .wrap(DefaultHeaders::new().add((CACHE_CONTROL, "no-store")))
                 .wrap(from_fn(access_log))
                 .configure(|cfg| configure_routes(cfg, &routes_settings, shared.clone()))
         };

@@ -525,6 +525,46 @@ async fn an_operator_on_any_node_sees_where_a_device_is_live_and_blocks_or_delet
 }
 
 #[actix_web::test]
+async fn any_node_shows_a_device_buffer_and_retained_events_and_lists_devices_by_prefix() {
+    use reqwest::Method;
+    let redis = RedisServer::start();
+    let (one, two) = (node(&redis, "one").await, node(&redis, "two").await);
+    let ids: Vec<Value> = vec![
+        publish(&one, "hall-lamp", "a").await["id"].clone(),
+        publish(&two, "hall-lamp", "b").await["id"].clone(),
+    ];
+    let retained = json!({"event": "mode", "data": "eco", "retain": true});
+    assert_eq!(
+        two.publish("hall-lamp", &retained).await.0,
+        StatusCode::ACCEPTED
+    );
+    publish(&one, "porch-lamp", "c").await;
+
+    let (status, buffer) = one
+        .admin(Method::GET, "/v1/devices/hall-lamp/buffer?limit=2")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{buffer}");
+    assert_eq!(
+        buffer["events"][0],
+        json!({"id": ids[1], "event": "note", "data": "b"})
+    );
+    assert_eq!(buffer["events"][1]["event"], "mode");
+    assert_eq!(
+        buffer["retained"],
+        json!([{"event": "mode", "data": "eco"}])
+    );
+    assert_eq!(buffer["complete"], true);
+    let (status, _) = two.admin(Method::GET, "/v1/devices/nobody/buffer").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (_, page) = two.admin(Method::GET, "/v1/devices?prefix=hall").await;
+    let listed: Vec<_> = (page["devices"].as_array().unwrap().iter())
+        .map(|d| d["device"].clone())
+        .collect();
+    assert_eq!(listed, [json!("hall-lamp")]);
+}
+
+#[actix_web::test]
 async fn the_kick_ping_pong_rules_hold_across_nodes() {
     let redis = RedisServer::start();
     let mut one = node(&redis, "one").await;

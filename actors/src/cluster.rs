@@ -45,18 +45,17 @@ use serde::{Deserialize, Serialize};
 mod channel;
 mod decode;
 mod health;
+mod views;
 
 pub use channel::{
     DeliverRouted, DisconnectInterrupted, DisconnectTakenOver, Subscription, TakenBy,
 };
-use decode::{entry, epoch_text, millis, parse_epoch, retained_event, unix_ms, view_of};
+use decode::{entry, epoch_text, millis, parse_epoch, retained_event, unix_ms};
 use health::Health;
 
 use crate::{
     ConnectionId, DeviceId, Epoch, EventId, EventName, FlappingPolicy, KickConfig, Refusal,
-    SessionConfig, StoredEvent,
-    backend::WriteError,
-    storage::{DevicePage, DeviceView, MAX_SCAN, StoreError},
+    SessionConfig, StoredEvent, backend::WriteError, storage::StoreError,
 };
 
 /// The `[storage.redis]` config section.
@@ -462,44 +461,5 @@ impl Cluster {
             .invoke_async(&mut self.conn)
             .await;
         Ok(self.health.check(answer)? == 1)
-    }
-
-    /// One device as the admin API shows it, if Redis holds anything for it.
-    pub async fn describe(mut self, device: DeviceId) -> Result<Option<DeviceView>, WriteError> {
-        let answer: redis::RedisResult<Vec<String>> = VIEW
-            .arg(&*self.prefix)
-            .arg("1")
-            .arg(device.as_str())
-            .invoke_async(&mut self.conn)
-            .await;
-        let answer = self.health.check(answer)?;
-        answer.get(1).map(|view| view_of(view)).transpose()
-    }
-
-    /// A page of the device list after `after`, as `Storage::page` pages it.
-    pub async fn page(
-        mut self,
-        connected: Option<bool>,
-        after: Option<DeviceId>,
-        limit: usize,
-    ) -> Result<DevicePage, WriteError> {
-        let connected = connected.map_or("", |c| if c { "1" } else { "0" });
-        let answer: redis::RedisResult<Vec<String>> = VIEW
-            .arg(&*self.prefix)
-            .arg("0")
-            .arg(after.as_ref().map_or("", DeviceId::as_str))
-            .arg(limit)
-            .arg(connected)
-            .arg(MAX_SCAN)
-            .invoke_async(&mut self.conn)
-            .await;
-        let mut answer = self.health.check(answer)?.into_iter();
-        let next = answer.next().unwrap_or_default();
-        Ok(DevicePage {
-            devices: answer
-                .map(|view| view_of(&view))
-                .collect::<Result<_, _>>()?,
-            next: DeviceId::parse(&next).ok(),
-        })
     }
 }

@@ -45,6 +45,7 @@ use crate::{
     ConnectionId, DeviceId, EventId, Frame, Opening, Progress, Signal, Start, StoredEvent, Unread,
     backend::ReadError,
     event::HEARTBEAT,
+    feed,
     heartbeat::{Activity, ConnectWatch, DisconnectWatch, Heartbeat},
     metrics::metrics,
     registry::{DeviceRegistry, Disconnected},
@@ -375,6 +376,8 @@ impl Actor for DeviceConnection {
                 self.reason.as_str(),
                 began.elapsed().as_millis()
             );
+            let reason = Some(self.reason.as_str().to_owned());
+            feed::tell("device.disconnected", &device, Some(connection_id), reason);
             self.params
                 .heartbeat
                 .do_send(DisconnectWatch { connection_id });
@@ -411,6 +414,7 @@ impl Handler<ConnectBegin> for DeviceConnection {
             p.proto,
             replay.len() + unread.as_ref().map_or(0, |u| u.batches.len())
         );
+        feed::tell("device.connected", &p.device, Some(p.connection_id), None);
         let timeout_ms = u64::try_from(p.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
         let hello = Signal::hello(&p.device, p.connection_id, timeout_ms, resumed);
         self.began = Some(Instant::now());
@@ -421,6 +425,13 @@ impl Handler<ConnectBegin> for DeviceConnection {
         } = start
         {
             metrics().resets.with_label_values(&[reason.as_str()]).inc();
+            let (device, conn) = (&self.params.device, Some(self.params.connection_id));
+            feed::tell(
+                "session.reset",
+                device,
+                conn,
+                Some(reason.as_str().to_owned()),
+            );
             log::info!(
                 "session.reset device={} conn={} reason={} last_event_id={}",
                 self.params.device,
@@ -550,11 +561,17 @@ impl Handler<Disconnect> for DeviceConnection {
         }
         let p = &self.params;
         let by = replacement.as_ref().map(|r| r.by);
+        let named = by.map_or_else(|| "admin".to_owned(), |by| by.to_string());
         log::info!(
-            "device.kicked device={} conn={} by={}",
+            "device.kicked device={} conn={} by={named}",
             p.device,
             p.connection_id,
-            by.map_or_else(|| "admin".to_owned(), |by| by.to_string())
+        );
+        feed::tell(
+            "device.kicked",
+            &p.device,
+            Some(p.connection_id),
+            Some(named),
         );
         metrics().kicks.inc();
         let recorded = p.store.send(Kicked {

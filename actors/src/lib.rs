@@ -15,13 +15,14 @@
 //! | `storage.rs`       | the store's in-memory storage: sessions, retained events, bounds, expiry index (admin views in `storage/views.rs`) |
 //! | `backend.rs`       | the storage seam: [`Backend`] (memory, embedded), its [`Change`]s and [`Snapshot`] |
 //! | `embedded.rs`      | the embedded backend: a redb file written by a group-committing thread |
-//! | `cluster.rs`       | the redis backend: several nodes on one Redis, its Lua scripts in `cluster/*.lua`, the node channel in `cluster/channel.rs` |
+//! | `cluster.rs`       | the redis backend: several nodes on one Redis, its Lua scripts in `cluster/*.lua`, the node channel in `cluster/channel.rs`, admin views in `cluster/views.rs` |
 //! | `commits.rs`       | publishes between their ids and their commit           |
 //! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry (its publish path in `session_store/publishing.rs`, the admin API's device messages in `session_store/admin.rs`, its cluster side in `session_store/cluster.rs`) |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `kicks.rs`         | [`KickConfig`]: the store's rules ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |
 //! | `metrics.rs`       | counters and gauges read by `/metrics` and the stats line |
+//! | `feed.rs`          | stream lifecycle steps, told to whoever watches live (the admin page) |
 //! | `heartbeat.rs`     | [`Heartbeat`] actor: heartbeats for idle streams         |
 //!
 //! # Who sends what to whom
@@ -85,6 +86,7 @@ mod connection;
 mod embedded;
 mod event;
 mod event_id;
+pub mod feed;
 mod heartbeat;
 mod held_bytes;
 mod ids;
@@ -118,9 +120,10 @@ pub use registry::{CountLive, DeviceRegistry, DisconnectAll};
 pub use session::{BufferLimits, Footprint, Opening, Progress, Session, Start, Unread};
 pub use session_store::{
     Broadcast, BroadcastReceipt, CloseStorage, Connect, ConnectError, CountSessions, DeleteDevice,
-    DescribeDevice, DisconnectDevice, ListDevices, Publish, PublishReceipt, SessionStore,
+    DescribeDevice, DisconnectDevice, ListDevices, PeekDevice, Publish, PublishReceipt,
+    SessionStore,
 };
-pub use storage::{DevicePage, DeviceView, SessionConfig, StoreError};
+pub use storage::{DevicePage, DevicePeek, DeviceView, SessionConfig, StoreError};
 
 /// The embedded storage backend's writer thread: the server treats a panic
 /// on it like one on the actors' thread.

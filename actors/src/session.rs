@@ -168,6 +168,16 @@ impl Session {
         (self.cold.iter().copied()).chain(self.hot.iter().map(StoredEvent::footprint))
     }
 
+    /// The newest `limit` buffered events held in memory, oldest first, and
+    /// whether they are all of the newest `limit` (older ones may be held
+    /// by storage alone).
+    pub fn newest(&self, limit: usize) -> (Vec<StoredEvent>, bool) {
+        let skip = self.hot.len().saturating_sub(limit);
+        let events: Vec<_> = self.hot.iter().skip(skip).cloned().collect();
+        let complete = events.len() == limit.min(self.buffered());
+        (events, complete)
+    }
+
     /// Bytes the buffer holds.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -30,6 +30,7 @@ use crate::{
     backend::{Backend, Committed, Opened, Snapshot},
     commits::Commits,
     connection::Replacement,
+    feed,
     kicks::{KickConfig, KickPolicy, Refusal},
     registry::{ConnectLive, DeviceRegistry},
     storage::{DeviceView, SessionConfig, Storage, StoreError},
@@ -381,6 +382,8 @@ impl SessionStore {
                 peers.1,
                 self.kicks.policy_name()
             );
+            let policy = Some(self.kicks.policy_name().to_owned());
+            feed::tell("device.flapping", &msg.device, None, policy);
         }
     }
 }
@@ -411,7 +414,7 @@ mod admin;
 mod cluster;
 mod publishing;
 
-pub use admin::{DeleteDevice, DescribeDevice, DisconnectDevice, ListDevices};
+pub use admin::{DeleteDevice, DescribeDevice, DisconnectDevice, ListDevices, PeekDevice};
 
 #[cfg(test)]
 mod tests;

@@ -578,7 +578,7 @@ impl Storage {
 mod views;
 
 pub(crate) use views::MAX_SCAN;
-pub use views::{DevicePage, DeviceView};
+pub use views::{DevicePage, DevicePeek, DeviceView};
 
 #[cfg(test)]
 mod tests;

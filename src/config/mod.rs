@@ -91,11 +91,22 @@ impl Default for ServerSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSettings {
     /// No default: an admin token built into the binary would be public.
     pub tokens: Vec<String>,
+    /// Serve the admin page at `/admin/`.
+    pub ui: bool,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            ui: true,
+        }
+    }
 }
 
 /// Who may open a device's stream.

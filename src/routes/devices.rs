@@ -1,11 +1,13 @@
 //! Admin device views and actions: `GET /v1/devices`, `GET`/`DELETE
-//! /v1/devices/{device_id}`, `DELETE /v1/devices/{device_id}/connection`.
+//! /v1/devices/{device_id}`, `GET /v1/devices/{device_id}/buffer`, `DELETE
+//! /v1/devices/{device_id}/connection`.
 
 use actix_web::{HttpResponse, web};
 use std::time::SystemTime;
 
 use herald_actors::{
-    DeleteDevice, DescribeDevice, DeviceId, DeviceView, DisconnectDevice, ListDevices,
+    DeleteDevice, DescribeDevice, DeviceId, DeviceView, DisconnectDevice, ListDevices, PeekDevice,
+    StoredEvent, check_name,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -83,14 +85,17 @@ const MAX_PAGE: usize = 1000;
 #[derive(Deserialize)]
 pub struct ListQuery {
     connected: Option<bool>,
+    /// Only devices whose id starts with this.
+    prefix: Option<String>,
     /// The last device of the previous page (its `next`).
     after: Option<String>,
     limit: Option<usize>,
 }
 
-/// `GET /v1/devices?connected=&after=&limit=`: devices that have a session,
-/// in device-id order; `next` is the cursor of the following page (a page
-/// may hold fewer than `limit` when the filter is sparse: follow `next`).
+/// `GET /v1/devices?connected=&prefix=&after=&limit=`: devices that have a
+/// session, in device-id order; `next` is the cursor of the following page
+/// (a page may hold fewer than `limit` when the filter is sparse: follow
+/// `next`).
 pub async fn list_devices(
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
@@ -101,10 +106,15 @@ pub async fn list_devices(
         .map(|a| DeviceId::parse(&a))
         .transpose()
         .map_err(ApiError::InvalidDeviceId)?;
+    let prefix = query.prefix.unwrap_or_default();
+    if !prefix.is_empty() {
+        check_name(&prefix).map_err(ApiError::InvalidDeviceId)?;
+    }
     let limit = query.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
     let list = ListDevices {
         connected: query.connected,
         after,
+        prefix,
         limit,
     };
     let page = state
@@ -133,7 +143,57 @@ pub async fn get_device(
         .map_err(|_| ApiError::Unavailable)?
         .map_err(ApiError::Bound)?;
     let view = view.ok_or(ApiError::UnknownDevice)?;
-    Ok(HttpResponse::Ok().json(to_json(&view)))
+    let mut body = to_json(&view);
+    let bounds = &state.session;
+    body["limits"] = json!({
+        "buffer_events": bounds.buffer_events,
+        "buffer_bytes": bounds.buffer_bytes,
+        "retained": bounds.retained_per_device,
+    });
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Events one buffer request shows, unless `limit` says fewer.
+const BUFFER_PAGE: usize = 20;
+const MAX_BUFFER_PAGE: usize = 200;
+
+#[derive(Deserialize)]
+pub struct BufferQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/devices/{device_id}/buffer?limit=`: what the device's stream
+/// would get — its newest buffered events (oldest first, with ids) and its
+/// retained events — or `404 unknown_device`. `complete` is `false` when
+/// some of the newest events are held on disk only (the embedded backend's
+/// `storage.cache_bytes`): those are left out.
+pub async fn get_buffer(
+    device: web::Path<String>,
+    query: web::Query<BufferQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let device = DeviceId::parse(&device).map_err(ApiError::InvalidDeviceId)?;
+    let limit = query.limit.unwrap_or(BUFFER_PAGE).clamp(1, MAX_BUFFER_PAGE);
+    let peek = state
+        .actors
+        .store
+        .send(PeekDevice { device, limit })
+        .await
+        .map_err(|_| ApiError::Unavailable)?
+        .map_err(ApiError::Bound)?;
+    let peek = peek.ok_or(ApiError::UnknownDevice)?;
+    let event = |e: &StoredEvent, id: bool| {
+        let mut json = json!({ "event": e.name.as_str(), "data": &*e.data });
+        if id {
+            json["id"] = json!(e.id.to_string());
+        }
+        json
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "events": peek.events.iter().map(|e| event(e, true)).collect::<Vec<_>>(),
+        "complete": peek.complete,
+        "retained": peek.retained.iter().map(|e| event(e, false)).collect::<Vec<_>>(),
+    })))
 }
 
 fn to_json(view: &DeviceView) -> Value {

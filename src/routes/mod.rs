@@ -2,6 +2,8 @@
 //! [`configure_routes`]. Routes are thin: extract, send a message, map the
 //! reply.
 
+mod admin_events;
+mod admin_page;
 mod auth;
 mod devices;
 mod drain_hint;
@@ -58,6 +60,8 @@ impl Shared {
 pub struct AppState {
     pub actors: Actors,
     pub stream: crate::config::StreamSettings,
+    /// The buffer bounds, shown beside each device's occupancy.
+    pub session: herald_actors::SessionConfig,
     pub heartbeat_timeout: Duration,
     pub max_event_bytes: usize,
     pub max_devices_per_publish: usize,
@@ -93,6 +97,7 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
     let state = AppState {
         actors: shared.actors,
         stream: settings.stream.clone(),
+        session: settings.session.clone(),
         heartbeat_timeout: settings.heartbeat.timeout,
         max_event_bytes: settings.limits.max_event_bytes,
         max_devices_per_publish: settings.limits.max_devices_per_publish,
@@ -117,8 +122,11 @@ pub fn configure_routes(cfg: &mut web::ServiceConfig, settings: &Settings, share
         .app_data(
             web::QueryConfig::default().error_handler(|err, _| ApiError::from_query(err).into()),
         )
-        .configure(register_endpoints)
-        .default_service(web::to(not_found));
+        .configure(register_endpoints);
+    if settings.admin.ui {
+        cfg.configure(admin_page::configure);
+    }
+    cfg.default_service(web::to(not_found));
 }
 
 async fn not_found(_: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -194,10 +202,22 @@ fn endpoints() -> Vec<Endpoint> {
             devices::delete_device,
         ),
         endpoint(
+            Method::GET,
+            "/v1/devices/{device_id}/buffer",
+            Admin,
+            devices::get_buffer,
+        ),
+        endpoint(
             Method::DELETE,
             "/v1/devices/{device_id}/connection",
             Admin,
             devices::disconnect,
+        ),
+        endpoint(
+            Method::GET,
+            "/v1/admin/events",
+            Admin,
+            admin_events::admin_events,
         ),
         endpoint(Method::POST, "/v1/publish", Admin, publish::publish_many),
         endpoint(Method::POST, "/v1/broadcast", Admin, publish::broadcast),

@@ -1,7 +1,7 @@
 -- What the admin API shows of devices: one (ARGV: prefix, '1', device),
 -- or a page of the device list in id order after a cursor (ARGV: prefix,
 -- '0', cursor ('' at first), limit, connected filter ('' any, '1', '0'),
--- at most this many devices looked at).
+-- at most this many devices looked at, id prefix ('' for all)).
 -- Answers {next cursor ('' if none), view...}, each view a JSON object
 -- (see view_of); a device herald holds nothing for has no view.
 local P = ARGV[1]
@@ -29,12 +29,20 @@ if ARGV[2] == '1' then
   return {''}
 end
 local cursor, limit, connected, scan = ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local from = '-'
-if cursor ~= '' then
+local starts = ARGV[7]
+-- From the cursor, or from the first id with the prefix if that comes
+-- later; up to the last id with the prefix (ids are ASCII, below \255).
+local from, to = '-', '+'
+if cursor ~= '' and cursor >= starts then
   from = '(' .. cursor
+elseif starts ~= '' then
+  from = '[' .. starts
+end
+if starts ~= '' then
+  to = '[' .. starts .. '\255'
 end
 local out, last = {''}, nil
-local devices = redis.call('ZRANGE', P .. 'devices', from, '+', 'BYLEX', 'LIMIT', 0, scan + 1)
+local devices = redis.call('ZRANGE', P .. 'devices', from, to, 'BYLEX', 'LIMIT', 0, scan + 1)
 for i, D in ipairs(devices) do
   if i > scan or #out - 1 == limit then
     out[1] = last

@@ -1,5 +1,6 @@
 //! The store's side of the admin API's device endpoints: end a device's
-//! stream, forget a device, describe one, list them. On the cluster backend
+//! stream, forget a device, describe one, show its newest and retained
+//! events, list them. On the cluster backend
 //! each is one script in Redis, so it sees and reaches every node.
 
 use std::time::Instant;
@@ -13,7 +14,7 @@ use crate::{
     cluster::TakenBy,
     connection::Ending,
     registry::DisconnectLive,
-    storage::{DevicePage, DeviceView, StoreError},
+    storage::{DevicePage, DevicePeek, DeviceView, StoreError},
 };
 
 /// End a device's live stream through the admin API. With `reconnect`, the
@@ -45,8 +46,18 @@ pub struct DescribeDevice {
     pub device: DeviceId,
 }
 
-/// A page of devices that have a session, in device-id order after `after`
-/// (see `Storage::page`).
+/// A device's newest `limit` buffered events and its retained events;
+/// `None` if herald holds nothing for it. Sent by the admin device buffer
+/// route.
+#[derive(Message)]
+#[rtype(result = "Result<Option<DevicePeek>, StoreError>")]
+pub struct PeekDevice {
+    pub device: DeviceId,
+    pub limit: usize,
+}
+
+/// A page of devices that have a session, in device-id order after `after`,
+/// their ids starting with `prefix` (see `Storage::page`).
 /// Sent by the admin device list route.
 #[derive(Message)]
 #[rtype(result = "Result<DevicePage, StoreError>")]
@@ -54,6 +65,8 @@ pub struct ListDevices {
     /// Only attached (`true`) or detached (`false`) sessions.
     pub connected: Option<bool>,
     pub after: Option<DeviceId>,
+    /// Only devices whose id starts with this (empty: all).
+    pub prefix: String,
     pub limit: usize,
 }
 
@@ -151,13 +164,25 @@ impl Handler<ListDevices> for SessionStore {
 
     fn handle(&mut self, msg: ListDevices, _: &mut Self::Context) -> Self::Result {
         if let Some(cluster) = self.backend.cluster() {
-            let page = cluster.page(msg.connected, msg.after, msg.limit);
+            let page = cluster.page(msg.connected, (msg.after, msg.prefix), msg.limit);
             return Box::pin(async move { Ok(page.await?) });
         }
-        let mut page = self
-            .storage
-            .page(msg.connected, msg.after.as_ref(), msg.limit);
+        let mut page =
+            (self.storage).page(msg.connected, (msg.after.as_ref(), &msg.prefix), msg.limit);
         page.devices = page.devices.into_iter().map(|v| self.flagged(v)).collect();
         Box::pin(async move { Ok(page) })
+    }
+}
+
+impl Handler<PeekDevice> for SessionStore {
+    type Result = ResponseFuture<Result<Option<DevicePeek>, StoreError>>;
+
+    fn handle(&mut self, msg: PeekDevice, _: &mut Self::Context) -> Self::Result {
+        if let Some(cluster) = self.backend.cluster() {
+            let peek = cluster.peek(msg.device, msg.limit);
+            return Box::pin(async move { Ok(peek.await?) });
+        }
+        let peek = self.storage.peek(&msg.device, msg.limit);
+        Box::pin(async move { Ok(peek) })
     }
 }

@@ -25,6 +25,7 @@ use crate::{
         TakenBy,
     },
     connection::{Disconnect, Ending, Replacement},
+    feed,
     registry::{ConnectLive, DeliverEach, DisconnectLive},
     session::locate,
     storage::StoreError,
@@ -190,6 +191,7 @@ impl SessionStore {
                     peers.0,
                     peers.1
                 );
+                feed::tell("device.flapping", &device, None, Some(policy.to_string()));
             }
         })
     }

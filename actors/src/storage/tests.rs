@@ -34,12 +34,12 @@ fn a_sparse_filtered_page_stops_after_max_scan_and_says_where_to_go_on() {
         )
         .unwrap();
 
-    let first = storage.page(Some(true), None, 10);
+    let first = storage.page(Some(true), (None, ""), 10);
     assert!(first.devices.is_empty());
     let cursor = first.next.expect("more to look at");
     assert_eq!(cursor.as_str(), format!("d{:06}", MAX_SCAN - 1));
 
-    let second = storage.page(Some(true), Some(&cursor), 10);
+    let second = storage.page(Some(true), (Some(&cursor), ""), 10);
     let found: Vec<_> = second
         .devices
         .iter()
@@ -106,4 +106,28 @@ fn an_event_committed_after_its_session_ended_is_not_kept_and_its_stored_copy_go
         matches!(&changes[..], [Change::Evict { batches, .. }] if batches == &[7]),
         "{changes:?}"
     );
+}
+
+#[test]
+fn a_page_with_a_prefix_holds_only_ids_that_start_with_it() {
+    let mut storage = storage();
+    for id in ["a1", "b1", "b2", "ba", "c1"] {
+        storage.open_session(&DeviceId::parse(id).unwrap());
+    }
+    let ids = |page: DevicePage| -> Vec<String> {
+        (page.devices.iter())
+            .map(|d| d.device.as_str().to_owned())
+            .collect()
+    };
+    let page = storage.page(None, (None, "b"), 2);
+    let next = page.next.clone().expect("a next page");
+    assert_eq!(ids(page), ["b1", "b2"]);
+    let page = storage.page(None, (Some(&next), "b"), 2);
+    assert_eq!(
+        (ids(page.clone()), page.next),
+        (vec!["ba".to_owned()], None)
+    );
+    // A cursor before the prefix starts at the prefix.
+    let before = DeviceId::parse("a1").unwrap();
+    assert_eq!(ids(storage.page(None, (Some(&before), "c"), 10)), ["c1"]);
 }

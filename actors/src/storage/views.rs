@@ -1,10 +1,10 @@
-//! What the admin API shows of the store's sessions: one device, or a page
-//! of the device list in id order.
+//! What the admin API shows of the store's sessions: one device, its
+//! newest events, or a page of the device list in id order.
 
 use std::{ops::Bound, time::SystemTime};
 
 use super::{Entry, Storage};
-use crate::{ConnectionId, DeviceId, EventId};
+use crate::{ConnectionId, DeviceId, EventId, StoredEvent};
 
 /// Sessions one device-list page looks at, at most.
 pub(crate) const MAX_SCAN: usize = 10_000;
@@ -15,6 +15,19 @@ pub struct DevicePage {
     pub devices: Vec<DeviceView>,
     /// The cursor of the following page, if there is one.
     pub next: Option<DeviceId>,
+}
+
+/// What a device's stream would get: its newest buffered events and its
+/// retained ones.
+#[derive(Debug, Clone)]
+pub struct DevicePeek {
+    /// The newest buffered events asked for, oldest first.
+    pub events: Vec<StoredEvent>,
+    /// Whether `events` holds all of them: the embedded backend keeps older
+    /// events' payloads on disk only (see `storage.cache_bytes`).
+    pub complete: bool,
+    /// Retained events, in publish order.
+    pub retained: Vec<StoredEvent>,
 }
 
 /// One device as the admin API shows it.
@@ -70,21 +83,26 @@ impl Storage {
         }
     }
 
-    /// Up to `limit` sessions after the device `after`, in device-id order;
-    /// `connected` keeps only attached (`true`) or detached (`false`) ones.
+    /// Up to `limit` sessions after the device `after` whose ids start with
+    /// `prefix`, in device-id order; `connected` keeps only attached
+    /// (`true`) or detached (`false`) ones.
     /// At most [`MAX_SCAN`] sessions are looked at, so a sparse filter costs
     /// several bounded requests instead of one long one: `next` is where the
     /// following page starts (`None` at the end).
     pub fn page(
         &self,
         connected: Option<bool>,
-        after: Option<&DeviceId>,
+        (after, prefix): (Option<&DeviceId>, &str),
         limit: usize,
     ) -> DevicePage {
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut sessions = self
-            .sessions
-            .range::<DeviceId, _>((start, Bound::Unbounded));
+        // From the cursor, or from the first id with the prefix if that
+        // comes later.
+        let start = match after {
+            Some(after) if after.as_str() >= prefix => Bound::Excluded(after.as_str()),
+            _ => Bound::Included(prefix),
+        };
+        let mut sessions = (self.sessions.range::<str, _>((start, Bound::Unbounded)))
+            .take_while(|(device, _)| device.as_str().starts_with(prefix));
         let (mut devices, mut last) = (Vec::new(), None);
         for _ in 0..MAX_SCAN {
             let Some((device, entry)) = sessions.next() else {
@@ -107,6 +125,22 @@ impl Storage {
             devices,
             next: last.filter(|_| more),
         }
+    }
+
+    /// The device's newest `limit` events and retained ones, if herald
+    /// holds anything for it.
+    pub fn peek(&self, device: &DeviceId, limit: usize) -> Option<DevicePeek> {
+        let retained = self.retained.get(device).map(|r| r.events().to_vec());
+        let (events, complete) = match self.sessions.get(device) {
+            Some(entry) => entry.session.newest(limit),
+            None if retained.is_some() => (Vec::new(), true),
+            None => return None,
+        };
+        Some(DevicePeek {
+            events,
+            complete,
+            retained: retained.unwrap_or_default(),
+        })
     }
 
     fn describe(device: &DeviceId, entry: &Entry, retained: usize) -> DeviceView {
