@@ -26,9 +26,16 @@ cluster=(--runs 1 --targets herald-cluster --streams 120 --per-worker 50
 "$bench" fanout "${cluster[@]}" --rates 1,20 --step-secs 1
 "$bench" unicast "${cluster[@]}" --rates 50,200 --step-secs 1
 "$bench" storm "${cluster[@]}" --spread --history 5 --rate 5 --before-secs 1 --after-secs 2
+# Over TLS: HTTP/1.1, and HTTP/2 with streams sharing connections.
+tls=(--runs 1 --targets herald-tls,herald-h2 --streams 120 --per-worker 50
+    --herald-bin target/debug/herald --server-cpus 0 --client-cpus "$client_cpu"
+    --out "$out/tls" --check)
+"$bench" idle "${tls[@]}" --hold-secs 2 --burst 5
+"$bench" storm "${tls[@]}" --history 5 --rate 5 --before-secs 1 --after-secs 2
 for scenario in idle fanout unicast storm slow; do
     test -s "$out/$scenario.json" && test -s "$out/$scenario.md"
 done
 test -s "$out/fanout.png" && test -s "$out/unicast.png"
 test -s "$out/cluster/unicast.md" && test -s "$out/cluster/storm.md"
+test -s "$out/tls/idle.md" && test -s "$out/tls/storm.md"
 echo "bench smoke: every scenario ran clean"
