@@ -91,13 +91,17 @@ async fn an_operator_watches_a_device_publishes_to_it_and_ends_it_for_good() {
         .publish("edge-7", &json!({"event": "config", "data": {"v": 1}}))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let (status, _) = herald
+    let (status, reply) = herald
         .publish(
             "edge-7",
             &json!({"event": "greeting", "data": "hello", "retain": true}),
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
+    // The list follows the buffer filling (at the pace of the totals).
+    let last = reply["id"].as_str().unwrap();
+    let listed = "document.querySelector('[data-device=\"edge-7\"]').textContent";
+    let _: bool = wait_for(&admin, &format!("{listed}.includes('{last}')"), "true").await;
     screenshot(&admin, "devices").await;
 
     // Its page shows the events and the retained one.
@@ -156,8 +160,12 @@ async fn a_wrong_token_shows_an_error_and_no_data() {
     assert_eq!(status, StatusCode::ACCEPTED);
     let browser = TestBrowser::launch().await;
     let admin = browser.open(&herald.url("/admin/")).await;
-    type_into(&admin, "#token", "not-the-admin-token").await;
-    click(&admin, "#sign-in-form button").await;
+    // With the keyboard alone: the token field has the focus, Enter signs in.
+    let focused: String = eval(&admin, "document.activeElement.id").await;
+    assert_eq!(focused, "token");
+    let field = admin.find_element("#token").await.expect("the token field");
+    field.type_str("not-the-admin-token").await.expect("typing");
+    field.press_key("Enter").await.expect("Enter");
 
     let error = "document.getElementById('sign-in-error')";
     let message: String = wait_for(

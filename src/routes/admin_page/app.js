@@ -135,7 +135,11 @@ function handleFeed(name, data) {
   if (name === 'stats') {
     state.stats.push({ at: Date.now(), ...json });
     if (state.stats.length > HISTORY) state.stats.shift();
+    // The views follow what changes without a lifecycle step too
+    // (publishes filling buffers), at the pace of the totals.
     if (state.view === 'overview') renderOverview();
+    if (state.view === 'devices') refreshDevicesSoon();
+    if (state.view === 'device') refreshDeviceSoon();
   } else if (name === 'device') {
     state.activity.unshift({ at: new Date(), ...json });
     state.activity.length = Math.min(state.activity.length, 30);
