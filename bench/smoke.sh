@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every herald-bench scenario, small and short, against herald only, with
+# Every herald-bench scenario, small and short, against herald and the floor
+# target (and the cluster and TLS targets for some), with
 # --check (exit non-zero on any gap, duplicate, loss or stream that never
 # connected). CI runs it so the harness never rots; the full runs are in
 # README's "Performance" section.
@@ -11,7 +12,7 @@ bench=target/debug/herald-bench
 out=target/bench-smoke
 # Server and harness on CPUs of their own where there are two.
 client_cpu=$(( $(nproc) > 1 ? 1 : 0 ))
-common=(--runs 1 --targets herald --streams 120 --per-worker 50 --herald-bin target/debug/herald
+common=(--runs 1 --targets herald,floor --streams 120 --per-worker 50 --herald-bin target/debug/herald
     --server-cpus 0 --client-cpus "$client_cpu" --out "$out" --check)
 
 "$bench" idle "${common[@]}" --hold-secs 2 --burst 5

@@ -11,12 +11,15 @@
 //!   127.0.0.x, commanded over stdin/stdout (`protocol`); `tally` counts
 //!   what each stream received.
 //! - `publisher`: publishing at a fixed offered rate.
+//! - `floor`: the `floor` target, a minimal server for what the machine can
+//!   physically do (this binary again, `herald-bench floor`).
 //! - `net`: client sockets and HTTP/1.1 exchanges; `procfs`: CPU seconds,
 //!   memory and pinning.
 //! - `report` / `chart`: JSON, Markdown and PNG results.
 
 mod chart;
 mod fleet;
+mod floor;
 mod median;
 mod net;
 mod procfs;
@@ -81,11 +84,15 @@ enum Command {
     /// (internal) One worker process of streams.
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+    /// (internal) The `floor` target's server.
+    #[command(hide = true)]
+    Floor(floor::FloorArgs),
 }
 
 fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Worker(args) => worker::run(args).map_err(|err| err.to_string()),
+        Command::Floor(args) => floor::run(args).map_err(|err| err.to_string()),
         Command::Idle { common, args } => coordinate(&common, args),
         Command::Fanout { common, args } => coordinate(&common, scenarios::Fanout::new(args)),
         Command::Unicast { common, args } => coordinate(&common, scenarios::Unicast::new(args)),

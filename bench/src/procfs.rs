@@ -21,8 +21,18 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     ticks as f64 / ticks_per_second()
 }
 
+/// CPU seconds (user + system) one thread of `pid` has used.
+pub fn thread_cpu_seconds(pid: u32, tid: u32) -> f64 {
+    let ticks = stat_ticks_at(&format!("/proc/{pid}/task/{tid}/stat")).unwrap_or(0);
+    ticks as f64 / ticks_per_second()
+}
+
 fn stat_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_ticks_at(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_ticks_at(path: &str) -> Option<u64> {
+    let stat = fs::read_to_string(path).ok()?;
     // The command name may hold spaces and parentheses: fields are counted
     // from the last ')'. utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -1,5 +1,6 @@
-//! A scenario's result: the JSON record, the Markdown table (herald and
-//! nchan side by side, with their ratio) and the machine it ran on.
+//! A scenario's result: the JSON record, the Markdown table (the targets
+//! side by side, with the first one's ratio to each other) and the machine
+//! it ran on.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -97,6 +98,9 @@ pub struct Step {
     pub server_cpu_s: f64,
     /// Of `server_cpu_s`, the cluster's Redis.
     pub redis_cpu_s: Option<f64>,
+    /// Of `server_cpu_s`, herald's store and registry thread (its main
+    /// thread): the serial part, which more cores would not spread.
+    pub store_thread_cpu_s: Option<f64>,
     pub client_cpu_s: f64,
     /// Client CPU time over the step's duration and the client's CPUs: near
     /// 1, the harness rather than the server limited the step.
@@ -203,27 +207,31 @@ fn markdown(run: &Run) -> String {
     out
 }
 
+/// The targets' columns, then the first target's ratio to each other one
+/// (herald/nchan, herald/floor, …).
 fn header(out: &mut String, first: &str, targets: &[TargetResult]) {
     let names: Vec<&str> = targets.iter().map(|t| t.target.name()).collect();
-    let ratio = if names.len() == 2 {
-        format!(" {}/{} |", names[0], names[1])
-    } else {
-        String::new()
-    };
-    let _ = writeln!(out, "| {first} | {} |{ratio}", names.join(" | "));
-    let _ = writeln!(
-        out,
-        "|---|{}",
-        "---|".repeat(names.len() + usize::from(names.len() == 2))
-    );
+    let ratios: String = (names.iter().skip(1))
+        .map(|other| format!(" {}/{other} |", names[0]))
+        .collect();
+    let _ = writeln!(out, "| {first} | {} |{ratios}", names.join(" | "));
+    let columns = names.len() + names.len().saturating_sub(1);
+    let _ = writeln!(out, "|---|{}", "---|".repeat(columns));
 }
 
+/// The first value divided by each of the others.
 fn ratio(values: &[f64]) -> String {
-    match values {
-        [a, b] if a.is_finite() && b.is_finite() && *b != 0.0 => format!(" {:.2} |", a / b),
-        [_, _] => " – |".to_owned(),
-        _ => String::new(),
-    }
+    let Some((first, others)) = values.split_first() else {
+        return String::new();
+    };
+    (others.iter())
+        .map(
+            |other| match first.is_finite() && other.is_finite() && *other != 0.0 {
+                true => format!(" {:.2} |", first / other),
+                false => " – |".to_owned(),
+            },
+        )
+        .collect()
 }
 
 fn summary_table(out: &mut String, targets: &[TargetResult]) {
@@ -295,13 +303,18 @@ fn steps_table(out: &mut String, targets: &[TargetResult]) {
                 step.duplicates.to_string(),
                 step.published.refused.to_string(),
                 step.ended.to_string(),
-                match step.redis_cpu_s {
-                    Some(redis) => format!(
+                match (step.redis_cpu_s, step.store_thread_cpu_s) {
+                    (Some(redis), _) => format!(
                         "{} (Redis {})",
                         format_value(step.server_cpu_s),
                         format_value(redis)
                     ),
-                    None => format_value(step.server_cpu_s),
+                    (None, Some(store)) => format!(
+                        "{} (store thread {:.0}%)",
+                        format_value(step.server_cpu_s),
+                        store / step.server_cpu_s * 100.0
+                    ),
+                    (None, None) => format_value(step.server_cpu_s),
                 },
                 format!(
                     "{} ({:.0}%)",
@@ -388,10 +401,11 @@ mod tests {
     }
 
     #[test]
-    fn ratios_divide_the_first_target_by_the_second() {
+    fn ratios_divide_the_first_target_by_each_other_one() {
         assert_eq!(ratio(&[3.0, 2.0]), " 1.50 |");
         assert_eq!(ratio(&[3.0, 0.0]), " – |");
         assert_eq!(ratio(&[f64::NAN, 2.0]), " – |");
         assert_eq!(ratio(&[3.0]), "");
+        assert_eq!(ratio(&[3.0, 2.0, 1.5]), " 1.50 | 2.00 |");
     }
 }

@@ -45,6 +45,9 @@ pub enum Target {
     /// herald serving HTTPS; streams share HTTP/2 connections.
     HeraldH2,
     Nchan,
+    /// A minimal server on plain sockets: one pre-encoded frame written per
+    /// delivery (what this machine can physically do; see `floor.rs`).
+    Floor,
     /// Two nginx + nchan on one Redis (`nchan_redis_pass`): streams on one,
     /// publishes on the other.
     NchanCluster,
@@ -59,6 +62,7 @@ impl Target {
             Self::HeraldTls => "herald-tls",
             Self::HeraldH2 => "herald-h2",
             Self::Nchan => "nchan",
+            Self::Floor => "floor",
             Self::NchanCluster => "nchan-cluster",
         }
     }
@@ -70,7 +74,8 @@ impl Target {
             | Self::HeraldMemory
             | Self::HeraldCluster
             | Self::HeraldTls
-            | Self::HeraldH2 => {
+            | Self::HeraldH2
+            | Self::Floor => {
                 format!("/v1/devices/{device}/events")
             }
             Self::Nchan | Self::NchanCluster => format!("/sub/{device}"),
@@ -85,7 +90,8 @@ impl Target {
             | Self::HeraldMemory
             | Self::HeraldCluster
             | Self::HeraldTls
-            | Self::HeraldH2 => PublishRequest {
+            | Self::HeraldH2
+            | Self::Floor => PublishRequest {
                 path: match device {
                     Some(device) => format!("/v1/devices/{device}/events"),
                     None => "/v1/broadcast".to_owned(),
@@ -189,6 +195,7 @@ impl Server {
                 streaming
             }
             Target::Nchan => nginx_command(options, port, &scratch, None)?,
+            Target::Floor => floor_command(options, addr)?,
             Target::NchanCluster => {
                 let redis_port = free_port()?;
                 let mut redis = redis_command(redis_port, &scratch);
@@ -224,6 +231,16 @@ impl Server {
             return Err(err);
         }
         Ok(server)
+    }
+
+    /// The process whose main thread holds herald's store and registry
+    /// (the streaming node's, in a cluster); `None` for the others.
+    pub fn store_thread(&self) -> Option<u32> {
+        let herald = !matches!(
+            self.target,
+            Target::Nchan | Target::NchanCluster | Target::Floor
+        );
+        herald.then(|| self.child.id())
     }
 
     /// The cluster's Redis, if this is a cluster.
@@ -507,6 +524,19 @@ fn nginx_command(
         .arg(scratch.join("error.log"))
         .arg("-c")
         .arg(&path);
+    Ok(command)
+}
+
+/// This binary as the `floor` server, with the shared buffer length and
+/// keep-alive.
+fn floor_command(options: &ServerOptions, addr: SocketAddr) -> Result<Command, String> {
+    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+    let mut command = Command::new(exe);
+    command
+        .arg("floor")
+        .args(["--bind", &addr.to_string()])
+        .args(["--keepalive-secs", &options.keepalive_secs.to_string()])
+        .args(["--buffer-events", &options.buffer_events.to_string()]);
     Ok(command)
 }
 

@@ -110,6 +110,13 @@ impl Session {
         )
     }
 
+    /// CPU seconds so far of the thread holding herald's store and
+    /// registry: the part of the work that does not spread over cores.
+    fn store_thread_cpu(&self) -> Option<f64> {
+        let pid = self.server.store_thread()?;
+        Some(procfs::thread_cpu_seconds(pid, pid))
+    }
+
     /// The cluster's Redis CPU seconds so far (part of the server's).
     fn redis_cpu(&self) -> Option<f64> {
         let redis = self.server.redis_pid()?;
@@ -130,6 +137,7 @@ impl Session {
         self.fleet.reset().await?;
         let (server_before, client_before) = self.cpu();
         let redis_before = self.redis_cpu();
+        let store_before = self.store_thread_cpu();
         let started = Instant::now();
         let published = publisher.run(rate, Duration::from_secs_f64(secs)).await?;
         let expected = published.accepted * per_publish;
@@ -140,6 +148,9 @@ impl Session {
         let elapsed = started.elapsed().as_secs_f64().max(secs);
         let (server_after, client_after) = self.cpu();
         let redis_cpu_s = self.redis_cpu().zip(redis_before).map(|(a, b)| a - b);
+        let store_thread_cpu_s = (self.store_thread_cpu())
+            .zip(store_before)
+            .map(|(a, b)| a - b);
         self.server.check_alive()?;
         let merged = self.fleet.report().await?;
         let tally = &merged.tally;
@@ -178,6 +189,7 @@ impl Session {
             errors: tally.errors,
             server_cpu_s,
             redis_cpu_s,
+            store_thread_cpu_s,
             client_cpu_s,
             client_cpu_share: client_cpu_s / elapsed / self.client_cpus.max(1) as f64,
             server_cpu_us_per_delivery: if tally.deliveries == 0 {

@@ -139,6 +139,7 @@ fn summarize(steps: &[Step], pss_kib: u64) -> Vec<Metric> {
         .map(|step| step.offered_deliveries_per_s)
         .fold(0.0, f64::max);
     let first = steps.first();
+    let best_step = (steps.iter()).max_by(|a, b| a.delivered_per_s.total_cmp(&b.delivered_per_s));
     vec![
         metric(
             "knee (publishes/s)",
@@ -169,11 +170,14 @@ fn summarize(steps: &[Step], pss_kib: u64) -> Vec<Metric> {
         ),
         metric(
             "server CPU per delivery at the best rate",
-            steps
-                .iter()
-                .max_by(|a, b| a.delivered_per_s.total_cmp(&b.delivered_per_s))
-                .map_or(f64::NAN, |s| s.server_cpu_us_per_delivery),
+            best_step.map_or(f64::NAN, |s| s.server_cpu_us_per_delivery),
             "µs",
+        ),
+        metric(
+            "of which on herald's store thread, at the best rate",
+            (best_step.and_then(|s| Some(s.store_thread_cpu_s? / s.server_cpu_s * 100.0)))
+                .unwrap_or(f64::NAN),
+            "%",
         ),
         metric(
             "server memory after the sweep (PSS)",
