@@ -84,8 +84,10 @@ impl Certificates {
     pub fn reload(&self) -> Result<(), TlsError> {
         match read(&self.files, &self.provider) {
             Ok(certified) => {
+                let certified = Arc::new(certified);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&certified);
+                // Logged once in use: whoever reads the line gets the new one.
                 log_loaded("tls.reloaded", &self.files, &certified);
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
                 Ok(())
             }
             Err(error) => {
