@@ -50,7 +50,7 @@ mod views;
 pub use channel::{
     DeliverRouted, DisconnectInterrupted, DisconnectTakenOver, Subscription, TakenBy,
 };
-use decode::{entry, epoch_text, millis, parse_epoch, retained_event, unix_ms};
+use decode::{epoch_text, millis, parse_epoch, unix_ms};
 use health::Health;
 
 use crate::{
@@ -343,13 +343,8 @@ impl Cluster {
         }
         let epoch = parse_epoch(&epoch)?;
         let now = (SystemTime::now(), Instant::now());
-        let events = (entries.into_iter())
-            .map(|(id, fields)| entry(epoch, &id, fields, now))
-            .collect::<Result<_, _>>()?;
-        let mut retained = (retained.into_iter())
-            .map(|(name, event)| retained_event(&name, &event, now))
-            .collect::<Result<Vec<_>, _>>()?;
-        retained.sort_by_key(|event| (event.published_at, event.id.seq));
+        let events = decode::entries(epoch, entries, now)?;
+        let retained = decode::retained(retained, now)?;
         Ok(Ok(Attached {
             epoch,
             last_seq,

@@ -10,9 +10,8 @@ use crate::{
     storage::DeviceView,
 };
 
-/// One buffer entry of `attach.lua`'s answer: id `<seq>-0`, fields
-/// `n name p published d data`.
-pub(super) fn entry(
+/// One buffer entry: id `<seq>-0`, fields `n name p published d data`.
+fn entry(
     epoch: Epoch,
     id: &str,
     fields: Vec<String>,
@@ -87,9 +86,33 @@ pub(super) fn view_of(encoded: &str) -> Result<DeviceView, WriteError> {
     })
 }
 
+/// Buffer entries (`XRANGE`'s `[id, fields]`) of a session in `epoch`.
+pub(super) fn entries(
+    epoch: Epoch,
+    entries: Vec<(String, Vec<String>)>,
+    now: (SystemTime, Instant),
+) -> Result<Vec<StoredEvent>, WriteError> {
+    (entries.into_iter())
+        .map(|(id, fields)| entry(epoch, &id, fields, now))
+        .collect()
+}
+
+/// A device's retained events (`HGETALL`'s name and encoded event pairs),
+/// in publish order.
+pub(super) fn retained(
+    pairs: Vec<(String, String)>,
+    now: (SystemTime, Instant),
+) -> Result<Vec<StoredEvent>, WriteError> {
+    let mut retained = (pairs.into_iter())
+        .map(|(name, event)| retained_event(&name, &event, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    retained.sort_by_key(|event| (event.published_at, event.id.seq));
+    Ok(retained)
+}
+
 /// A retained event as `publish.lua` encodes it: `[epoch, seq, published,
 /// data]`.
-pub(super) fn retained_event(
+fn retained_event(
     name: &str,
     encoded: &str,
     now: (SystemTime, Instant),

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use super::{
     Cluster, VIEW,
-    decode::{entry, parse_epoch, retained_event, view_of},
+    decode::{self, parse_epoch, view_of},
 };
 use crate::{
     DeviceId,
@@ -59,19 +59,11 @@ impl Cluster {
         }
         let now = (SystemTime::now(), Instant::now());
         let mut events = match epoch {
-            Some(epoch) => {
-                let epoch = parse_epoch(&epoch)?;
-                (entries.into_iter())
-                    .map(|(id, fields)| entry(epoch, &id, fields, now))
-                    .collect::<Result<Vec<_>, _>>()?
-            }
+            Some(epoch) => decode::entries(parse_epoch(&epoch)?, entries, now)?,
             None => Vec::new(),
         };
         events.reverse();
-        let mut retained = (retained.into_iter())
-            .map(|(name, event)| retained_event(&name, &event, now))
-            .collect::<Result<Vec<_>, _>>()?;
-        retained.sort_by_key(|event| (event.published_at, event.id.seq));
+        let retained = decode::retained(retained, now)?;
         Ok(Some(DevicePeek {
             events,
             complete: true,
