@@ -26,7 +26,8 @@ pub struct ClientSocket {
 }
 
 impl ClientSocket {
-    pub fn of((tcp, open): (&TcpStream, Weak<()>)) -> Self {
+    /// `open` must be gone once `tcp` is closed.
+    pub fn new(tcp: &TcpStream, open: Weak<()>) -> Self {
         Self {
             fd: tcp.as_raw_fd(),
             open,

@@ -29,7 +29,6 @@ use tokio_rustls::server::TlsStream;
 
 use crate::{
     access_log::access_log,
-    client_socket::ClientSocket,
     config::{CorsSettings, Settings},
     connections::{Gate, Plan},
     routes::{Draining, Shared, configure_routes},
@@ -244,7 +243,7 @@ impl Http {
 fn note(socket: &Watched, data: &mut Extensions) {
     data.insert(socket.conn());
     // For the kick rule: did a stream's client close? (see `client_socket`).
-    data.insert(ClientSocket::of(socket.tcp()));
+    data.insert(socket.client_socket());
 }
 
 /// Opens the configured backend and reads back what it holds.

@@ -49,7 +49,7 @@ use tokio::{
     time::{Instant, Sleep, sleep_until},
 };
 
-use crate::slots::Slot;
+use crate::{client_socket::ClientSocket, slots::Slot};
 
 /// Where the timer waits while a request is in progress: far enough that it
 /// practically never fires (if it does, the wake-up finds no deadline and
@@ -267,9 +267,9 @@ impl Watched {
     }
 
     /// The socket, for what the kernel knows of it (actix's
-    /// `on_connect_ext`), and a token that is gone once the socket is.
-    pub fn tcp(&self) -> (&TcpStream, std::rc::Weak<()>) {
-        (&self.tcp, Rc::downgrade(&self.open))
+    /// `on_connect_ext`): valid for as long as this lives.
+    pub fn client_socket(&self) -> ClientSocket {
+        ClientSocket::new(&self.tcp, Rc::downgrade(&self.open))
     }
 
     /// Whether the deadline has passed; if not, the timer will wake the

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, data_json, read_json};
+use common::{TestServer, data_json, device_names, read_json};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -407,25 +407,20 @@ async fn the_device_views_show_connection_buffer_and_history_and_page_by_cursor(
     );
 
     let (_, page) = read_json(get("/v1/devices?limit=2")).await;
-    let names = |page: &Value| {
-        page["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["device"].clone())
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        (names(&page), page["next"].clone()),
-        (vec![json!("edge-1"), json!("edge-2")], json!("edge-2"))
+        (device_names(&page), page["next"].clone()),
+        (
+            vec!["edge-1".to_owned(), "edge-2".to_owned()],
+            json!("edge-2")
+        )
     );
     let (_, page) = read_json(get("/v1/devices?limit=2&after=edge-2")).await;
     assert_eq!(
-        (names(&page), page["next"].clone()),
-        (vec![json!("edge-3")], Value::Null)
+        (device_names(&page), page["next"].clone()),
+        (vec!["edge-3".to_owned()], Value::Null)
     );
     let (_, offline) = read_json(get("/v1/devices?connected=false")).await;
-    assert_eq!(names(&offline), [json!("edge-2"), json!("edge-3")]);
+    assert_eq!(device_names(&offline), ["edge-2", "edge-3"]);
 
     let (status, body) = read_json(get("/v1/devices/nobody")).await;
     assert_eq!(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{EventStream, TestServer, error_code, read_json};
+use common::{EventStream, TestServer, device_names, error_code, read_json};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -74,19 +74,14 @@ async fn the_device_list_filters_by_id_prefix() {
     for device in ["hall-1", "kitchen-1", "kitchen-2", "kitchenette"] {
         server.publish(device, "config", json!(1)).await;
     }
-    let names = |page: &Value| -> Vec<String> {
-        (page["devices"].as_array().unwrap().iter())
-            .map(|d| d["device"].as_str().unwrap().to_owned())
-            .collect()
-    };
     let (_, page) = read_json(get(&server, "/v1/devices?prefix=kitchen-")).await;
-    assert_eq!(names(&page), ["kitchen-1", "kitchen-2"]);
+    assert_eq!(device_names(&page), ["kitchen-1", "kitchen-2"]);
     let (_, page) = read_json(get(
         &server,
         "/v1/devices?prefix=kitchen&limit=1&after=kitchen-1",
     ))
     .await;
-    assert_eq!(names(&page), ["kitchen-2"]);
+    assert_eq!(device_names(&page), ["kitchen-2"]);
     let (status, body) = read_json(get(&server, "/v1/devices?prefix=bad%20prefix")).await;
     assert_eq!(
         (status, error_code(&body)),

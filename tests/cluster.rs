@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{HeraldProcess, RedisServer, data_json};
+use common::{HeraldProcess, RedisServer, data_json, device_names};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -493,13 +493,7 @@ async fn an_operator_on_any_node_sees_where_a_device_is_live_and_blocks_or_delet
     );
     assert_eq!(view["buffered_events"], json!(1));
     let (_, page) = one.admin(Method::GET, "/v1/devices?connected=true").await;
-    let listed: Vec<_> = page["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| &d["device"])
-        .collect();
-    assert_eq!(listed, [&json!("lamp")]);
+    assert_eq!(device_names(&page), ["lamp"]);
 
     // Ended from node one with reconnect=false: `kicked` (admin) on node
     // two, and the device is refused on both nodes.
@@ -558,10 +552,7 @@ async fn any_node_shows_a_device_buffer_and_retained_events_and_lists_devices_by
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let (_, page) = two.admin(Method::GET, "/v1/devices?prefix=hall").await;
-    let listed: Vec<_> = (page["devices"].as_array().unwrap().iter())
-        .map(|d| d["device"].clone())
-        .collect();
-    assert_eq!(listed, [json!("hall-lamp")]);
+    assert_eq!(device_names(&page), ["hall-lamp"]);
 }
 
 #[actix_web::test]

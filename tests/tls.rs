@@ -19,6 +19,19 @@ async fn https_herald(cert: &TestCertificate, env: &[(&str, &str)]) -> HeraldPro
     HeraldProcess::start(&all).await
 }
 
+/// herald serving HTTPS with a fresh certificate, plus `env`, and one
+/// HTTP/2 connection to it (the certificate's folder lives as long as the
+/// test holds it).
+async fn over_http2(env: &[(&str, &str)]) -> (HeraldProcess, H2Connection, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCertificate::make(dir.path(), "server");
+    let herald = https_herald(&cert, env).await;
+    let connection = H2Connection::connect(herald.port, &cert.der)
+        .await
+        .expect("an HTTP/2 connection");
+    (herald, connection, dir)
+}
+
 /// Opens `count` device streams (`<prefix>-0`, …) on `connection`, each past
 /// its `hello`.
 async fn open_streams(
@@ -42,12 +55,7 @@ fn event(n: usize) -> Value {
 
 #[actix_web::test]
 async fn ten_device_streams_share_one_http2_connection_and_each_gets_its_own_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = TestCertificate::make(dir.path(), "server");
-    let mut herald = https_herald(&cert, &[]).await;
-    let mut connection = H2Connection::connect(herald.port, &cert.der)
-        .await
-        .expect("an HTTP/2 connection");
+    let (mut herald, mut connection, _certificate) = over_http2(&[]).await;
 
     let mut streams = open_streams(&mut connection, "h2", 10).await;
     for i in 0..10 {
@@ -78,12 +86,7 @@ async fn ten_device_streams_share_one_http2_connection_and_each_gets_its_own_eve
 
 #[actix_web::test]
 async fn a_kick_ends_only_its_own_stream_not_the_connection_or_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = TestCertificate::make(dir.path(), "server");
-    let herald = https_herald(&cert, &[]).await;
-    let mut connection = H2Connection::connect(herald.port, &cert.der)
-        .await
-        .expect("an HTTP/2 connection");
+    let (_herald, mut connection, _certificate) = over_http2(&[]).await;
     let mut streams = open_streams(&mut connection, "kick", 10).await;
 
     // Device kick-3 connects again, on the same connection: its old stream
@@ -117,12 +120,8 @@ async fn a_kick_ends_only_its_own_stream_not_the_connection_or_the_others() {
 
 #[actix_web::test]
 async fn the_per_address_stream_limit_counts_streams_not_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = TestCertificate::make(dir.path(), "server");
-    let herald = https_herald(&cert, &[("HERALD_LIMITS__MAX_STREAMS_PER_ADDRESS", "3")]).await;
-    let mut connection = H2Connection::connect(herald.port, &cert.der)
-        .await
-        .expect("an HTTP/2 connection");
+    let (_herald, mut connection, _certificate) =
+        over_http2(&[("HERALD_LIMITS__MAX_STREAMS_PER_ADDRESS", "3")]).await;
     let _streams = open_streams(&mut connection, "limited", 3).await;
 
     let Err((status, body)) = connection.open("limited-3").await else {
@@ -194,12 +193,8 @@ async fn sighup_reloads_the_certificate_for_new_connections_and_open_streams_kee
 
 #[actix_web::test]
 async fn drain_over_http2_ends_every_stream_and_exits_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = TestCertificate::make(dir.path(), "server");
-    let herald = https_herald(&cert, &[("HERALD_SERVER__DRAIN_WINDOW", "1s")]).await;
-    let mut connection = H2Connection::connect(herald.port, &cert.der)
-        .await
-        .expect("an HTTP/2 connection");
+    let (herald, mut connection, _certificate) =
+        over_http2(&[("HERALD_SERVER__DRAIN_WINDOW", "1s")]).await;
     let streams = open_streams(&mut connection, "drained", 10).await;
 
     let ends = futures_util::future::join_all(streams.into_iter().map(|mut stream| async move {

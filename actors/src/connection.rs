@@ -376,7 +376,7 @@ impl Actor for DeviceConnection {
                 self.reason.as_str(),
                 began.elapsed().as_millis()
             );
-            let reason = Some(self.reason.as_str().to_owned());
+            let reason = Some(self.reason.as_str());
             feed::tell("device.disconnected", &device, Some(connection_id), reason);
             self.params
                 .heartbeat
@@ -426,12 +426,7 @@ impl Handler<ConnectBegin> for DeviceConnection {
         {
             metrics().resets.with_label_values(&[reason.as_str()]).inc();
             let (device, conn) = (&self.params.device, Some(self.params.connection_id));
-            feed::tell(
-                "session.reset",
-                device,
-                conn,
-                Some(reason.as_str().to_owned()),
-            );
+            feed::tell("session.reset", device, conn, Some(reason.as_str()));
             log::info!(
                 "session.reset device={} conn={} reason={} last_event_id={}",
                 self.params.device,
@@ -571,7 +566,7 @@ impl Handler<Disconnect> for DeviceConnection {
             "device.kicked",
             &p.device,
             Some(p.connection_id),
-            Some(named),
+            Some(&named),
         );
         metrics().kicks.inc();
         let recorded = p.store.send(Kicked {

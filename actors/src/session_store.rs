@@ -382,7 +382,7 @@ impl SessionStore {
                 peers.1,
                 self.kicks.policy_name()
             );
-            let policy = Some(self.kicks.policy_name().to_owned());
+            let policy = Some(self.kicks.policy_name());
             feed::tell("device.flapping", &msg.device, None, policy);
         }
     }

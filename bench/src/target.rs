@@ -67,18 +67,19 @@ impl Target {
         }
     }
 
+    /// Streams per connection: more than one means HTTP/2.
+    pub fn streams_per_connection(self) -> usize {
+        match self {
+            Self::HeraldH2 => H2_STREAMS_PER_CONNECTION,
+            _ => 1,
+        }
+    }
+
     /// Where a device's EventSource connects.
     pub fn stream_path(self, device: &str) -> String {
         match self {
-            Self::Herald
-            | Self::HeraldMemory
-            | Self::HeraldCluster
-            | Self::HeraldTls
-            | Self::HeraldH2
-            | Self::Floor => {
-                format!("/v1/devices/{device}/events")
-            }
             Self::Nchan | Self::NchanCluster => format!("/sub/{device}"),
+            _ => format!("/v1/devices/{device}/events"),
         }
     }
 
@@ -86,12 +87,12 @@ impl Target {
     /// or to every device when `device` is `None`.
     pub fn publish_request(self, device: Option<&str>, payload: &str) -> PublishRequest {
         match self {
-            Self::Herald
-            | Self::HeraldMemory
-            | Self::HeraldCluster
-            | Self::HeraldTls
-            | Self::HeraldH2
-            | Self::Floor => PublishRequest {
+            Self::Nchan | Self::NchanCluster => PublishRequest {
+                path: format!("/pub/{}", device.unwrap_or("all")),
+                body: Bytes::from(payload.to_owned()),
+                headers: vec![("content-type", "application/json".to_owned())],
+            },
+            _ => PublishRequest {
                 path: match device {
                     Some(device) => format!("/v1/devices/{device}/events"),
                     None => "/v1/broadcast".to_owned(),
@@ -102,21 +103,6 @@ impl Target {
                     ("authorization", format!("Bearer {ADMIN_TOKEN}")),
                 ],
             },
-            Self::Nchan | Self::NchanCluster => PublishRequest {
-                path: format!("/pub/{}", device.unwrap_or("all")),
-                body: Bytes::from(payload.to_owned()),
-                headers: vec![("content-type", "application/json".to_owned())],
-            },
-        }
-    }
-}
-
-impl Target {
-    /// Streams per connection: more than one means HTTP/2.
-    pub fn streams_per_connection(self) -> usize {
-        match self {
-            Self::HeraldH2 => H2_STREAMS_PER_CONNECTION,
-            _ => 1,
         }
     }
 }
@@ -181,11 +167,8 @@ impl Server {
             Target::Herald => herald_command(options, addr, "embedded", &scratch),
             Target::HeraldMemory => herald_command(options, addr, "memory", &scratch),
             Target::HeraldCluster => {
-                let redis_port = free_port()?;
-                let mut redis = redis_command(redis_port, &scratch);
-                others.push(spawn(&mut redis, options)?);
-                await_redis(redis_port).await?;
-                let url = format!("redis://127.0.0.1:{redis_port}/0");
+                let (redis, url) = start_redis(&scratch, options).await?;
+                others.push(redis);
                 publish_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
                 let mut publishing = herald_command(options, publish_addr, "redis", &scratch);
                 publishing.env("HERALD_STORAGE__REDIS__URL", &url);
@@ -197,11 +180,8 @@ impl Server {
             Target::Nchan => nginx_command(options, port, &scratch, None)?,
             Target::Floor => floor_command(options, addr)?,
             Target::NchanCluster => {
-                let redis_port = free_port()?;
-                let mut redis = redis_command(redis_port, &scratch);
-                others.push(spawn(&mut redis, options)?);
-                await_redis(redis_port).await?;
-                let url = format!("redis://127.0.0.1:{redis_port}");
+                let (redis, url) = start_redis(&scratch, options).await?;
+                others.push(redis);
                 let publish_port = free_port()?;
                 publish_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, publish_port));
                 let second = scratch.join("publishing");
@@ -400,6 +380,18 @@ fn spawn(command: &mut Command, options: &ServerOptions) -> Result<Child, String
         .stdin(Stdio::null())
         .spawn()
         .map_err(|err| format!("cannot start {program}: {err}"))
+}
+
+/// A redis-server for a cluster, on the server CPUs, once it answers; and
+/// its URL.
+async fn start_redis(
+    scratch: &std::path::Path,
+    options: &ServerOptions,
+) -> Result<(Child, String), String> {
+    let port = free_port()?;
+    let redis = spawn(&mut redis_command(port, scratch), options)?;
+    await_redis(port).await?;
+    Ok((redis, format!("redis://127.0.0.1:{port}")))
 }
 
 /// A redis-server keeping nothing on disk, for the cluster.

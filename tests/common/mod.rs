@@ -261,6 +261,16 @@ pub fn error_code(body: &Value) -> &str {
 }
 
 /// The value of the sample `name` (with its labels, as exposed) in a
+/// The device ids of a `GET /v1/devices` page, in order.
+pub fn device_names(page: &Value) -> Vec<String> {
+    let devices = page["devices"].as_array();
+    (devices
+        .unwrap_or_else(|| panic!("a device page: {page}"))
+        .iter())
+    .map(|d| d["device"].as_str().expect("a device id").to_owned())
+    .collect()
+}
+
 /// `/metrics` exposition.
 pub fn sample(exposition: &str, name: &str) -> f64 {
     let line = exposition

@@ -191,7 +191,7 @@ impl SessionStore {
                     peers.0,
                     peers.1
                 );
-                feed::tell("device.flapping", &device, None, Some(policy.to_string()));
+                feed::tell("device.flapping", &device, None, Some(policy));
             }
         })
     }
