@@ -327,7 +327,7 @@ impl DeviceConnection {
         });
         match read {
             Ok(events) => {
-                self.write(Frame::Replay(events), ctx);
+                self.write(Frame::Replay(Box::new(events)), ctx);
                 held.into_iter().for_each(|frame| self.write(frame, ctx));
             }
             Err(error) => {
@@ -443,11 +443,11 @@ impl Handler<ConnectBegin> for DeviceConnection {
             );
         }
         if !state.is_empty() {
-            self.write(Frame::State(state), ctx);
+            self.write(Frame::State(Box::new(state)), ctx);
         }
         let held = match replay.is_empty() {
             true => Vec::new(),
-            false => vec![Frame::Replay(replay)],
+            false => vec![Frame::Replay(Box::new(replay))],
         };
         match (unread, std::mem::take(&mut self.reading)) {
             (None, _) => held.into_iter().for_each(|frame| self.write(frame, ctx)),
