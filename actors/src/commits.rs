@@ -19,11 +19,11 @@
 //!   kept until answered, so a failure hands them back to be submitted
 //!   again rather than lost.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use tokio::sync::oneshot;
 
-use crate::{DeviceId, Epoch, StoredEvent, backend::Change, storage::StoreError};
+use crate::{DeviceId, Epoch, StoredEvent, backend::Change, ids::IdMap, storage::StoreError};
 
 /// What a waiting publish is answered: for each of its events, in order,
 /// whether it was handed to a live stream; or why nothing was stored.
@@ -45,7 +45,7 @@ pub struct Commits {
     last_batch: u64,
     /// Batches up to this one fail because of an earlier failure.
     failed_through: u64,
-    reserved: HashMap<(DeviceId, Epoch), u64>,
+    reserved: IdMap<(DeviceId, Epoch), u64>,
     reserved_bytes: usize,
     waiting: VecDeque<Waiting>,
     /// The changes other than publishes of each unanswered batch.

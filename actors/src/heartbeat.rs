@@ -12,7 +12,6 @@
 //! network delay.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -23,7 +22,7 @@ use std::{
 use actix::{dev::SendError, prelude::*};
 use serde::{Deserialize, Serialize};
 
-use crate::{ConnectionId, DeviceConnection, connection::SendHeartbeat};
+use crate::{ConnectionId, DeviceConnection, connection::SendHeartbeat, ids::IdMap};
 
 /// The `[heartbeat]` config section.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -109,14 +108,14 @@ struct Watched {
 
 pub struct Heartbeat {
     config: HeartbeatConfig,
-    watched: HashMap<ConnectionId, Watched>,
+    watched: IdMap<ConnectionId, Watched>,
 }
 
 impl Heartbeat {
     pub fn new(config: HeartbeatConfig) -> Self {
         Self {
             config,
-            watched: HashMap::new(),
+            watched: IdMap::default(),
         }
     }
 }

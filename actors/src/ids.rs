@@ -44,6 +44,13 @@ pub fn check_name(raw: &str) -> Result<(), NameError> {
     }
 }
 
+/// A map keyed by ids, on the store's and the registry's hot paths (every
+/// delivery looks its device up a few times). foldhash with a per-process
+/// random seed: several times faster than std's SipHash on short keys, and
+/// keys a client chooses still cannot be made to collide without knowing the
+/// seed (hashbrown's own default).
+pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A device's identity: the key of its session and of its live connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(ByteString);

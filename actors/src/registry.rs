@@ -14,7 +14,7 @@
 //!   TTL starts: it says so itself when it stops (also after a panic), and a
 //!   send that finds its mailbox closed covers any other way of vanishing.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use actix::{dev::SendError, prelude::*};
 
@@ -22,6 +22,7 @@ use crate::{
     ConnectionId, DeviceConnection, DeviceId, Opening, StoredEvent,
     backend::WriteError,
     connection::{ConnectBegin, Disconnect, Ending, Push, Replacement},
+    ids::IdMap,
     session_store::{CloseStorage, DisconnectSession, SessionStore},
     storage::StoreError,
 };
@@ -90,7 +91,7 @@ struct Live {
 
 pub struct DeviceRegistry {
     store: Addr<SessionStore>,
-    live: HashMap<DeviceId, Live>,
+    live: IdMap<DeviceId, Live>,
     /// Set by `DisconnectAll`: streams that connect later are ended at once.
     closing: bool,
 }
@@ -99,7 +100,7 @@ impl DeviceRegistry {
     pub fn new(store: Addr<SessionStore>) -> Self {
         Self {
             store,
-            live: HashMap::new(),
+            live: IdMap::default(),
             closing: false,
         }
     }

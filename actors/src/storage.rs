@@ -16,7 +16,7 @@
 //!   visits only the entries that are due.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashSet},
     time::{Duration, SystemTime},
 };
 
@@ -30,6 +30,7 @@ use crate::{
     Start, StoredEvent,
     backend::{Change, Snapshot, WriteError, wall_in},
     held_bytes::HeldBytes,
+    ids::IdMap,
     metrics::metrics,
     replay_cache::ReplayCache,
     retained::{Retained, signed},
@@ -135,9 +136,11 @@ pub struct Storage {
     config: SessionConfig,
     boot: u32,
     sessions_created: u32,
-    /// Ordered by device id, so the admin list pages by cursor.
-    sessions: BTreeMap<DeviceId, Entry>,
-    retained: HashMap<DeviceId, Retained>,
+    sessions: IdMap<DeviceId, Entry>,
+    /// The devices of `sessions` in id order, so the admin list pages by
+    /// cursor (lookups, once or more per delivery, go by hash).
+    listed: BTreeSet<DeviceId>,
+    retained: IdMap<DeviceId, Retained>,
     expiries: BTreeSet<(Instant, DeviceId)>,
     held: HeldBytes,
     cache: ReplayCache,
@@ -153,8 +156,9 @@ impl Storage {
             config,
             boot: fastrand::u32(..),
             sessions_created: 0,
-            sessions: BTreeMap::new(),
-            retained: HashMap::new(),
+            sessions: IdMap::default(),
+            listed: BTreeSet::new(),
+            retained: IdMap::default(),
             expiries: BTreeSet::new(),
             held: HeldBytes::default(),
             cache: ReplayCache::new(cache_bytes, 0),
@@ -200,6 +204,7 @@ impl Storage {
             }
             let device = saved.device;
             self.sessions.insert(device.clone(), Entry::new(session));
+            self.listed.insert(device.clone());
             match saved.expires {
                 Some(at) => {
                     let left = at.duration_since(now).unwrap_or_default();
@@ -315,11 +320,13 @@ impl Storage {
     fn session(&mut self, device: &DeviceId) -> &mut Entry {
         let Self {
             sessions,
+            listed,
             boot,
             sessions_created,
             ..
         } = self;
         sessions.entry(device.clone()).or_insert_with(|| {
+            listed.insert(device.clone());
             // Epochs repeat only after 2^32 sessions in one boot.
             let session = Session::new(Epoch::new(*boot, *sessions_created));
             *sessions_created = sessions_created.wrapping_add(1);
@@ -436,6 +443,7 @@ impl Storage {
 
     fn remove_session(&mut self, device: &DeviceId) -> Option<Session> {
         let entry = self.sessions.remove(device)?;
+        self.listed.remove(device);
         if let Some(at) = entry.expires_at {
             self.expiries.remove(&(at, device.clone()));
         }

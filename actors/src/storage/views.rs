@@ -101,8 +101,9 @@ impl Storage {
             Some(after) if after.as_str() >= prefix => Bound::Excluded(after.as_str()),
             _ => Bound::Included(prefix),
         };
-        let mut sessions = (self.sessions.range::<str, _>((start, Bound::Unbounded)))
-            .take_while(|(device, _)| device.as_str().starts_with(prefix));
+        let mut sessions = (self.listed.range::<str, _>((start, Bound::Unbounded)))
+            .take_while(|device| device.as_str().starts_with(prefix))
+            .filter_map(|device| Some((device, self.sessions.get(device)?)));
         let (mut devices, mut last) = (Vec::new(), None);
         for _ in 0..MAX_SCAN {
             let Some((device, entry)) = sessions.next() else {
