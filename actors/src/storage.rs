@@ -263,9 +263,9 @@ impl Storage {
     /// break a bound; answers the bytes it may add to the server-wide count
     /// (for the store to reserve until it is committed). `reserved_bytes`
     /// are those of publishes not yet committed.
-    pub fn admit<'a>(
+    pub fn admit(
         &self,
-        devices: impl Iterator<Item = &'a DeviceId>,
+        devices: &[DeviceId],
         name: &EventName,
         size: usize,
         retain: bool,
@@ -274,11 +274,12 @@ impl Storage {
         let config = &self.config;
         let mut growth: isize = 0;
         let mut new_sessions = 0;
-        let mut count = 0;
+        let count = devices.len();
         for device in devices {
-            count += 1;
-            let retained = self.retained.get(device);
             growth += match self.sessions.get(device) {
+                // Not counted for several devices (see below): a broadcast
+                // skips it for every one of them.
+                Some(_) if count > 1 => 0,
                 Some(entry) => {
                     let evicted = entry.session.evicted_if_appended(size, config.limits());
                     let freed: usize = evicted.map(|e| self.held.freed_by(e)).sum();
@@ -290,6 +291,7 @@ impl Storage {
                 }
             };
             if retain {
+                let retained = self.retained.get(device);
                 let room =
                     retained.is_none_or(|r| r.has_room_for(name, config.retained_per_device));
                 if !room {

@@ -110,7 +110,7 @@ impl SessionStore {
     ) -> ResponseFuture<Result<Vec<PublishReceipt>, StoreError>> {
         let size = name.as_str().len() + data.len();
         let reserved = self.commits.reserved_bytes();
-        let admitted = (self.storage).admit(devices.iter(), &name, size, retain, reserved);
+        let admitted = (self.storage).admit(&devices, &name, size, retain, reserved);
         let bytes = match admitted {
             Ok(growth) => growth,
             Err(refused) => return Box::pin(async move { Err(refused) }),
