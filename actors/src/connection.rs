@@ -1,10 +1,13 @@
-//! DeviceConnection: one actor per live stream. It owns the sending half of
-//! the stream's bounded queue and is the only writer to it.
+//! DeviceConnection: one actor per live stream. It writes the stream's start
+//! and its signals into the stream's bounded queue; the registry writes the
+//! live events into the same queue once the start is written (see
+//! [`StreamQueue`]).
 //!
 //! Lifecycle: its mailbox is made by the stream route ([`Unstarted`]), the
 //! store admits and attaches it, the route then starts the actor, and the
-//! registry begins it (`hello`, an optional `reset`, the replay) and feeds it
-//! live events.
+//! registry begins it (`hello`, an optional `reset`, the replay); once that
+//! is written, it tells the registry ([`ConnectBegun`]), which from then on
+//! writes the device's live events straight into the queue.
 //! It stops when the client is gone (queue closed), when the client cannot
 //! keep up (queue full), when it is kicked, or at shutdown. Stopping drops the
 //! queue's sender, which ends the HTTP response after the queued frames.
@@ -22,34 +25,25 @@
 //! A replay whose older events are no longer in the store's memory comes in
 //! two parts: `ConnectBegin` with the newer ones, and [`ConnectReplay`] with
 //! the older ones, read by the storage backend (in either order). Until both
-//! are here the stream writes nothing with an id and holds its live events;
-//! then it writes the older part, the newer part and what it held, checked
+//! are here the stream writes nothing with an id (and the registry holds its
+//! live events); then it writes the older part and the newer part, checked
 //! to be exactly the events the store named (or it ends, `reason=storage`,
 //! and its client resumes).
-//!
-//! Order does not rest on mailboxes alone: a stream writes its device's live
-//! events by sequence number, each exactly the one after the last it wrote
-//! (the replay ends at [`Opening::through`]), in its session's epoch. One it
-//! already wrote is skipped; one that would leave a hole, or comes from
-//! another epoch, ends the stream (`reason=gap`), and the client's resume
-//! fills the hole from the buffer (or gets `reset`). So a storage backend
-//! whose deliveries could arrive late or twice can neither reorder nor
-//! duplicate what a client sees.
 
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::mpsc::{Sender, error::TrySendError};
+use tokio::sync::mpsc::Sender;
 
 use crate::{
-    ConnectionId, DeviceId, EventId, Frame, Opening, Progress, Signal, Start, StoredEvent, Unread,
+    ConnectionId, DeviceId, Frame, Opening, Progress, Signal, Start, StoredEvent, Unread,
     backend::ReadError,
-    event::HEARTBEAT,
     feed,
-    heartbeat::{Activity, ConnectWatch, DisconnectWatch, Heartbeat},
+    heartbeat::{ConnectWatch, DisconnectWatch, Heartbeat},
     metrics::metrics,
-    registry::{DeviceRegistry, Disconnected},
+    registry::{ConnectBegun, DeviceRegistry, Disconnected},
     session_store::{Kicked, SessionStore},
+    stream_queue::{Refused, StreamQueue},
 };
 
 /// Why a stream ended; logged as `reason=` in `device.disconnected`.
@@ -94,7 +88,8 @@ impl DisconnectReason {
 }
 
 /// Start the stream: hello, an optional reset, the replay. Sent by the
-/// registry once, before any `Push`: the third step of a connect.
+/// registry once: the third step of a connect. Live events follow once the
+/// connection answers `ConnectBegun`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConnectBegin {
@@ -109,13 +104,6 @@ pub struct ConnectBegin {
 #[rtype(result = "()")]
 pub struct ConnectReplay {
     pub events: Result<Vec<StoredEvent>, ReadError>,
-}
-
-/// Write a live event. Sent by the registry.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Push {
-    pub event: StoredEvent,
 }
 
 /// End the stream. Sent by the registry.
@@ -145,6 +133,10 @@ pub enum Ending {
     /// A newer stream took the session over and was gone before it went
     /// live: no kick, the client just resumes.
     Superseded,
+    /// Its queue was full when the registry wrote a live event to it.
+    Slow,
+    /// A live event for it would have left a hole (see the registry).
+    Gap,
 }
 
 /// A stream replaced by a newer one of its device: what the kick rules and
@@ -186,43 +178,11 @@ pub struct ConnectionParams {
     pub progress: Progress,
 }
 
-/// What a written frame adds to the metrics.
-enum Written {
-    Live,
-    Replayed(u64),
-    Heartbeat,
-    Other,
-}
-
-impl Written {
-    fn of(frame: &Frame) -> Self {
-        match frame {
-            Frame::Event(_) => Self::Live,
-            Frame::Replay(events) => Self::Replayed(events.len() as u64),
-            Frame::Signal(signal) if signal.name == HEARTBEAT => Self::Heartbeat,
-            Frame::State(_) | Frame::Signal(_) => Self::Other,
-        }
-    }
-
-    fn record(self) {
-        let metrics = metrics();
-        match self {
-            Self::Live => metrics.delivered.inc(),
-            Self::Replayed(count) => metrics.replayed.inc_by(count),
-            Self::Heartbeat => metrics.heartbeats.inc(),
-            Self::Other => {}
-        }
-    }
-}
-
 pub struct DeviceConnection {
     params: ConnectionParams,
-    activity: Activity,
+    queue: StreamQueue,
     /// When `ConnectBegin` arrived; `None` until then.
     began: Option<Instant>,
-    /// The id of the next live event this stream may write; set by
-    /// `ConnectBegin`.
-    next: Option<EventId>,
     /// Where the older part of the replay is, if it is read from storage.
     reading: Reading,
     reason: DisconnectReason,
@@ -236,8 +196,8 @@ enum Reading {
     None,
     /// Read, before `ConnectBegin` came.
     Arrived(Result<Vec<StoredEvent>, ReadError>),
-    /// `ConnectBegin` came first: the events to read, and the frames with
-    /// ids that must follow them.
+    /// `ConnectBegin` came first: the events to read, and the replay's
+    /// newer part, which follows them.
     Awaited { unread: Unread, held: Vec<Frame> },
 }
 
@@ -257,11 +217,11 @@ impl Unstarted {
 
     /// Runs the actor on this mailbox, on the current thread.
     pub fn start(self, params: ConnectionParams) -> Addr<DeviceConnection> {
+        let queue = StreamQueue::new(params.queue.clone(), params.progress.clone());
         self.0.run(DeviceConnection {
             params,
-            activity: Activity::default(),
+            queue,
             began: None,
-            next: None,
             reading: Reading::None,
             reason: DisconnectReason::ClientGone,
         })
@@ -273,45 +233,42 @@ impl DeviceConnection {
         if ctx.state() != ActorState::Running {
             return;
         }
-        let seq = frame.last_seq();
-        let written = Written::of(&frame);
-        match self.params.queue.try_send(frame) {
-            Ok(()) => {
-                self.activity.touch();
-                if let Some(seq) = seq {
-                    self.params.progress.advance_to(seq);
-                }
-                written.record();
-            }
-            Err(TrySendError::Full(_)) => {
-                metrics().slow_consumers.inc();
-                log::warn!(
-                    "stream.slow_consumer device={} conn={} queue={}",
-                    self.params.device,
-                    self.params.connection_id,
-                    self.params.queue.max_capacity()
-                );
-                self.stop(DisconnectReason::Slow, ctx);
-            }
-            Err(TrySendError::Closed(_)) => self.stop(DisconnectReason::ClientGone, ctx),
+        match self.queue.write(frame) {
+            Ok(()) => {}
+            Err(Refused::Full) => self.slow(ctx),
+            Err(Refused::Closed) => self.stop(DisconnectReason::ClientGone, ctx),
         }
     }
 
-    /// Writes a frame with ids, or holds it while the replay's older part
-    /// is being read.
-    fn write_in_order(&mut self, frame: Frame, ctx: &mut Context<Self>) {
-        let Reading::Awaited { held, .. } = &mut self.reading else {
-            return self.write(frame, ctx);
-        };
-        held.push(frame);
-        // Held frames count against the same bound as queued ones.
-        if held.len() > self.params.queue.max_capacity() {
-            metrics().slow_consumers.inc();
-            self.stop(DisconnectReason::Slow, ctx);
+    /// Its client does not keep up: the stream ends (and its client, once
+    /// it reads again, resumes from the buffer).
+    fn slow(&mut self, ctx: &mut Context<Self>) {
+        if ctx.state() != ActorState::Running {
+            return;
+        }
+        metrics().slow_consumers.inc();
+        log::warn!(
+            "stream.slow_consumer device={} conn={} queue={}",
+            self.params.device,
+            self.params.connection_id,
+            self.queue.capacity()
+        );
+        self.stop(DisconnectReason::Slow, ctx);
+    }
+
+    /// The stream's start is written: from now on the registry writes its
+    /// live events.
+    fn begun(&mut self, ctx: &mut Context<Self>) {
+        if ctx.state() == ActorState::Running {
+            self.params.registry.do_send(ConnectBegun {
+                device: self.params.device.clone(),
+                connection_id: self.params.connection_id,
+                queue: self.queue.clone(),
+            });
         }
     }
 
-    /// The replay's older part is here: writes it, then what it held up.
+    /// The replay's older part is here: writes it, then the newer part.
     fn write_read(
         &mut self,
         unread: &Unread,
@@ -329,6 +286,7 @@ impl DeviceConnection {
             Ok(events) => {
                 self.write(Frame::Replay(Box::new(events)), ctx);
                 held.into_iter().for_each(|frame| self.write(frame, ctx));
+                self.begun(ctx);
             }
             Err(error) => {
                 log::error!(
@@ -360,7 +318,7 @@ impl Actor for DeviceConnection {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Notice a client that went away even while nothing is written.
-        let queue = self.params.queue.clone();
+        let queue = self.queue.clone();
         ctx.spawn(
             async move { queue.closed().await }
                 .into_actor(self)
@@ -398,12 +356,8 @@ impl Handler<ConnectBegin> for DeviceConnection {
             state,
             unread,
             replay,
-            through,
+            through: _,
         } = msg.opening;
-        self.next = Some(EventId {
-            seq: through.seq + 1,
-            ..through
-        });
         let p = &self.params;
         let resumed = start == Start::Resumed;
         log::info!(
@@ -450,49 +404,18 @@ impl Handler<ConnectBegin> for DeviceConnection {
             false => vec![Frame::Replay(Box::new(replay))],
         };
         match (unread, std::mem::take(&mut self.reading)) {
-            (None, _) => held.into_iter().for_each(|frame| self.write(frame, ctx)),
+            (None, _) => {
+                held.into_iter().for_each(|frame| self.write(frame, ctx));
+                self.begun(ctx);
+            }
             (Some(unread), Reading::Arrived(read)) => self.write_read(&unread, read, held, ctx),
             (Some(unread), _) => self.reading = Reading::Awaited { unread, held },
         }
         self.params.heartbeat.do_send(ConnectWatch {
             connection_id: self.params.connection_id,
             connection: ctx.address(),
-            activity: self.activity.clone(),
+            activity: self.queue.activity(),
         });
-    }
-}
-
-impl Handler<Push> for DeviceConnection {
-    type Result = ();
-
-    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        let id = msg.event.id;
-        // The registry sends `ConnectBegin` first; without it there is no
-        // position to keep, and the first event sets it.
-        let next = self.next.unwrap_or(id);
-        if id.epoch == next.epoch && id.seq < next.seq {
-            log::debug!(
-                "stream.duplicate_skipped device={} conn={} seq={}",
-                self.params.device,
-                self.params.connection_id,
-                id.seq
-            );
-            return;
-        }
-        if id != next {
-            log::warn!(
-                "stream.gap device={} conn={} expected={next} got={id}",
-                self.params.device,
-                self.params.connection_id
-            );
-            self.stop(DisconnectReason::Gap, ctx);
-            return;
-        }
-        self.next = Some(EventId {
-            seq: id.seq + 1,
-            ..id
-        });
-        self.write_in_order(Frame::Event(Box::new(msg.event)), ctx);
     }
 }
 
@@ -548,9 +471,11 @@ impl Handler<Disconnect> for DeviceConnection {
             Ending::Shutdown => return self.stop(DisconnectReason::Shutdown, ctx),
             Ending::Resync => return self.stop(DisconnectReason::Resync, ctx),
             Ending::Superseded => return self.stop(DisconnectReason::Superseded, ctx),
+            Ending::Slow => return self.slow(ctx),
+            Ending::Gap => return self.stop(DisconnectReason::Gap, ctx),
         };
         let running = ctx.state() == ActorState::Running;
-        if !running || self.params.queue.is_closed() || (self.params.client_closed)() {
+        if !running || self.queue.is_closed() || (self.params.client_closed)() {
             self.stop(DisconnectReason::ClientGone, ctx);
             return;
         }

@@ -20,7 +20,8 @@
 //! | `session_store.rs` | [`SessionStore`] actor: publish and attach, routed to the registry (its publish path in `session_store/publishing.rs`, the admin API's device messages in `session_store/admin.rs`, its cluster side in `session_store/cluster.rs`) |
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `kicks.rs`         | [`KickConfig`]: the store's rules ending kick ping-pong between two clients |
-//! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, its writer   |
+//! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, writes its start and signals |
+//! | `stream_queue.rs`  | a stream's queue as its two writers (connection, registry) share it |
 //! | `metrics.rs`       | counters and gauges read by `/metrics` and the stats line |
 //! | `feed.rs`          | stream lifecycle steps, told to whoever watches live (the admin page) |
 //! | `heartbeat.rs`     | [`Heartbeat`] actor: heartbeats for idle streams         |
@@ -35,9 +36,10 @@
 //!              SessionStore ──ConnectLive{opening}──▶ DeviceRegistry   make it live, end the old stream
 //!              DeviceRegistry ──ConnectBegin──▶ DeviceConnection       hello, reset, replay
 //!              Backend ──ConnectReplay──▶ DeviceConnection       the replay's part no longer in memory, read from disk
+//!              DeviceConnection ──ConnectBegun──▶ DeviceRegistry       start written: live events may follow
 //!              DeviceConnection ──ConnectWatch──▶ Heartbeat
 //!  publish:    admin routes ──Publish/Broadcast──▶ SessionStore ──batch──▶ Backend
-//!              Backend ──Committed──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──Push──▶ DeviceConnection
+//!              Backend ──Committed──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──▶ stream's queue (StreamQueue)
 //!  disconnect: admin route ──DisconnectDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
 //!              admin route ──DeleteDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
 //!              shutdown ──DisconnectAll──▶ DeviceRegistry
@@ -55,13 +57,15 @@
 //! Ordering is the core guarantee. A publish goes through the store (which
 //! assigns the id), its backend (which answers commits in submission order;
 //! the store buffers the event then) and then, in the store's send order,
-//! through the registry to the connection; the connection also refuses any
-//! id at or below the last it wrote, so a backend can never make a stream
-//! repeat or reorder. A connecting stream goes through
+//! through the registry into the stream's queue; the registry also refuses
+//! any id at or below the last it wrote to that stream, so a backend can
+//! never make a stream repeat or reorder. A connecting stream goes through
 //! the same path: the store cuts its replay and sends `ConnectLive` in that same
-//! order. Actix mailboxes are FIFO per sender, and every mailbox on this path
-//! is unbounded (so a send never waits and cannot overtake another), so a
-//! stream sees its replay and then exactly the events published after it.
+//! order; the registry holds the stream's live events until its connection
+//! has written the replay (`ConnectBegun`). Actix mailboxes are FIFO per
+//! sender, and every mailbox on this path is unbounded (so a send never
+//! waits and cannot overtake another), so a stream sees its replay and then
+//! exactly the events published after it.
 //!
 //! # Failure
 //!
@@ -98,6 +102,7 @@ mod retained;
 mod session;
 mod session_store;
 mod storage;
+mod stream_queue;
 #[cfg(test)]
 pub(crate) mod test_support;
 

@@ -1,15 +1,23 @@
 //! DeviceRegistry: knows the one live [`DeviceConnection`] of each device and
-//! routes events to it.
+//! writes each device's live events into its stream's queue.
 //!
 //! Invariants:
 //! - at most one live connection per device: connecting a second one makes
-//!   it the live one and ends the first, so no event is routed to the first
+//!   it the live one and ends the first, so no event is written to the first
 //!   after the second went live. Whether that was a kick is not decided
 //!   here: the first connection decides it (its client may have closed
 //!   before herald noticed) and, if it was, reports it to the store;
-//! - a connection's `ConnectBegin` (hello and replay) is sent before any
-//!   `Push` to it, because both come from this actor in the order the store
-//!   sent them;
+//! - a stream's live events follow its start: the connection writes the
+//!   start (`ConnectBegin`: hello, replay) and says so (`ConnectBegun`);
+//!   live events that come before that wait here, in order;
+//! - order does not rest on mailboxes alone: a stream takes its device's
+//!   live events by sequence number, each exactly the one after the last it
+//!   took (the replay ends at [`Opening::through`]), in its session's epoch.
+//!   One it already took is skipped; one that would leave a hole, or comes
+//!   from another epoch, ends the stream (`reason=gap`), and the client's
+//!   resume fills the hole from the buffer (or gets `reset`). So a storage
+//!   backend whose deliveries could arrive late or twice can neither reorder
+//!   nor duplicate what a client sees;
 //! - a connection that is gone is forgotten and its session detached, so its
 //!   TTL starts: it says so itself when it stops (also after a panic), and a
 //!   send that finds its mailbox closed covers any other way of vanishing.
@@ -19,12 +27,13 @@ use std::time::Duration;
 use actix::{dev::SendError, prelude::*};
 
 use crate::{
-    ConnectionId, DeviceConnection, DeviceId, Opening, StoredEvent,
+    ConnectionId, DeviceConnection, DeviceId, EventId, Frame, Opening, StoredEvent,
     backend::WriteError,
-    connection::{ConnectBegin, Disconnect, Ending, Push, Replacement},
+    connection::{ConnectBegin, Disconnect, Ending, Replacement},
     ids::IdMap,
     session_store::{CloseStorage, DisconnectSession, SessionStore},
     storage::StoreError,
+    stream_queue::{Refused, StreamQueue},
 };
 
 /// Make a connection its device's live one, ending the previous one: the
@@ -41,8 +50,18 @@ pub struct ConnectLive {
     pub opening: Opening,
 }
 
-/// Route each event to its device's live connection; answers, per event,
-/// whether a live connection took it. Sent by the store.
+/// A stream's start (hello, reset, replay) is written: its live events go
+/// into `queue` from now on. Sent by the connection, once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectBegun {
+    pub device: DeviceId,
+    pub connection_id: ConnectionId,
+    pub queue: StreamQueue,
+}
+
+/// Write each event to its device's live stream; answers, per event,
+/// whether a live stream took it. Sent by the store.
 #[derive(Message)]
 #[rtype(result = "Vec<bool>")]
 pub struct DeliverEach {
@@ -87,6 +106,17 @@ struct Live {
     connection: Addr<DeviceConnection>,
     instance: Option<String>,
     peer: String,
+    /// The id of the next live event its stream may take.
+    next: EventId,
+    feed: Feed,
+}
+
+/// Where a live stream's events go.
+enum Feed {
+    /// Its connection is writing the stream's start: they wait, in order.
+    Starting(Vec<StoredEvent>),
+    /// Its start is written: straight into its queue.
+    Begun(StreamQueue),
 }
 
 pub struct DeviceRegistry {
@@ -125,6 +155,58 @@ impl DeviceRegistry {
                 self.forget(device.clone(), connection_id);
                 false
             }
+        }
+    }
+
+    /// Writes a live event to the device's stream, if it has one, in order
+    /// (see the module's invariants); answers whether the stream took it.
+    fn deliver(&mut self, device: &DeviceId, event: StoredEvent) -> bool {
+        let Some(live) = self.live.get_mut(device) else {
+            return false;
+        };
+        let (id, next) = (event.id, live.next);
+        if id.epoch == next.epoch && id.seq < next.seq {
+            log::debug!(
+                "stream.duplicate_skipped device={device} conn={} seq={}",
+                live.connection_id,
+                id.seq
+            );
+            return true;
+        }
+        if id != next {
+            log::warn!(
+                "stream.gap device={device} conn={} expected={next} got={id}",
+                live.connection_id
+            );
+            self.end(device, Ending::Gap);
+            return false;
+        }
+        live.next = EventId {
+            seq: id.seq + 1,
+            ..id
+        };
+        let queue = match &mut live.feed {
+            Feed::Begun(queue) => queue,
+            Feed::Starting(held) => {
+                held.push(event);
+                return true;
+            }
+        };
+        match queue.write(Frame::Event(Box::new(event))) {
+            Ok(()) => true,
+            Err(Refused::Full) => {
+                self.end(device, Ending::Slow);
+                false
+            }
+            // Its connection notices too, stops, and says so.
+            Err(Refused::Closed) => false,
+        }
+    }
+
+    /// Ends the device's live stream: no event is written to it any more.
+    fn end(&mut self, device: &DeviceId, ending: Ending) {
+        if let Some(live) = self.live.remove(device) {
+            live.connection.do_send(Disconnect { ending });
         }
     }
 
@@ -179,11 +261,17 @@ impl Handler<ConnectLive> for DeviceRegistry {
             });
             return;
         }
+        let through = msg.opening.through;
         let new = Live {
             connection_id: msg.connection_id,
             connection: msg.connection,
             instance: msg.instance,
             peer: msg.peer,
+            next: EventId {
+                seq: through.seq + 1,
+                ..through
+            },
+            feed: Feed::Starting(Vec::new()),
         };
         let (new_instance, new_peer) = (new.instance.clone(), new.peer.clone());
         if let Some(old) = self.live.insert(msg.device.clone(), new) {
@@ -211,8 +299,34 @@ impl Handler<DeliverEach> for DeviceRegistry {
     fn handle(&mut self, msg: DeliverEach, _: &mut Self::Context) -> Vec<bool> {
         msg.events
             .into_iter()
-            .map(|(device, event)| self.send_live(&device, Push { event }))
+            .map(|(device, event)| self.deliver(&device, event))
             .collect()
+    }
+}
+
+impl Handler<ConnectBegun> for DeviceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectBegun, _: &mut Self::Context) {
+        let live =
+            (self.live.get_mut(&msg.device)).filter(|live| live.connection_id == msg.connection_id);
+        // A stream replaced or ended before its start was written: nothing
+        // more is written to it.
+        let Some(live) = live else {
+            return;
+        };
+        let Feed::Starting(held) = &mut live.feed else {
+            return;
+        };
+        let held = std::mem::take(held);
+        let write = |event| msg.queue.write(Frame::Event(Box::new(event)));
+        let full = held
+            .into_iter()
+            .any(|event| write(event) == Err(Refused::Full));
+        live.feed = Feed::Begun(msg.queue);
+        if full {
+            self.end(&msg.device, Ending::Slow);
+        }
     }
 }
 

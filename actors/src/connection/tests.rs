@@ -3,7 +3,17 @@ use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
 
 use super::*;
-use crate::test_support::*;
+use crate::{
+    registry::{ConnectLive, DeliverEach},
+    test_support::*,
+};
+
+/// Hands `event` to the registry as the store would, for `device`'s live
+/// stream.
+async fn deliver(actors: &crate::Actors, device: &DeviceId, event: StoredEvent) {
+    let events = vec![(device.clone(), event)];
+    actors.registry.send(DeliverEach { events }).await.unwrap();
+}
 
 #[actix::test]
 async fn a_connection_stops_when_its_client_goes_away() {
@@ -40,11 +50,7 @@ async fn a_live_event_already_written_is_skipped_and_one_past_a_hole_ends_the_st
         published_at: Instant::now(),
         batch: 0,
     };
-    conn.send(Push {
-        event: again.clone(),
-    })
-    .await
-    .unwrap();
+    deliver(&actors, &dev, again.clone()).await;
     publish_to(&actors, &dev, "2").await;
     assert_eq!(live_seq(next(&mut frames).await), 2);
 
@@ -54,7 +60,7 @@ async fn a_live_event_already_written_is_skipped_and_one_past_a_hole_ends_the_st
         id: crate::EventId { seq: 4, ..first },
         ..again.clone()
     };
-    conn.send(Push { event: past_a_hole }).await.unwrap();
+    deliver(&actors, &dev, past_a_hole).await;
     assert!(next(&mut frames).await.is_none(), "the stream ended");
     assert!(stopped(&conn).await);
 
@@ -68,7 +74,7 @@ async fn a_live_event_already_written_is_skipped_and_one_past_a_hole_ends_the_st
         },
         ..again
     };
-    conn.send(Push { event: other_epoch }).await.unwrap();
+    deliver(&actors, &dev, other_epoch).await;
     assert!(next(&mut frames).await.is_none(), "the stream ended");
     assert!(stopped(&conn).await);
 }
@@ -97,17 +103,14 @@ async fn a_connection_whose_queue_is_full_stops_itself() {
 
 /// A started connection the registry does not know of, so a test alone
 /// decides what it is sent.
-fn lone_connection(actors: &crate::Actors) -> (Addr<DeviceConnection>, Receiver<Frame>) {
+fn lone_connection(
+    actors: &crate::Actors,
+) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectionId) {
     let (unstarted, _) = Unstarted::new();
     let (queue, frames) = tokio::sync::mpsc::channel(8);
-    let params = params(
-        actors,
-        &device("d1"),
-        ConnectionId::new(),
-        queue,
-        Progress::default(),
-    );
-    (unstarted.start(params), frames)
+    let id = ConnectionId::new();
+    let params = params(actors, &device("d1"), id, queue, Progress::default());
+    (unstarted.start(params), frames, id)
 }
 
 fn event_at(seq: u64) -> StoredEvent {
@@ -116,10 +119,10 @@ fn event_at(seq: u64) -> StoredEvent {
     event
 }
 
-/// Begins `conn` with a replay of events 1–2 read from storage, then 3.
-async fn begin_reading_two(conn: &Addr<DeviceConnection>) {
+/// A replay of events 1–2 read from storage, then 3.
+fn reading_two() -> Opening {
     let through = event_at(3).id;
-    let opening = Opening {
+    Opening {
         start: Start::Resumed,
         state: Vec::new(),
         unread: Some(Unread {
@@ -129,7 +132,12 @@ async fn begin_reading_two(conn: &Addr<DeviceConnection>) {
         }),
         replay: vec![event_at(3)],
         through,
-    };
+    }
+}
+
+/// Begins `conn` with [`reading_two`].
+async fn begin_reading_two(conn: &Addr<DeviceConnection>) {
+    let opening = reading_two();
     conn.send(ConnectBegin { opening }).await.unwrap();
 }
 
@@ -143,9 +151,19 @@ async fn replayed_seqs(frames: &mut Receiver<Frame>) -> Vec<u64> {
 #[actix::test]
 async fn live_events_wait_for_the_replay_read_from_storage_and_follow_it() {
     let actors = start_actors(Duration::from_secs(60));
-    let (conn, mut frames) = lone_connection(&actors);
-    begin_reading_two(&conn).await;
-    conn.send(Push { event: event_at(4) }).await.unwrap();
+    let (conn, mut frames, connection_id) = lone_connection(&actors);
+    let dev = device("d1");
+    // Made live as the store would, with a replay to read.
+    let live = ConnectLive {
+        device: dev.clone(),
+        connection_id,
+        connection: conn.clone(),
+        instance: None,
+        peer: "test".to_owned(),
+        opening: reading_two(),
+    };
+    actors.registry.send(live).await.unwrap();
+    deliver(&actors, &dev, event_at(4)).await;
     expect_signal(&mut frames, "hello").await;
     assert!(
         frames.try_recv().is_err(),
@@ -162,7 +180,7 @@ async fn live_events_wait_for_the_replay_read_from_storage_and_follow_it() {
 #[actix::test]
 async fn a_read_that_arrives_before_the_begin_is_written_after_hello() {
     let actors = start_actors(Duration::from_secs(60));
-    let (conn, mut frames) = lone_connection(&actors);
+    let (conn, mut frames, _) = lone_connection(&actors);
     let read = Ok(vec![event_at(1), event_at(2)]);
     conn.send(ConnectReplay { events: read }).await.unwrap();
     begin_reading_two(&conn).await;
@@ -174,7 +192,7 @@ async fn a_read_that_arrives_before_the_begin_is_written_after_hello() {
 #[actix::test]
 async fn a_read_missing_an_event_ends_the_stream_before_any_id_is_written() {
     let actors = start_actors(Duration::from_secs(60));
-    let (conn, mut frames) = lone_connection(&actors);
+    let (conn, mut frames, _) = lone_connection(&actors);
     begin_reading_two(&conn).await;
     // Event 1 alone: a hole before 3.
     let read = Ok(vec![event_at(1)]);
