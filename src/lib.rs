@@ -19,6 +19,7 @@
 //! | `connections.rs`     | the accept stage: connection limits, refusals            |
 //! | `tls.rs`             | HTTPS: the certificate, reloaded on SIGHUP; ALPN h2/http1.1 |
 //! | `watched.rs`         | the time rule: a connection serves a request or gets one soon |
+//! | `shutdown_signal.rs` | the graceful-shutdown signal, polled cheaply per connection |
 //! | `open_files.rs`      | the open-file limit, raised at start                     |
 //! | `client_socket.rs`   | whether a stream's client closed, asked of the kernel    |
 //! | `access_log.rs`      | one `http.request` line per request (paths only)         |
@@ -37,6 +38,7 @@ pub mod error;
 pub mod logging;
 pub mod open_files;
 pub mod routes;
+pub mod shutdown_signal;
 pub mod slots;
 pub mod startup;
 pub mod stats;

@@ -32,6 +32,7 @@ use crate::{
     config::{CorsSettings, Settings},
     connections::{Gate, Plan},
     routes::{Draining, Shared, configure_routes},
+    shutdown_signal::ShutdownSignal,
     stats,
     tls::{self, Certificates, TlsError},
     watched::{Timeouts, Watched, track_requests},
@@ -126,6 +127,7 @@ impl Application {
             keep_alive: settings.server.keep_alive,
             local_addr,
             stopping: builder.graceful_shutdown_signal(),
+            draining: draining.clone(),
         };
         let app = move || track_requests(map_config(app(), |()| AppConfig::default()));
         let server = match &certificates {
@@ -209,6 +211,8 @@ struct Http {
     /// Tells keep-alive connections to close when the server stops, as
     /// `HttpServer` does (actix-http's hook for it is doc-hidden).
     stopping: GracefulShutdownSignal,
+    /// Set before `stopping` fires.
+    draining: Draining,
 }
 
 impl Http {
@@ -219,7 +223,7 @@ impl Http {
         S::InitError: std::fmt::Debug,
         <S::Service as Service<Request>>::Future: 'static,
     {
-        let stopping = self.stopping.clone();
+        let (stopping, draining) = (self.stopping.clone(), self.draining.clone());
         HttpServiceBuilder::default()
             // Equal to the keep-alive of `Watched`, which only backs it up:
             // actix-http's closes an idle connection gently.
@@ -232,10 +236,7 @@ impl Http {
             // rather than at the next failed write.
             .h1_allow_half_closed(false)
             .local_addr(self.local_addr)
-            .graceful_shutdown_signal(move || {
-                let stopping = stopping.clone();
-                async move { stopping.notified().await }
-            })
+            .graceful_shutdown_signal(move || ShutdownSignal::new(&stopping, draining.clone()))
     }
 }
 

@@ -3,17 +3,19 @@
 //! heard back about. A plain data structure owned by the store.
 //!
 //! A publish reserves the next ids of its devices at once (so publishes that
-//! overlap get consecutive ids) and bytes against the store's bound; its
-//! events reach the sessions, and the streams, only once committed. The
-//! backend answers batches in the order they were submitted.
+//! overlap get consecutive ids; each session counts its own, see
+//! [`Session::reserve_id`](crate::Session::reserve_id)) and bytes against the
+//! store's bound; its events reach the sessions, and the streams, only once
+//! committed. The backend answers batches in the order they were submitted.
 //!
 //! Invariants:
-//! - `reserved[(device, epoch)]` counts the session's events submitted and
-//!   not yet answered, and `reserved_bytes` the bytes their publishes may
-//!   add; both drop back when a batch is answered, either way;
+//! - `reserved_bytes` counts the bytes of publishes submitted and not yet
+//!   answered; it drops back when a batch is answered, either way, as the
+//!   sessions' reserved ids do;
 //! - after a failure, every batch submitted before the store learned of it
 //!   fails too (it holds ids after the failed ones): the reservations are
-//!   dropped at once and those answers only fail their publishes;
+//!   dropped at once (the store releases the sessions' ids) and those
+//!   answers only fail their publishes;
 //! - the changes of unanswered batches that are not publishes (positions,
 //!   TTLs, evictions, deletes, blocks: state the store already has) are
 //!   kept until answered, so a failure hands them back to be submitted
@@ -23,7 +25,7 @@ use std::collections::VecDeque;
 
 use tokio::sync::oneshot;
 
-use crate::{DeviceId, Epoch, StoredEvent, backend::Change, ids::IdMap, storage::StoreError};
+use crate::{DeviceId, StoredEvent, backend::Change, storage::StoreError};
 
 /// What a waiting publish is answered: for each of its events, in order,
 /// whether it was handed to a live stream; or why nothing was stored.
@@ -45,7 +47,6 @@ pub struct Commits {
     last_batch: u64,
     /// Batches up to this one fail because of an earlier failure.
     failed_through: u64,
-    reserved: IdMap<(DeviceId, Epoch), u64>,
     reserved_bytes: usize,
     waiting: VecDeque<Waiting>,
     /// The changes other than publishes of each unanswered batch.
@@ -71,14 +72,6 @@ impl Commits {
         self.last_batch
     }
 
-    /// Reserves the next id of the session `epoch` of `device`; answers
-    /// how many of its ids were reserved before this one.
-    pub fn reserve(&mut self, device: &DeviceId, epoch: Epoch) -> u64 {
-        let count = self.reserved.entry((device.clone(), epoch)).or_default();
-        *count += 1;
-        *count - 1
-    }
-
     pub fn reserved_bytes(&self) -> usize {
         self.reserved_bytes
     }
@@ -102,23 +95,16 @@ impl Commits {
     }
 
     /// The next publish among the batches up to `through`, now committed,
-    /// its reservations released; `None` when none is left.
-    pub fn committed(&mut self, through: u64) -> Option<Waiting> {
+    /// its bytes released, and whether its ids are still counted as
+    /// reserved (not if a failure released them); `None` when none is left.
+    pub fn committed(&mut self, through: u64) -> Option<(Waiting, bool)> {
         self.forget_answered(through);
         let waiting = self.take(through)?;
-        if waiting.batch > self.failed_through {
+        let reserved = waiting.batch > self.failed_through;
+        if reserved {
             self.reserved_bytes -= waiting.bytes;
-            for (device, event) in &waiting.events {
-                let key = (device.clone(), event.id.epoch);
-                if let Some(count) = self.reserved.get_mut(&key) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.reserved.remove(&key);
-                    }
-                }
-            }
         }
-        Some(waiting)
+        Some((waiting, reserved))
     }
 
     /// The batches up to `through` failed. Answers whether this is news
@@ -132,7 +118,6 @@ impl Commits {
             return false;
         }
         self.failed_through = self.last_batch;
-        self.reserved.clear();
         self.reserved_bytes = 0;
         let lost = self.unanswered.drain(..).flat_map(|(_, changes)| changes);
         self.lost.extend(lost);
@@ -171,10 +156,9 @@ impl Commits {
 mod tests {
     use super::*;
 
-    fn wait_on(commits: &mut Commits, device: &DeviceId) -> (u64, u64) {
+    fn wait_on(commits: &mut Commits, device: &DeviceId) -> u64 {
         let batch = commits.next_batch();
         let event = crate::test_support::event(1);
-        let ahead = commits.reserve(device, event.id.epoch);
         let (reply, _) = oneshot::channel();
         commits.wait(Waiting {
             batch,
@@ -183,23 +167,28 @@ mod tests {
             bytes: 5,
             reply,
         });
-        (batch, ahead)
+        batch
     }
 
     #[test]
     fn a_commit_releases_its_reservations_and_a_failure_every_one_made_before_it_was_known() {
         let device = DeviceId::parse("d").unwrap();
         let mut commits = Commits::after(10);
-        let (first, ahead) = wait_on(&mut commits, &device);
-        assert_eq!((first, ahead), (11, 0), "numbered on from the snapshot");
-        assert!(commits.committed(first).is_some());
+        let first = wait_on(&mut commits, &device);
+        assert_eq!(first, 11, "numbered on from the snapshot");
+        assert_eq!(commits.reserved_bytes(), 5);
+        let (_, reserved) = commits.committed(first).unwrap();
+        assert!(
+            reserved,
+            "its ids were still reserved: the store releases them"
+        );
         assert_eq!(commits.reserved_bytes(), 0);
 
         // Two publishes in flight; the first fails, then the second because
-        // of it: the store resumes the backend once.
-        let (second, _) = wait_on(&mut commits, &device);
-        let (third, ahead) = wait_on(&mut commits, &device);
-        assert_eq!(ahead, 1, "ids after the reserved ones");
+        // of it: the store resumes the backend (and releases every
+        // session's reserved ids) once.
+        let second = wait_on(&mut commits, &device);
+        let third = wait_on(&mut commits, &device);
         let block = Change::Unblock {
             device: device.clone(),
         };
@@ -215,10 +204,8 @@ mod tests {
         assert!(commits.refused(third).is_some());
         assert_eq!(commits.reserved_bytes(), 0);
 
-        // The next publish gets the failed ones' ids again; a failure of it
-        // is news again.
-        let (fourth, ahead) = wait_on(&mut commits, &device);
-        assert_eq!(ahead, 0);
+        // A failure of the next publish is news again.
+        let fourth = wait_on(&mut commits, &device);
         assert!(commits.failed(fourth));
     }
 }

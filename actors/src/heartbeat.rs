@@ -71,11 +71,15 @@ impl Activity {
     }
 
     pub fn touch(&self) {
-        self.0.store(Self::now_ms(), Ordering::Relaxed);
+        self.touch_at(Self::now_ms());
     }
 
-    fn idle(&self) -> Duration {
-        Duration::from_millis(Self::now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    fn touch_at(&self, now_ms: u64) {
+        self.0.store(now_ms, Ordering::Relaxed);
+    }
+
+    fn idle_at(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.0.load(Ordering::Relaxed)))
     }
 }
 
@@ -153,13 +157,15 @@ impl Handler<Tick> for Heartbeat {
 
     fn handle(&mut self, _: Tick, _: &mut Self::Context) {
         let idle_after = self.config.idle_after();
+        // One clock reading per tick, not one per stream.
+        let now = Activity::now_ms();
         self.watched.retain(|_, watched| {
-            if watched.activity.idle() < idle_after {
+            if watched.activity.idle_at(now) < idle_after {
                 return true;
             }
             // Marked now, not when the connection gets to it, so a slow
             // connection is not asked twice.
-            watched.activity.touch();
+            watched.activity.touch_at(now);
             // A closed mailbox means the connection is gone; it unregistered
             // itself when it stopped.
             !matches!(

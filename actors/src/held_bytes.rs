@@ -7,15 +7,13 @@
 //! Invariant: `total` is the sum of the unshared events held (once per
 //! copy) and of each shared payload (once while any copy is held).
 
-use std::collections::HashMap;
-
-use crate::Footprint;
+use crate::{Footprint, ids::IdMap};
 
 #[derive(Debug, Default)]
 pub struct HeldBytes {
     total: usize,
     /// Copies held of each shared payload, by its storage batch, and its size.
-    shared: HashMap<u64, (usize, u32)>,
+    shared: IdMap<u64, (usize, u32)>,
 }
 
 impl HeldBytes {

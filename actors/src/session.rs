@@ -140,6 +140,8 @@ pub struct Session {
     /// Highest seq written by streams that are no longer attached.
     written_before: u64,
     attached: Option<Attached>,
+    /// Ids handed to publishes not yet committed: they follow `last_seq`.
+    reserved: u64,
 }
 
 impl Session {
@@ -152,6 +154,7 @@ impl Session {
             bytes: 0,
             written_before: 0,
             attached: None,
+            reserved: 0,
         }
     }
 
@@ -234,6 +237,25 @@ impl Session {
             epoch: self.epoch,
             seq: self.last_seq + ahead + 1,
         }
+    }
+
+    /// Hands the next id to a publish, which holds it until it is
+    /// committed ([`unreserve`](Self::unreserve), once appended) or every
+    /// publish in flight failed ([`release_reserved`](Self::release_reserved)).
+    pub fn reserve_id(&mut self) -> EventId {
+        let id = self.next_id(self.reserved);
+        self.reserved += 1;
+        id
+    }
+
+    /// A reserved id was committed (and its event appended).
+    pub fn unreserve(&mut self) {
+        self.reserved = self.reserved.saturating_sub(1);
+    }
+
+    /// The publishes holding ids failed: the ids are handed out again.
+    pub fn release_reserved(&mut self) {
+        self.reserved = 0;
     }
 
     /// Appends `event`, which carries the next id of this session, dropping

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::{
-    BufferLimits, ConnectionId, DeviceId, Epoch, EventName, Footprint, Opening, Progress, Session,
-    Start, StoredEvent,
+    BufferLimits, ConnectionId, DeviceId, Epoch, EventId, EventName, Footprint, Opening, Progress,
+    Session, Start, StoredEvent,
     backend::{Change, Snapshot, WriteError, wall_in},
     held_bytes::HeldBytes,
     ids::IdMap,
@@ -338,28 +338,35 @@ impl Storage {
         })
     }
 
-    /// The device's session, created if it has none (a publish picks its
-    /// next id from it). Bounds are the caller's to check.
-    pub fn open_session(&mut self, device: &DeviceId) -> &Session {
-        if !self.sessions.contains_key(device) {
-            self.session(device);
-            // A session created by a publish has no stream yet: it lives
-            // for one TTL waiting for its device, like a session whose
-            // stream ended.
-            self.start_ttl(device);
+    /// Reserves the next id of the device's session for a publish,
+    /// creating the session if it has none. Bounds are the caller's to
+    /// check.
+    pub fn reserve_id(&mut self, device: &DeviceId) -> EventId {
+        if let Some(entry) = self.sessions.get_mut(device) {
+            return entry.session.reserve_id();
         }
-        &self.sessions[device].session
+        self.session(device);
+        // A session created by a publish has no stream yet: it lives for
+        // one TTL waiting for its device, like a session whose stream ended.
+        self.start_ttl(device);
+        self.session(device).session.reserve_id()
+    }
+
+    /// Every publish in flight failed: their ids are handed out again.
+    pub fn release_reserved(&mut self) {
+        (self.sessions.values_mut()).for_each(|entry| entry.session.release_reserved());
     }
 
     /// Appends a committed event to the device's session (and retained
-    /// events), keeping the byte count. Answers `false`, changing nothing,
-    /// if that session ended while the event was being committed.
+    /// events), keeping the byte count; `reserved`: its id is still counted
+    /// as reserved (see [`reserve_id`](Self::reserve_id)). Answers `false`,
+    /// changing nothing, if that session ended while the event was being
+    /// committed.
     pub fn append(
         &mut self,
         device: &DeviceId,
         event: StoredEvent,
-        retain: bool,
-        shared: bool,
+        (retain, shared, reserved): (bool, bool, bool),
     ) -> bool {
         let limits = self.config.limits();
         let entry =
@@ -384,6 +391,9 @@ impl Storage {
             if let Some(replaced) = retained.keep(event.clone()) {
                 self.held.release(replaced.footprint());
             }
+        }
+        if reserved {
+            entry.session.unreserve();
         }
         let evicted = entry.session.append(event, limits);
         let events_after = entry.session.buffered();

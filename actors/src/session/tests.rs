@@ -23,6 +23,20 @@ fn append(session: &mut Session, data: &str, limits: BufferLimits) -> StoredEven
     event
 }
 
+#[test]
+fn reserved_ids_follow_each_other_until_committed_or_released() {
+    let mut session = Session::new(Epoch::new(BOOT, 1));
+    let (first, second) = (session.reserve_id(), session.reserve_id());
+    assert_eq!((first.seq, second.seq), (1, 2));
+    // The first is committed: appended, no longer reserved.
+    session.unreserve();
+    append(&mut session, "1", at_most(10));
+    assert_eq!(session.reserve_id().seq, 3, "after the one still reserved");
+    // Every publish in flight failed: their ids are handed out again.
+    session.release_reserved();
+    assert_eq!(session.reserve_id().seq, 2);
+}
+
 fn session_with(events: u64, max_events: usize) -> Session {
     let mut session = Session::new(Epoch::new(BOOT, 1));
     for n in 1..=events {

@@ -64,6 +64,8 @@ impl SessionStore {
     pub(super) fn committed(&mut self, through: u64, result: Result<(), WriteError>) {
         if let Err(error) = result {
             if self.commits.failed(through) {
+                // Every publish in flight fails: their ids are given again.
+                self.storage.release_reserved();
                 self.backend.resume();
             }
             while let Some(waiting) = self.commits.refused(through) {
@@ -74,12 +76,15 @@ impl SessionStore {
         // One delivery for everything the commit covered; each publish is
         // answered its share of the registry's answer.
         let (mut events, mut replies) = (Vec::new(), Vec::new());
-        while let Some(waiting) = self.commits.committed(through) {
-            let (retain, shared) = (waiting.retain, waiting.events.len() > 1);
+        while let Some((waiting, reserved)) = self.commits.committed(through) {
+            let how = (waiting.retain, waiting.events.len() > 1, reserved);
             let before = events.len();
-            events.extend(waiting.events.into_iter().filter(|(device, event)| {
-                (self.storage).append(device, event.clone(), retain, shared)
-            }));
+            events.extend(
+                waiting
+                    .events
+                    .into_iter()
+                    .filter(|(device, event)| (self.storage).append(device, event.clone(), how)),
+            );
             replies.push((waiting.reply, events.len() - before));
         }
         self.save();
@@ -120,10 +125,8 @@ impl SessionStore {
         let events: Vec<_> = devices
             .into_iter()
             .map(|device| {
-                let session = self.storage.open_session(&device);
-                let ahead = self.commits.reserve(&device, session.epoch());
                 let event = StoredEvent {
-                    id: session.next_id(ahead),
+                    id: self.storage.reserve_id(&device),
                     name: name.clone(),
                     data: data.clone(),
                     published_at,

@@ -21,7 +21,7 @@ fn a_sparse_filtered_page_stops_after_max_scan_and_says_where_to_go_on() {
     let mut storage = storage();
     for n in 0..MAX_SCAN + 5 {
         let device = DeviceId::parse(&format!("d{n:06}")).unwrap();
-        storage.open_session(&device);
+        storage.reserve_id(&device);
     }
     let last = DeviceId::parse("z-connected").unwrap();
     storage
@@ -88,7 +88,7 @@ fn what_attached_streams_wrote_is_recorded_once_per_advance() {
 fn an_event_committed_after_its_session_ended_is_not_kept_and_its_stored_copy_goes() {
     let mut storage = storage();
     let device = DeviceId::parse("d1").unwrap();
-    let id = storage.open_session(&device).next_id(0);
+    let id = storage.reserve_id(&device);
     storage.delete(&device);
     storage.take_changes();
     let event = StoredEvent {
@@ -99,7 +99,7 @@ fn an_event_committed_after_its_session_ended_is_not_kept_and_its_stored_copy_go
         batch: 7,
     };
 
-    assert!(!storage.append(&device, event, false, false));
+    assert!(!storage.append(&device, event, (false, false, true)));
     assert_eq!(storage.len(), 0, "no session comes back");
     let changes = storage.take_changes();
     assert!(
@@ -112,7 +112,7 @@ fn an_event_committed_after_its_session_ended_is_not_kept_and_its_stored_copy_go
 fn a_page_with_a_prefix_holds_only_ids_that_start_with_it() {
     let mut storage = storage();
     for id in ["a1", "b1", "b2", "ba", "c1"] {
-        storage.open_session(&DeviceId::parse(id).unwrap());
+        storage.reserve_id(&DeviceId::parse(id).unwrap());
     }
     let ids = |page: DevicePage| -> Vec<String> {
         (page.devices.iter())
