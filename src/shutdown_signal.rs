@@ -5,14 +5,16 @@
 //! a tokio `watch`): 2% of a delivery's CPU at 19,000 streams. herald always
 //! starts draining (`Draining`) before it stops the server gracefully, so
 //! until then the signal cannot have fired. The signal's waiter, registered
-//! by the first poll for the connection's task, stays registered and wakes
-//! that task when the signal fires; only polls from another task, or once
-//! herald drains, go through to the signal.
+//! by the first poll for the connection's task (a connection is served by
+//! one task for its life), stays registered and wakes that task when the
+//! signal fires; from then on, once herald drains, every poll goes through
+//! to the signal. (Comparing wakers instead is not reliable:
+//! `Waker::will_wake` may answer `false` for the same task.)
 
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
 };
 
 use actix_server::GracefulShutdownSignal;
@@ -22,8 +24,8 @@ use crate::routes::Draining;
 pub struct ShutdownSignal {
     notified: Pin<Box<dyn Future<Output = ()>>>,
     draining: Draining,
-    /// The task the signal's waiter wakes.
-    registered: Option<Waker>,
+    /// The signal's waiter is registered for the connection's task.
+    registered: bool,
 }
 
 impl ShutdownSignal {
@@ -32,7 +34,7 @@ impl ShutdownSignal {
         Self {
             notified: Box::pin(async move { stopping.notified().await }),
             draining,
-            registered: None,
+            registered: false,
         }
     }
 }
@@ -42,11 +44,10 @@ impl Future for ShutdownSignal {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        let same_task = (this.registered.as_ref()).is_some_and(|task| task.will_wake(cx.waker()));
-        if same_task && !this.draining.is_set() {
+        if this.registered && !this.draining.is_set() {
             return Poll::Pending;
         }
-        this.registered = Some(cx.waker().clone());
+        this.registered = true;
         this.notified.as_mut().poll(cx)
     }
 }
