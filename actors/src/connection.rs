@@ -33,10 +33,9 @@
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::mpsc::Sender;
 
 use crate::{
-    ConnectionId, DeviceId, Frame, Opening, Progress, Signal, Start, StoredEvent, Unread,
+    ConnectionId, DeviceId, Frame, Opening, Signal, Start, StoredEvent, Unread,
     backend::ReadError,
     feed,
     heartbeat::{ConnectWatch, DisconnectWatch, Heartbeat},
@@ -164,7 +163,9 @@ pub struct ConnectionParams {
     pub peer: String,
     /// The HTTP version of the client's connection (`h1`, `h2`), for logs.
     pub proto: &'static str,
-    pub queue: Sender<Frame>,
+    /// The sending side of the stream's queue, which it shares with the
+    /// registry once begun.
+    pub queue: StreamQueue,
     pub registry: Addr<DeviceRegistry>,
     pub store: Addr<SessionStore>,
     pub heartbeat: Addr<Heartbeat>,
@@ -174,13 +175,10 @@ pub struct ConnectionParams {
     pub client_closed: Box<dyn Fn() -> bool>,
     /// Announced to the client in `hello`.
     pub heartbeat_timeout: Duration,
-    /// Where this stream reports what it wrote; its session reads it.
-    pub progress: Progress,
 }
 
 pub struct DeviceConnection {
     params: ConnectionParams,
-    queue: StreamQueue,
     /// When `ConnectBegin` arrived; `None` until then.
     began: Option<Instant>,
     /// Where the older part of the replay is, if it is read from storage.
@@ -198,7 +196,10 @@ enum Reading {
     Arrived(Result<Vec<StoredEvent>, ReadError>),
     /// `ConnectBegin` came first: the events to read, and the replay's
     /// newer part, which follows them.
-    Awaited { unread: Unread, held: Vec<Frame> },
+    Awaited {
+        unread: Unread,
+        replay: Vec<StoredEvent>,
+    },
 }
 
 /// A connection's mailbox (unbounded) before its actor runs: the store can
@@ -217,10 +218,8 @@ impl Unstarted {
 
     /// Runs the actor on this mailbox, on the current thread.
     pub fn start(self, params: ConnectionParams) -> Addr<DeviceConnection> {
-        let queue = StreamQueue::new(params.queue.clone(), params.progress.clone());
         self.0.run(DeviceConnection {
             params,
-            queue,
             began: None,
             reading: Reading::None,
             reason: DisconnectReason::ClientGone,
@@ -233,10 +232,17 @@ impl DeviceConnection {
         if ctx.state() != ActorState::Running {
             return;
         }
-        match self.queue.write(frame) {
+        match self.params.queue.write(frame) {
             Ok(()) => {}
             Err(Refused::Full) => self.slow(ctx),
             Err(Refused::Closed) => self.stop(DisconnectReason::ClientGone, ctx),
+        }
+    }
+
+    /// Writes replayed events, if there are any.
+    fn write_replay(&mut self, events: Vec<StoredEvent>, ctx: &mut Context<Self>) {
+        if !events.is_empty() {
+            self.write(Frame::Replay(Box::new(events)), ctx);
         }
     }
 
@@ -251,7 +257,7 @@ impl DeviceConnection {
             "stream.slow_consumer device={} conn={} queue={}",
             self.params.device,
             self.params.connection_id,
-            self.queue.capacity()
+            self.params.queue.capacity()
         );
         self.stop(DisconnectReason::Slow, ctx);
     }
@@ -263,7 +269,7 @@ impl DeviceConnection {
             self.params.registry.do_send(ConnectBegun {
                 device: self.params.device.clone(),
                 connection_id: self.params.connection_id,
-                queue: self.queue.clone(),
+                queue: self.params.queue.clone(),
             });
         }
     }
@@ -273,7 +279,7 @@ impl DeviceConnection {
         &mut self,
         unread: &Unread,
         read: Result<Vec<StoredEvent>, ReadError>,
-        held: Vec<Frame>,
+        replay: Vec<StoredEvent>,
         ctx: &mut Context<Self>,
     ) {
         let read = read.and_then(|events| match unread.is_answered_by(&events) {
@@ -285,7 +291,7 @@ impl DeviceConnection {
         match read {
             Ok(events) => {
                 self.write(Frame::Replay(Box::new(events)), ctx);
-                held.into_iter().for_each(|frame| self.write(frame, ctx));
+                self.write_replay(replay, ctx);
                 self.begun(ctx);
             }
             Err(error) => {
@@ -318,7 +324,7 @@ impl Actor for DeviceConnection {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // Notice a client that went away even while nothing is written.
-        let queue = self.queue.clone();
+        let queue = self.params.queue.clone();
         ctx.spawn(
             async move { queue.closed().await }
                 .into_actor(self)
@@ -399,22 +405,18 @@ impl Handler<ConnectBegin> for DeviceConnection {
         if !state.is_empty() {
             self.write(Frame::State(Box::new(state)), ctx);
         }
-        let held = match replay.is_empty() {
-            true => Vec::new(),
-            false => vec![Frame::Replay(Box::new(replay))],
-        };
         match (unread, std::mem::take(&mut self.reading)) {
             (None, _) => {
-                held.into_iter().for_each(|frame| self.write(frame, ctx));
+                self.write_replay(replay, ctx);
                 self.begun(ctx);
             }
-            (Some(unread), Reading::Arrived(read)) => self.write_read(&unread, read, held, ctx),
-            (Some(unread), _) => self.reading = Reading::Awaited { unread, held },
+            (Some(unread), Reading::Arrived(read)) => self.write_read(&unread, read, replay, ctx),
+            (Some(unread), _) => self.reading = Reading::Awaited { unread, replay },
         }
         self.params.heartbeat.do_send(ConnectWatch {
             connection_id: self.params.connection_id,
             connection: ctx.address(),
-            activity: self.queue.activity(),
+            activity: self.params.queue.activity(),
         });
     }
 }
@@ -424,7 +426,9 @@ impl Handler<ConnectReplay> for DeviceConnection {
 
     fn handle(&mut self, msg: ConnectReplay, ctx: &mut Self::Context) {
         match std::mem::take(&mut self.reading) {
-            Reading::Awaited { unread, held } => self.write_read(&unread, msg.events, held, ctx),
+            Reading::Awaited { unread, replay } => {
+                self.write_read(&unread, msg.events, replay, ctx)
+            }
             _ if self.began.is_none() => self.reading = Reading::Arrived(msg.events),
             // Not asked for: nothing of it is written.
             _ => {}
@@ -475,7 +479,7 @@ impl Handler<Disconnect> for DeviceConnection {
             Ending::Gap => return self.stop(DisconnectReason::Gap, ctx),
         };
         let running = ctx.state() == ActorState::Running;
-        if !running || self.queue.is_closed() || (self.params.client_closed)() {
+        if !running || self.params.queue.is_closed() || (self.params.client_closed)() {
             self.stop(DisconnectReason::ClientGone, ctx);
             return;
         }

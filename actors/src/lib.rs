@@ -129,6 +129,7 @@ pub use session_store::{
     SessionStore,
 };
 pub use storage::{DevicePage, DevicePeek, DeviceView, SessionConfig, StoreError};
+pub use stream_queue::StreamQueue;
 
 /// The embedded storage backend's writer thread: the server treats a panic
 /// on it like one on the actors' thread.

@@ -141,13 +141,12 @@ pub(crate) fn params(
         connection_id,
         peer: "test".to_owned(),
         proto: "h1",
-        queue,
+        queue: crate::StreamQueue::new(queue, progress),
         registry: actors.registry.clone(),
         store: actors.store.clone(),
         heartbeat: actors.heartbeat.clone(),
         client_closed: Box::new(|| false),
         heartbeat_timeout: Duration::from_secs(60),
-        progress,
     }
 }
 

@@ -17,7 +17,7 @@ use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use herald_actors::{
     Connect, ConnectError, ConnectionId, ConnectionParams, DeviceId, Frame, Progress, Refusal,
-    StoreError, StoredEvent, Unstarted, check_name, metrics,
+    StoreError, StoredEvent, StreamQueue, Unstarted, check_name, metrics,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -181,13 +181,12 @@ async fn connect(
             connection_id,
             peer: client.peer,
             proto: client.proto,
-            queue,
+            queue: StreamQueue::new(queue, progress),
             registry: state.actors.registry.clone(),
             store: state.actors.store.clone(),
             heartbeat: state.actors.heartbeat.clone(),
             client_closed,
             heartbeat_timeout: state.heartbeat_timeout,
-            progress,
         });
     }
     Ok(admitted)

@@ -109,7 +109,7 @@ fn lone_connection(
     let (unstarted, _) = Unstarted::new();
     let (queue, frames) = tokio::sync::mpsc::channel(8);
     let id = ConnectionId::new();
-    let params = params(actors, &device("d1"), id, queue, Progress::default());
+    let params = params(actors, &device("d1"), id, queue, crate::Progress::default());
     (unstarted.start(params), frames, id)
 }
 
