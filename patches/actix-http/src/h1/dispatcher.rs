@@ -15,7 +15,7 @@ use bytes::{Buf, BytesMut};
 use futures_core::ready;
 use pin_project_lite::pin_project;
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     time::sleep_until,
 };
 use tokio_util::codec::{Decoder as _, Encoder as _};
@@ -304,10 +304,10 @@ where
                     graceful_shutdown: config.graceful_shutdown(),
 
                     io: Some(io),
-                    // herald patch: start small. A connection that holds one
+                    // herald patch: start empty. A connection that holds one
                     // long response (an SSE stream) would otherwise keep 16 KiB
                     // of buffers it never fills; both grow on demand.
-                    read_buf: BytesMut::with_capacity(LW_BUFFER_SIZE),
+                    read_buf: BytesMut::new(),
                     write_buf: BytesMut::new(),
                     h1_write_buffer_size: config.h1_write_buffer_size(),
                     write_buf_needs_reset: false,
@@ -1237,20 +1237,28 @@ where
                 return Ok(false);
             }
 
-            // grow buffer if necessary.
-            let remaining = this.read_buf.capacity() - this.read_buf.len();
-            if remaining < LW_BUFFER_SIZE {
-                // herald patch: a buffer holding less than LW bytes (a
-                // request head, or nothing while a response streams) grows
-                // in LW steps; past that, to HW as before.
-                let wanted = match this.read_buf.len() < LW_BUFFER_SIZE {
-                    true => LW_BUFFER_SIZE,
-                    false => HW_BUFFER_SIZE,
-                };
-                this.read_buf.reserve(wanted - remaining);
-            }
+            // herald patch: an empty buffer is read into through the stack,
+            // so a connection with nothing to read (an SSE stream's client
+            // says nothing after its request) holds no read buffer.
+            let polled = if this.read_buf.is_empty() {
+                poll_read_into_empty(io.as_mut(), cx, this.read_buf)
+            } else {
+                // grow buffer if necessary.
+                let remaining = this.read_buf.capacity() - this.read_buf.len();
+                if remaining < LW_BUFFER_SIZE {
+                    // herald patch: a buffer holding less than LW bytes (a
+                    // request head) grows in LW steps; past that, to HW as
+                    // before.
+                    let wanted = match this.read_buf.len() < LW_BUFFER_SIZE {
+                        true => LW_BUFFER_SIZE,
+                        false => HW_BUFFER_SIZE,
+                    };
+                    this.read_buf.reserve(wanted - remaining);
+                }
+                tokio_util::io::poll_read_buf(io.as_mut(), cx, this.read_buf)
+            };
 
-            match tokio_util::io::poll_read_buf(io.as_mut(), cx, this.read_buf) {
+            match polled {
                 Poll::Ready(Ok(n)) => {
                     // When draining a dropped request payload, keep FINISHED set so the
                     // disconnect/keep-alive decision can be made once the payload is fully drained.
@@ -1553,3 +1561,25 @@ mod dispatcher_tests;
 #[cfg(test)]
 #[path = "dispatcher_buffer_tests.rs"]
 mod buffer_tests;
+
+/// herald patch: reads into an empty `buf` through a buffer on the stack, so
+/// nothing is allocated until bytes arrive; while none do, `buf` is given back.
+fn poll_read_into_empty<T: AsyncRead + Unpin>(
+    io: Pin<&mut T>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut stack = [mem::MaybeUninit::<u8>::uninit(); LW_BUFFER_SIZE];
+    let mut read = ReadBuf::uninit(&mut stack);
+    match io.poll_read(cx, &mut read) {
+        Poll::Pending => {
+            *buf = BytesMut::new();
+            Poll::Pending
+        }
+        Poll::Ready(Ok(())) => {
+            buf.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        }
+        Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+    }
+}
