@@ -51,3 +51,46 @@ impl Future for ShutdownSignal {
         this.notified.as_mut().poll(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{future::poll_fn, time::Duration};
+
+    use actix_server::Server;
+    use actix_service::fn_service;
+    use actix_web::rt::{self, net::TcpStream};
+
+    use super::*;
+
+    /// Whether `signal` has fired, polled once from the test's task.
+    async fn fired(signal: &mut ShutdownSignal) -> bool {
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *signal).poll(cx).is_ready())).await
+    }
+
+    #[actix_web::test]
+    async fn fires_once_the_server_stops_gracefully_after_herald_started_draining() {
+        let builder = Server::build();
+        let stopping = builder.graceful_shutdown_signal();
+        let server = builder
+            .workers(1)
+            .bind("test", "127.0.0.1:0", || {
+                fn_service(|_: TcpStream| async { Ok::<_, ()>(()) })
+            })
+            .unwrap()
+            .run();
+        let handle = server.handle();
+        rt::spawn(server);
+        let draining = Draining::default();
+        let mut signal = ShutdownSignal::new(&stopping, draining.clone());
+        assert!(!fired(&mut signal).await, "before the server stops");
+
+        handle.stop(true).await;
+        // herald drains before it stops the server; until then the signal
+        // is not looked at again.
+        assert!(!fired(&mut signal).await, "before herald drains");
+
+        draining.start();
+        let resolved = rt::time::timeout(Duration::from_secs(10), signal).await;
+        assert!(resolved.is_ok(), "the signal did not fire once draining");
+    }
+}

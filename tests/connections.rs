@@ -64,30 +64,36 @@ impl Answer {
 }
 
 async fn read_answer(tcp: &mut TcpStream) -> Answer {
+    read_next_answer(tcp, &mut Vec::new()).await
+}
+
+/// The next answer on `tcp`, starting with the bytes `buffered` holds
+/// already; leaves in `buffered` what came after it (pipelined answers).
+async fn read_next_answer(tcp: &mut TcpStream, buffered: &mut Vec<u8>) -> Answer {
     let read = async {
-        let mut bytes = Vec::new();
         let mut buf = [0; 4096];
         let end = loop {
-            if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(end) = buffered.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end;
             }
             let n = tcp.read(&mut buf).await.expect("read");
             assert!(n > 0, "closed before an answer");
-            bytes.extend_from_slice(&buf[..n]);
+            buffered.extend_from_slice(&buf[..n]);
         };
-        let head = String::from_utf8(bytes[..end].to_vec()).unwrap();
-        let mut body = bytes[end + 4..].to_vec();
+        let head = String::from_utf8(buffered[..end].to_vec()).unwrap();
+        buffered.drain(..end + 4);
         let answer = Answer {
             status: head[9..12].parse().unwrap(),
             head,
             body: Value::Null,
         };
         let length: usize = answer.header("content-length").unwrap().parse().unwrap();
-        while body.len() < length {
+        while buffered.len() < length {
             let n = tcp.read(&mut buf).await.expect("read");
             assert!(n > 0, "closed within the body");
-            body.extend_from_slice(&buf[..n]);
+            buffered.extend_from_slice(&buf[..n]);
         }
+        let body: Vec<u8> = buffered.drain(..length).collect();
         Answer {
             body: serde_json::from_slice(&body).unwrap(),
             ..answer
@@ -267,6 +273,52 @@ async fn an_idle_kept_alive_connection_is_closed_after_keep_alive_and_streams_go
 
     server.publish("edge-1", "tick", json!(1)).await;
     assert_eq!(stream.next_event().await.data.as_deref(), Some("1"));
+}
+
+/// actix-http is patched to read into an empty buffer through the stack and
+/// to give the empty buffer back (`patches/README.md`): requests that arrive
+/// a byte at a time, several in one segment, and a body well past the first
+/// KiB are still read whole, one after another on one connection.
+#[actix_web::test]
+async fn requests_in_pieces_pipelined_and_past_the_first_kib_are_read_whole_on_one_connection() {
+    let server = TestServer::start().await;
+    let mut stream = server.connect("edge-1").await;
+    stream.hello().await;
+    let mut tcp = connect_from(socket_addr(&server), HERE).await;
+    tcp.set_nodelay(true).unwrap();
+
+    for byte in HEALTHZ {
+        tcp.write_all(std::slice::from_ref(byte)).await.unwrap();
+    }
+    assert_eq!(read_answer(&mut tcp).await.status, 200, "a byte at a time");
+
+    tcp.write_all(&[HEALTHZ, HEALTHZ].concat()).await.unwrap();
+    let mut buffered = Vec::new();
+    for _ in 0..2 {
+        let answer = read_next_answer(&mut tcp, &mut buffered).await;
+        assert_eq!(answer.status, 200, "pipelined");
+    }
+    assert!(buffered.is_empty(), "more than two answers");
+
+    let data = "x".repeat(6000);
+    let body = json!({"event": "big", "data": data}).to_string();
+    let publish = format!(
+        "POST /v1/devices/edge-1/events HTTP/1.1\r\nHost: herald\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        server.admin_token(),
+        body.len()
+    );
+    tcp.write_all(publish.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut tcp).await;
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let delivered = stream.next_event().await.data.unwrap_or_default();
+    assert!(
+        delivered == data,
+        "the body not read whole: {} of {} bytes",
+        delivered.len(),
+        data.len()
+    );
 }
 
 #[actix_web::test]
