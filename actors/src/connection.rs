@@ -269,7 +269,6 @@ impl DeviceConnection {
             self.params.registry.do_send(ConnectBegun {
                 device: self.params.device.clone(),
                 connection_id: self.params.connection_id,
-                queue: self.params.queue.clone(),
             });
         }
     }

@@ -9,7 +9,8 @@
 //!   before herald noticed) and, if it was, reports it to the store;
 //! - a stream's live events follow its start: the connection writes the
 //!   start (`ConnectBegin`: hello, replay) and says so (`ConnectBegun`);
-//!   live events that come before that wait here, in order;
+//!   live events that come before that wait here, in order, and count
+//!   against the stream's queue bound like queued ones;
 //! - order does not rest on mailboxes alone: a stream takes its device's
 //!   live events by sequence number, each exactly the one after the last it
 //!   took (the replay ends at [`Opening::through`]), in its session's epoch.
@@ -45,19 +46,21 @@ pub struct ConnectLive {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
     pub connection: Addr<DeviceConnection>,
+    /// The stream's queue: its live events go into it once its connection
+    /// has written the start.
+    pub queue: StreamQueue,
     pub instance: Option<String>,
     pub peer: String,
     pub opening: Opening,
 }
 
 /// A stream's start (hello, reset, replay) is written: its live events go
-/// into `queue` from now on. Sent by the connection, once.
+/// into its queue from now on. Sent by the connection, once.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConnectBegun {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
-    pub queue: StreamQueue,
 }
 
 /// Write each event to its device's live stream; answers, per event,
@@ -104,6 +107,7 @@ pub struct CountLive;
 struct Live {
     connection_id: ConnectionId,
     connection: Addr<DeviceConnection>,
+    queue: StreamQueue,
     instance: Option<String>,
     peer: String,
     /// The id of the next live event its stream may take.
@@ -116,7 +120,7 @@ enum Feed {
     /// Its connection is writing the stream's start: they wait, in order.
     Starting(Vec<StoredEvent>),
     /// Its start is written: straight into its queue.
-    Begun(StreamQueue),
+    Begun,
 }
 
 pub struct DeviceRegistry {
@@ -185,14 +189,17 @@ impl DeviceRegistry {
             seq: id.seq + 1,
             ..id
         };
-        let queue = match &mut live.feed {
-            Feed::Begun(queue) => queue,
+        let written = match &mut live.feed {
+            Feed::Begun => live.queue.write(Frame::Event(Box::new(event))),
             Feed::Starting(held) => {
                 held.push(event);
-                return true;
+                match held.len() > live.queue.capacity() {
+                    true => Err(Refused::Full),
+                    false => Ok(()),
+                }
             }
         };
-        match queue.write(Frame::Event(Box::new(event))) {
+        match written {
             Ok(()) => true,
             Err(Refused::Full) => {
                 self.end(device, Ending::Slow);
@@ -265,6 +272,7 @@ impl Handler<ConnectLive> for DeviceRegistry {
         let new = Live {
             connection_id: msg.connection_id,
             connection: msg.connection,
+            queue: msg.queue,
             instance: msg.instance,
             peer: msg.peer,
             next: EventId {
@@ -319,11 +327,11 @@ impl Handler<ConnectBegun> for DeviceRegistry {
             return;
         };
         let held = std::mem::take(held);
-        let write = |event| msg.queue.write(Frame::Event(Box::new(event)));
+        let write = |event| live.queue.write(Frame::Event(Box::new(event)));
         let full = held
             .into_iter()
             .any(|event| write(event) == Err(Refused::Full));
-        live.feed = Feed::Begun(msg.queue);
+        live.feed = Feed::Begun;
         if full {
             self.end(&msg.device, Ending::Slow);
         }

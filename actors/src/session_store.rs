@@ -26,7 +26,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use crate::{
-    ConnectionId, DeviceConnection, DeviceId, EventId, EventName, Progress,
+    ConnectionId, DeviceConnection, DeviceId, EventId, EventName, StreamQueue,
     backend::{Backend, Committed, Opened, Snapshot},
     commits::Commits,
     connection::Replacement,
@@ -46,8 +46,9 @@ pub struct Connect {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
     pub connection: Addr<DeviceConnection>,
-    /// Where the connection reports what it wrote.
-    pub progress: Progress,
+    /// The stream's queue: its session reads the position written to it,
+    /// and the registry writes its live events into it.
+    pub queue: StreamQueue,
     /// The client's claimed position, untrusted.
     pub last_event_id: Option<String>,
     /// The client's own name for itself, if it gave one.
@@ -279,7 +280,7 @@ impl SessionStore {
         let opening = self.storage.attach(
             &msg.device,
             msg.connection_id,
-            msg.progress,
+            msg.queue.progress(),
             msg.last_event_id.as_deref(),
             &msg.peer,
         )?;
@@ -293,6 +294,7 @@ impl SessionStore {
             device: msg.device,
             connection_id: msg.connection_id,
             connection: msg.connection,
+            queue: msg.queue,
             instance: msg.instance,
             peer: msg.peer,
             opening,

@@ -73,6 +73,11 @@ impl StreamQueue {
         self.queue.closed().await
     }
 
+    /// Where the stream reports what it wrote, for its session.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
     /// When the stream last wrote, for the heartbeat.
     pub fn activity(&self) -> Activity {
         self.activity.clone()

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::{Receiver, channel};
 use crate::{
     Actors, Connect, ConnectError, ConnectionId, ConnectionParams, CountLive, DeviceConnection,
     DeviceId, EventName, FlappingPolicy, Frame, HeartbeatConfig, KickConfig, Progress, Publish,
-    PublishReceipt, SessionConfig, Unstarted,
+    PublishReceipt, SessionConfig, StreamQueue, Unstarted,
 };
 
 /// How long a test waits for something that should happen at once.
@@ -119,11 +119,12 @@ pub(crate) async fn try_connect(
     capacity: usize,
 ) -> Result<(Addr<DeviceConnection>, Receiver<Frame>, ConnectionId), ConnectError> {
     let (unstarted, addr) = Unstarted::new();
-    let connect = connect_message(device, addr.clone(), last_event_id);
-    let (connection_id, progress) = (connect.connection_id, connect.progress.clone());
-    actors.store.send(connect).await.unwrap()?;
     let (queue, frames) = channel(capacity);
-    unstarted.start(params(actors, device, connection_id, queue, progress));
+    let queue = StreamQueue::new(queue, Progress::default());
+    let connect = connect_message(device, addr.clone(), queue.clone(), last_event_id);
+    let connection_id = connect.connection_id;
+    actors.store.send(connect).await.unwrap()?;
+    unstarted.start(params(actors, device, connection_id, queue));
     Ok((addr, frames, connection_id))
 }
 
@@ -133,15 +134,14 @@ pub(crate) fn params(
     actors: &Actors,
     device: &DeviceId,
     connection_id: ConnectionId,
-    queue: tokio::sync::mpsc::Sender<Frame>,
-    progress: Progress,
+    queue: StreamQueue,
 ) -> ConnectionParams {
     ConnectionParams {
         device: device.clone(),
         connection_id,
         peer: "test".to_owned(),
         proto: "h1",
-        queue: crate::StreamQueue::new(queue, progress),
+        queue,
         registry: actors.registry.clone(),
         store: actors.store.clone(),
         heartbeat: actors.heartbeat.clone(),
@@ -156,7 +156,9 @@ pub(crate) fn params(
 pub(crate) async fn connect_gone(actors: &Actors, device: &DeviceId) {
     let (unstarted, addr) = Unstarted::new();
     drop(unstarted);
-    let connect = connect_message(device, addr, None);
+    let (queue, _) = channel(1);
+    let queue = StreamQueue::new(queue, Progress::default());
+    let connect = connect_message(device, addr, queue, None);
     actors.store.send(connect).await.unwrap().unwrap();
 }
 
@@ -164,13 +166,14 @@ pub(crate) async fn connect_gone(actors: &Actors, device: &DeviceId) {
 fn connect_message(
     device: &DeviceId,
     addr: Addr<DeviceConnection>,
+    queue: StreamQueue,
     last_event_id: Option<String>,
 ) -> Connect {
     Connect {
         device: device.clone(),
         connection_id: ConnectionId::new(),
         connection: addr,
-        progress: Progress::default(),
+        queue,
         last_event_id,
         instance: None,
         peer: "test".to_owned(),

@@ -2,8 +2,9 @@
 //!
 //! The route validates the request, starts the stream's DeviceConnection and
 //! asks the store to attach it; everything the client then receives is
-//! written by that actor into the stream's queue, which this module turns
-//! into SSE (framing by actix-web-lab).
+//! written into the stream's queue (the start and signals by that actor,
+//! live events by the registry), which this module turns into SSE (framing
+//! by actix-web-lab).
 
 use std::{net::IpAddr, rc::Rc, vec};
 
@@ -152,7 +153,7 @@ async fn connect(
     client_closed: Box<dyn Fn() -> bool>,
 ) -> Result<Result<(), ConnectError>, ApiError> {
     let connection_id = ConnectionId::new();
-    let progress = Progress::default();
+    let queue = StreamQueue::new(queue, Progress::default());
     // The actor runs only once admitted; what the registry sends it before
     // (its hello and replay) waits in its mailbox.
     let (unstarted, connection) = Unstarted::new();
@@ -160,7 +161,7 @@ async fn connect(
         device: device.clone(),
         connection_id,
         connection,
-        progress: progress.clone(),
+        queue: queue.clone(),
         last_event_id: client.last_event_id,
         instance: client.instance,
         peer: client.peer.clone(),
@@ -181,7 +182,7 @@ async fn connect(
             connection_id,
             peer: client.peer,
             proto: client.proto,
-            queue: StreamQueue::new(queue, progress),
+            queue,
             registry: state.actors.registry.clone(),
             store: state.actors.store.clone(),
             heartbeat: state.actors.heartbeat.clone(),

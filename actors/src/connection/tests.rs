@@ -101,16 +101,27 @@ async fn a_connection_whose_queue_is_full_stops_itself() {
     assert_eq!(count_live(&actors).await, 0);
 }
 
-/// A started connection the registry does not know of, so a test alone
-/// decides what it is sent.
+/// A started connection (its queue holds 8 frames) the registry does not
+/// know of, so a test alone decides what it is sent.
 fn lone_connection(
     actors: &crate::Actors,
-) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectionId) {
+) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectLive) {
     let (unstarted, _) = Unstarted::new();
     let (queue, frames) = tokio::sync::mpsc::channel(8);
+    let queue = StreamQueue::new(queue, crate::Progress::default());
     let id = ConnectionId::new();
-    let params = params(actors, &device("d1"), id, queue, crate::Progress::default());
-    (unstarted.start(params), frames, id)
+    let conn = unstarted.start(params(actors, &device("d1"), id, queue.clone()));
+    // What makes it live, as the store would, with a replay to read.
+    let live = ConnectLive {
+        device: device("d1"),
+        connection_id: id,
+        connection: conn.clone(),
+        queue,
+        instance: None,
+        peer: "test".to_owned(),
+        opening: reading_two(),
+    };
+    (conn, frames, live)
 }
 
 fn event_at(seq: u64) -> StoredEvent {
@@ -151,17 +162,8 @@ async fn replayed_seqs(frames: &mut Receiver<Frame>) -> Vec<u64> {
 #[actix::test]
 async fn live_events_wait_for_the_replay_read_from_storage_and_follow_it() {
     let actors = start_actors(Duration::from_secs(60));
-    let (conn, mut frames, connection_id) = lone_connection(&actors);
+    let (conn, mut frames, live) = lone_connection(&actors);
     let dev = device("d1");
-    // Made live as the store would, with a replay to read.
-    let live = ConnectLive {
-        device: dev.clone(),
-        connection_id,
-        connection: conn.clone(),
-        instance: None,
-        peer: "test".to_owned(),
-        opening: reading_two(),
-    };
     actors.registry.send(live).await.unwrap();
     deliver(&actors, &dev, event_at(4)).await;
     expect_signal(&mut frames, "hello").await;
@@ -175,6 +177,25 @@ async fn live_events_wait_for_the_replay_read_from_storage_and_follow_it() {
     assert_eq!(replayed_seqs(&mut frames).await, [1, 2]);
     assert_eq!(replayed_seqs(&mut frames).await, [3]);
     assert!(matches!(next(&mut frames).await, Some(Frame::Event(e)) if e.id.seq == 4));
+}
+
+#[actix::test]
+async fn live_events_held_for_a_replay_read_count_against_the_queue_bound() {
+    let actors = start_actors(Duration::from_secs(60));
+    let (conn, mut frames, live) = lone_connection(&actors);
+    let dev = device("d1");
+    actors.registry.send(live).await.unwrap();
+    // The queue holds 8 frames: a ninth held event ends the stream as slow.
+    for seq in 4..=12 {
+        deliver(&actors, &dev, event_at(seq)).await;
+    }
+    assert!(stopped(&conn).await, "held events beyond the bound kept it");
+    expect_signal(&mut frames, "hello").await;
+    assert!(
+        next(&mut frames).await.is_none(),
+        "nothing with an id written"
+    );
+    assert_eq!(count_live(&actors).await, 0);
 }
 
 #[actix::test]

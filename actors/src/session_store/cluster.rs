@@ -149,7 +149,7 @@ impl SessionStore {
                 instance: msg.instance.clone(),
                 generation: attached.generation,
                 epoch: attached.epoch,
-                progress: msg.progress,
+                progress: msg.queue.progress(),
             };
             act.routing.owned.insert(msg.device.clone(), owned);
             let opening = opening(attached, msg.last_event_id.as_deref());
@@ -157,6 +157,7 @@ impl SessionStore {
                 device: msg.device.clone(),
                 connection_id: msg.connection_id,
                 connection: msg.connection,
+                queue: msg.queue,
                 instance: msg.instance,
                 peer: msg.peer,
                 opening,
