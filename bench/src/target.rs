@@ -544,7 +544,25 @@ fn make_certificate(scratch: &std::path::Path) -> Result<(PathBuf, PathBuf), Str
 }
 
 /// A port nothing listens on right now (bound, read, released).
+/// A port for a server to listen on: free now, never handed out before by
+/// this process, and below the kernel's ephemeral range. A port from that
+/// range (what binding port 0 gives) can be taken by any outgoing connection
+/// (a cluster node's to Redis) before the server given it gets to bind it.
 fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|err| err.to_string())?;
-    Ok(listener.local_addr().map_err(|err| err.to_string())?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map_err(|err| format!("ip_local_port_range: {err}"))?;
+    let first_ephemeral: u16 = (ephemeral.split_whitespace().next())
+        .and_then(|first| first.parse().ok())
+        .ok_or_else(|| format!("ip_local_port_range: {ephemeral:?}"))?;
+    let below = 10_000..first_ephemeral.max(10_001);
+    let mut given = GIVEN.lock().map_err(|err| err.to_string())?;
+    for _ in 0..1000 {
+        let port = fastrand::u16(below.clone());
+        if !given.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(format!("no free port in {below:?}"))
 }
