@@ -58,24 +58,39 @@ impl HeartbeatConfig {
     }
 }
 
-/// When a stream last wrote, shared between its connection (writer) and the
-/// heartbeat (reader). Milliseconds since the process's first use of it.
+/// When a stream last wrote, shared between its writers (its connection,
+/// the registry's writes on its worker) and the heartbeat (reader), or that
+/// it writes nothing more: its queue refused a write, it is ending (and is
+/// never idle). Milliseconds since the process's first use of it.
 #[derive(Debug, Clone, Default)]
 pub struct Activity(Arc<AtomicU64>);
 
 impl Activity {
+    /// Stands for "refused": later than every time.
+    const REFUSED: u64 = u64::MAX;
+
     fn now_ms() -> u64 {
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
         let elapsed = ORIGIN.get_or_init(Instant::now).elapsed();
-        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(elapsed.as_millis()).unwrap_or(Self::REFUSED - 1)
     }
 
     pub fn touch(&self) {
         self.touch_at(Self::now_ms());
     }
 
+    /// The maximum, so neither the heartbeat marking it on another thread
+    /// nor a clock read earlier can undo a refusal.
     fn touch_at(&self, now_ms: u64) {
-        self.0.store(now_ms, Ordering::Relaxed);
+        self.0.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn refuse(&self) {
+        self.touch_at(Self::REFUSED);
+    }
+
+    pub fn refused(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::REFUSED
     }
 
     fn idle_at(&self, now_ms: u64) -> Duration {
@@ -193,6 +208,17 @@ mod tests {
             lenient_kicks(),
             crate::test_support::in_memory(),
         )
+    }
+
+    #[test]
+    fn a_refusal_outlasts_every_later_touch_and_is_never_idle() {
+        let activity = Activity::default();
+        activity.touch_at(5);
+        activity.refuse();
+        // The heartbeat marking it on its own thread, after the refusal.
+        activity.touch_at(10);
+        assert!(activity.refused());
+        assert_eq!(activity.idle_at(1_000_000), Duration::ZERO);
     }
 
     #[actix::test]

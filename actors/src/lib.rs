@@ -22,6 +22,7 @@
 //! | `kicks.rs`         | [`KickConfig`]: the store's rules ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, writes its start and signals |
 //! | `stream_queue.rs`  | a stream's queue as its two writers (connection, registry) share it |
+//! | `outbox.rs`        | the registry's writes to streams, one batch per worker thread per turn |
 //! | `metrics.rs`       | counters and gauges read by `/metrics` and the stats line |
 //! | `feed.rs`          | stream lifecycle steps, told to whoever watches live (the admin page) |
 //! | `heartbeat.rs`     | [`Heartbeat`] actor: heartbeats for idle streams         |
@@ -39,11 +40,11 @@
 //!              DeviceConnection ──ConnectBegun──▶ DeviceRegistry       start written: live events may follow
 //!              DeviceConnection ──ConnectWatch──▶ Heartbeat
 //!  publish:    admin routes ──Publish/Broadcast──▶ SessionStore ──batch──▶ Backend
-//!              Backend ──Committed──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──▶ stream's queue (StreamQueue)
+//!              Backend ──Committed──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──Outbox──▶ stream's worker ──▶ its queue (StreamQueue)
 //!  disconnect: admin route ──DisconnectDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
 //!              admin route ──DeleteDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
 //!              shutdown ──DisconnectAll──▶ DeviceRegistry
-//!              DeviceRegistry ──Disconnect{ending}──▶ DeviceConnection  (replaced, blocked, admin, deleted, shutdown)
+//!              DeviceRegistry ──Disconnect{ending}, via Outbox──▶ DeviceConnection  (replaced, blocked, admin, deleted, shutdown, slow, gap)
 //!              DeviceConnection ──Kicked──▶ SessionStore              only if its client was still there
 //!              DeviceConnection ──Disconnected──▶ DeviceRegistry ──DisconnectSession──▶ SessionStore (TTL starts)
 //!              DeviceConnection ──DisconnectWatch──▶ Heartbeat
@@ -57,8 +58,10 @@
 //! Ordering is the core guarantee. A publish goes through the store (which
 //! assigns the id), its backend (which answers commits in submission order;
 //! the store buffers the event then) and then, in the store's send order,
-//! through the registry into the stream's queue; the registry also refuses
-//! any id at or below the last it wrote to that stream, so a backend can
+//! through the registry into the stream's queue (written on the stream's
+//! worker thread, in the registry's order: one batch per worker and turn,
+//! batches run in the order sent); the registry also refuses any id at or
+//! below the last it handed to that stream, so a backend can
 //! never make a stream repeat or reorder. A connecting stream goes through
 //! the same path: the store cuts its replay and sends `ConnectLive` in that same
 //! order; the registry holds the stream's live events until its connection
@@ -96,6 +99,7 @@ mod held_bytes;
 mod ids;
 mod kicks;
 mod metrics;
+mod outbox;
 mod registry;
 mod replay_cache;
 mod retained;

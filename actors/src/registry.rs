@@ -1,5 +1,6 @@
 //! DeviceRegistry: knows the one live [`DeviceConnection`] of each device and
-//! writes each device's live events into its stream's queue.
+//! hands each device's live events to its stream, to be written into its
+//! queue on the stream's worker thread ([`Outbox`]).
 //!
 //! Invariants:
 //! - at most one live connection per device: connecting a second one makes
@@ -19,22 +20,25 @@
 //!   resume fills the hole from the buffer (or gets `reset`). So a storage
 //!   backend whose deliveries could arrive late or twice can neither reorder
 //!   nor duplicate what a client sees;
+//! - what it hands a stream (its live events, its ending) reaches the
+//!   stream in the order it was handed over (see [`Outbox`]);
 //! - a connection that is gone is forgotten and its session detached, so its
 //!   TTL starts: it says so itself when it stops (also after a panic), and a
 //!   send that finds its mailbox closed covers any other way of vanishing.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use actix::{dev::SendError, prelude::*};
 
 use crate::{
-    ConnectionId, DeviceConnection, DeviceId, EventId, Frame, Opening, StoredEvent,
+    ConnectionId, DeviceConnection, DeviceId, EventId, Opening, StoredEvent,
     backend::WriteError,
     connection::{ConnectBegin, Disconnect, Ending, Replacement},
     ids::IdMap,
+    outbox::{LiveStream, Outbox},
     session_store::{CloseStorage, DisconnectSession, SessionStore},
     storage::StoreError,
-    stream_queue::{Refused, StreamQueue},
+    stream_queue::StreamQueue,
 };
 
 /// Make a connection its device's live one, ending the previous one: the
@@ -106,8 +110,7 @@ pub struct CountLive;
 
 struct Live {
     connection_id: ConnectionId,
-    connection: Addr<DeviceConnection>,
-    queue: StreamQueue,
+    stream: Arc<LiveStream>,
     instance: Option<String>,
     peer: String,
     /// The id of the next live event its stream may take.
@@ -119,13 +122,15 @@ struct Live {
 enum Feed {
     /// Its connection is writing the stream's start: they wait, in order.
     Starting(Vec<StoredEvent>),
-    /// Its start is written: straight into its queue.
+    /// Its start is written: handed to the stream as they come.
     Begun,
 }
 
 pub struct DeviceRegistry {
     store: Addr<SessionStore>,
     live: IdMap<DeviceId, Live>,
+    /// What this turn hands to streams; sent at the end of the turn.
+    outbox: Outbox,
     /// Set by `DisconnectAll`: streams that connect later are ended at once.
     closing: bool,
 }
@@ -135,6 +140,7 @@ impl DeviceRegistry {
         Self {
             store,
             live: IdMap::default(),
+            outbox: Outbox::default(),
             closing: false,
         }
     }
@@ -150,7 +156,7 @@ impl DeviceRegistry {
         let Some(live) = self.live.get(device) else {
             return false;
         };
-        match live.connection.try_send(msg) {
+        match live.stream.connection.try_send(msg) {
             Ok(()) => true,
             // Connection mailboxes are unbounded, so this does not happen.
             Err(SendError::Full(_)) => false,
@@ -162,7 +168,7 @@ impl DeviceRegistry {
         }
     }
 
-    /// Writes a live event to the device's stream, if it has one, in order
+    /// Hands a live event to the device's stream, if it has one, in order
     /// (see the module's invariants); answers whether the stream took it.
     fn deliver(&mut self, device: &DeviceId, event: StoredEvent) -> bool {
         let Some(live) = self.live.get_mut(device) else {
@@ -189,31 +195,24 @@ impl DeviceRegistry {
             seq: id.seq + 1,
             ..id
         };
-        let written = match &mut live.feed {
-            Feed::Begun => live.queue.write(Frame::Event(Box::new(event))),
+        match &mut live.feed {
+            Feed::Begun => self.outbox.write(&live.stream, event),
             Feed::Starting(held) => {
                 held.push(event);
-                match held.len() > live.queue.capacity() {
-                    true => Err(Refused::Full),
-                    false => Ok(()),
+                if held.len() > live.stream.queue.capacity() {
+                    self.end(device, Ending::Slow);
+                    return false;
                 }
             }
-        };
-        match written {
-            Ok(()) => true,
-            Err(Refused::Full) => {
-                self.end(device, Ending::Slow);
-                false
-            }
-            // Its connection notices too, stops, and says so.
-            Err(Refused::Closed) => false,
         }
+        true
     }
 
-    /// Ends the device's live stream: no event is written to it any more.
+    /// Ends the device's live stream, after what it was handed before: no
+    /// event is handed to it any more.
     fn end(&mut self, device: &DeviceId, ending: Ending) {
         if let Some(live) = self.live.remove(device) {
-            live.connection.do_send(Disconnect { ending });
+            self.outbox.end(&live.stream, ending);
         }
     }
 
@@ -255,11 +254,8 @@ impl Handler<ConnectLive> for DeviceRegistry {
         // too, without `kicked` (nobody took over): its client resumes, and
         // the store attaches it again.
         if !msg.connection.connected() {
-            if let Some(old) = self.live.remove(&msg.device) {
-                old.connection.do_send(Disconnect {
-                    ending: Ending::Superseded,
-                });
-            }
+            self.end(&msg.device, Ending::Superseded);
+            self.outbox.send();
             // It never reports `Disconnected` (it never ran): its session
             // is given up here, or it would stay attached to no one.
             self.store.do_send(DisconnectSession {
@@ -269,10 +265,13 @@ impl Handler<ConnectLive> for DeviceRegistry {
             return;
         }
         let through = msg.opening.through;
+        let stream = LiveStream {
+            queue: msg.queue,
+            connection: msg.connection,
+        };
         let new = Live {
             connection_id: msg.connection_id,
-            connection: msg.connection,
-            queue: msg.queue,
+            stream: Arc::new(stream),
             instance: msg.instance,
             peer: msg.peer,
             next: EventId {
@@ -288,9 +287,8 @@ impl Handler<ConnectLive> for DeviceRegistry {
                 instances: (old.instance, new_instance),
                 peers: (old.peer, new_peer),
             };
-            old.connection.do_send(Disconnect {
-                ending: Ending::Replaced(replacement),
-            });
+            self.outbox.end(&old.stream, Ending::Replaced(replacement));
+            self.outbox.send();
         }
         self.send_live(
             &msg.device,
@@ -305,10 +303,11 @@ impl Handler<DeliverEach> for DeviceRegistry {
     type Result = Vec<bool>;
 
     fn handle(&mut self, msg: DeliverEach, _: &mut Self::Context) -> Vec<bool> {
-        msg.events
-            .into_iter()
+        let took = (msg.events.into_iter())
             .map(|(device, event)| self.deliver(&device, event))
-            .collect()
+            .collect();
+        self.outbox.send();
+        took
     }
 }
 
@@ -326,15 +325,11 @@ impl Handler<ConnectBegun> for DeviceRegistry {
         let Feed::Starting(held) = &mut live.feed else {
             return;
         };
-        let held = std::mem::take(held);
-        let write = |event| live.queue.write(Frame::Event(Box::new(event)));
-        let full = held
-            .into_iter()
-            .any(|event| write(event) == Err(Refused::Full));
-        live.feed = Feed::Begun;
-        if full {
-            self.end(&msg.device, Ending::Slow);
+        for event in std::mem::take(held) {
+            self.outbox.write(&live.stream, event);
         }
+        live.feed = Feed::Begun;
+        self.outbox.send();
     }
 }
 
@@ -351,14 +346,13 @@ impl Handler<DisconnectAll> for DeviceRegistry {
 
     fn handle(&mut self, msg: DisconnectAll, ctx: &mut Self::Context) -> usize {
         self.closing = true;
-        let mut connections: Vec<_> = self.live.values().map(|l| l.connection.clone()).collect();
-        fastrand::shuffle(&mut connections);
-        let count = connections.len();
-        for (n, connection) in connections.into_iter().enumerate() {
-            let disconnect = move |_: &mut Self, _: &mut Self::Context| {
-                connection.do_send(Disconnect {
-                    ending: Ending::Shutdown,
-                });
+        let mut devices: Vec<_> = self.live.keys().cloned().collect();
+        fastrand::shuffle(&mut devices);
+        let count = devices.len();
+        for (n, device) in devices.into_iter().enumerate() {
+            let disconnect = move |registry: &mut Self, _: &mut Self::Context| {
+                registry.end(&device, Ending::Shutdown);
+                registry.outbox.send();
             };
             let at = msg.over.mul_f64(n as f64 / count as f64);
             ctx.run_later(at, disconnect);
@@ -371,11 +365,10 @@ impl Handler<DisconnectLive> for DeviceRegistry {
     type Result = bool;
 
     fn handle(&mut self, msg: DisconnectLive, _: &mut Self::Context) -> bool {
-        let Some(live) = self.live.remove(&msg.device) else {
-            return false;
-        };
-        live.connection.do_send(Disconnect { ending: msg.ending });
-        true
+        let had = self.live.contains_key(&msg.device);
+        self.end(&msg.device, msg.ending);
+        self.outbox.send();
+        had
     }
 }
 

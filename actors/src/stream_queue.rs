@@ -3,15 +3,24 @@
 //! - its [`DeviceConnection`](crate::DeviceConnection) writes the stream's
 //!   start (`hello`, a `reset`, retained state, the replay) and its signals
 //!   (heartbeats, `kicked`);
-//! - the [`DeviceRegistry`](crate::DeviceRegistry) writes the live events,
-//!   once the connection has said its start is written: a live event goes
-//!   from the registry to the HTTP body in one hop, not through the
+//! - the [`DeviceRegistry`](crate::DeviceRegistry) has the live events
+//!   written, once the connection has said its start is written: a live
+//!   event goes from the registry to the HTTP body through one batch per
+//!   worker thread (see [`Outbox`](crate::outbox::Outbox)), not through the
 //!   connection's mailbox.
 //!
-//! Every write records the same things whoever makes it: the stream's
-//! position (its session reads it), when it last wrote (the heartbeat reads
-//! it) and the metrics.
+//! Both write on the stream's [`Worker`], the thread that serves its HTTP
+//! connection. Every write records the same things whoever makes it: the
+//! stream's position (its session reads it), when it last wrote (the
+//! heartbeat reads it) and the metrics.
+//!
+//! A write refused as full is the stream's last: every later one is refused
+//! too, so a client whose queue drained a little never gets an event past
+//! the one it missed; its stream ends as slow and its client resumes.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use actix::{Arbiter, dev::ArbiterHandle};
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 use crate::{Frame, Progress, event::HEARTBEAT, heartbeat::Activity, metrics::metrics};
@@ -25,24 +34,64 @@ pub enum Refused {
     Closed,
 }
 
+/// A worker thread: an actix arbiter, with a number to tell it from others.
+#[derive(Clone)]
+pub struct Worker {
+    id: usize,
+    arbiter: ArbiterHandle,
+}
+
+impl Worker {
+    /// The current thread's. Panics outside an actix arbiter (every HTTP
+    /// worker and every actix system is one).
+    fn current() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static ID: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        Self {
+            id: ID.with(|id| *id),
+            arbiter: Arbiter::current(),
+        }
+    }
+
+    /// Runs `work` on this worker thread; false if the worker has stopped.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) -> bool {
+        self.arbiter.spawn(work)
+    }
+}
+
+impl PartialEq for Worker {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
 #[derive(Clone)]
 pub struct StreamQueue {
     queue: Sender<Frame>,
     progress: Progress,
     activity: Activity,
+    worker: Worker,
 }
 
 impl StreamQueue {
+    /// Made on the worker thread that serves the stream: it writes there.
     pub fn new(queue: Sender<Frame>, progress: Progress) -> Self {
         Self {
             queue,
             progress,
             activity: Activity::default(),
+            worker: Worker::current(),
         }
     }
 
-    /// Queues `frame` without waiting, and records the write.
+    /// Queues `frame` without waiting, and records the write. Once a write
+    /// was refused as full, refuses every later one.
     pub fn write(&self, frame: Frame) -> Result<(), Refused> {
+        if self.activity.refused() {
+            return Err(Refused::Full);
+        }
         let seq = frame.last_seq();
         let written = Written::of(&frame);
         match self.queue.try_send(frame) {
@@ -54,7 +103,10 @@ impl StreamQueue {
                 written.record();
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => Err(Refused::Full),
+            Err(TrySendError::Full(_)) => {
+                self.activity.refuse();
+                Err(Refused::Full)
+            }
             Err(TrySendError::Closed(_)) => Err(Refused::Closed),
         }
     }
@@ -76,6 +128,11 @@ impl StreamQueue {
     /// Where the stream reports what it wrote, for its session.
     pub fn progress(&self) -> Progress {
         self.progress.clone()
+    }
+
+    /// The thread its writes happen on.
+    pub fn worker(&self) -> &Worker {
+        &self.worker
     }
 
     /// When the stream last wrote, for the heartbeat.
@@ -110,5 +167,31 @@ impl Written {
             Self::Heartbeat => metrics.heartbeats.inc(),
             Self::Other => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::Signal;
+
+    fn heartbeat() -> Frame {
+        Frame::Signal(Box::new(Signal::heartbeat()))
+    }
+
+    #[actix::test]
+    async fn a_write_refused_as_full_is_the_last_the_queue_takes() {
+        let (sender, mut receiver) = mpsc::channel(1);
+        let queue = StreamQueue::new(sender, Progress::default());
+        assert_eq!(queue.write(heartbeat()), Ok(()));
+        assert_eq!(queue.write(heartbeat()), Err(Refused::Full));
+
+        // The client reads: there is room again, but it missed a frame, and
+        // nothing may follow that.
+        assert!(receiver.recv().await.is_some());
+        assert_eq!(queue.write(heartbeat()), Err(Refused::Full));
+        assert!(receiver.try_recv().is_err());
     }
 }
