@@ -357,17 +357,42 @@ impl Storage {
         (self.sessions.values_mut()).for_each(|entry| entry.session.release_reserved());
     }
 
-    /// Appends a committed event to the device's session (and retained
-    /// events), keeping the byte count; `reserved`: its id is still counted
-    /// as reserved (see [`reserve_id`](Self::reserve_id)). Answers `false`,
-    /// changing nothing, if that session ended while the event was being
-    /// committed.
+    /// Appends a committed publish's events to their devices' sessions (and
+    /// retained events), keeping the byte count; `reserved`: their ids are
+    /// still counted as reserved (see [`reserve_id`](Self::reserve_id)).
+    /// Pushes onto `appended` the events appended, in order, for the live
+    /// streams: not those whose session ended while they were being
+    /// committed. The metrics are updated once per publish, not per device:
+    /// a broadcast appends to every session.
     pub fn append(
+        &mut self,
+        events: Vec<(DeviceId, StoredEvent)>,
+        how: (bool, bool, bool),
+        appended: &mut Vec<(DeviceId, StoredEvent)>,
+    ) {
+        let (mut published, mut buffered) = (0, 0);
+        for (device, event) in events {
+            if let Some(added) = self.append_one(&device, event.clone(), how) {
+                published += 1;
+                buffered += added;
+                appended.push((device, event));
+            }
+        }
+        let metrics = metrics();
+        metrics.published.inc_by(published);
+        metrics.buffered_events.add(buffered);
+        metrics.buffered_bytes.set(self.held.total() as i64);
+    }
+
+    /// Appends one event; answers how many more events its session holds
+    /// (fewer, if it evicted older ones), or `None`, changing nothing, if
+    /// that session has ended.
+    fn append_one(
         &mut self,
         device: &DeviceId,
         event: StoredEvent,
         (retain, shared, reserved): (bool, bool, bool),
-    ) -> bool {
+    ) -> Option<i64> {
         let limits = self.config.limits();
         let entry =
             (self.sessions.get_mut(device)).filter(|entry| entry.session.epoch() == event.id.epoch);
@@ -379,7 +404,7 @@ impl Storage {
                 device: device.clone(),
                 batches: vec![event.batch],
             });
-            return false;
+            return None;
         };
         let events_before = entry.session.buffered();
         let footprint = event.footprint();
@@ -413,13 +438,7 @@ impl Storage {
                 batches: evicted.iter().map(|e| e.batch).collect(),
             });
         }
-        let metrics = metrics();
-        metrics.published.inc();
-        metrics
-            .buffered_events
-            .add(events_after as i64 - events_before as i64);
-        metrics.buffered_bytes.set(self.held.total() as i64);
-        true
+        Some(events_after as i64 - events_before as i64)
     }
 
     /// Cools the oldest hot events if they take more than the cache's

@@ -79,12 +79,7 @@ impl SessionStore {
         while let Some((waiting, reserved)) = self.commits.committed(through) {
             let how = (waiting.retain, waiting.events.len() > 1, reserved);
             let before = events.len();
-            events.extend(
-                waiting
-                    .events
-                    .into_iter()
-                    .filter(|(device, event)| (self.storage).append(device, event.clone(), how)),
-            );
+            (self.storage).append(waiting.events, how, &mut events);
             replies.push((waiting.reply, events.len() - before));
         }
         self.save();

@@ -99,7 +99,9 @@ fn an_event_committed_after_its_session_ended_is_not_kept_and_its_stored_copy_go
         batch: 7,
     };
 
-    assert!(!storage.append(&device, event, (false, false, true)));
+    let mut appended = Vec::new();
+    storage.append(vec![(device, event)], (false, false, true), &mut appended);
+    assert!(appended.is_empty(), "not handed to a live stream");
     assert_eq!(storage.len(), 0, "no session comes back");
     let changes = storage.take_changes();
     assert!(
