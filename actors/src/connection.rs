@@ -1,13 +1,14 @@
 //! DeviceConnection: one actor per live stream. It writes the stream's start
-//! and its signals into the stream's bounded queue; the registry writes the
-//! live events into the same queue once the start is written (see
-//! [`StreamQueue`]).
+//! and its signals into the stream's bounded queue; the registry has the
+//! live events written into the same queue, on this stream's worker thread,
+//! once the start is written (see [`StreamQueue`]).
 //!
 //! Lifecycle: its mailbox is made by the stream route ([`Unstarted`]), the
 //! store admits and attaches it, the route then starts the actor, and the
 //! registry begins it (`hello`, an optional `reset`, the replay); once that
 //! is written, it tells the registry ([`ConnectBegun`]), which from then on
-//! writes the device's live events straight into the queue.
+//! hands the device's live events to the queue without passing through this
+//! actor's mailbox.
 //! It stops when the client is gone (queue closed), when the client cannot
 //! keep up (queue full), when it is kicked, or at shutdown. Stopping drops the
 //! queue's sender, which ends the HTTP response after the queued frames.
@@ -105,7 +106,9 @@ pub struct ConnectReplay {
     pub events: Result<Vec<StoredEvent>, ReadError>,
 }
 
-/// End the stream. Sent by the registry.
+/// End the stream. Sent by the registry, through its outbox: after the live
+/// events it handed this stream before (also when a live event found the
+/// queue full).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Disconnect {
@@ -132,7 +135,8 @@ pub enum Ending {
     /// A newer stream took the session over and was gone before it went
     /// live: no kick, the client just resumes.
     Superseded,
-    /// Its queue was full when the registry wrote a live event to it.
+    /// Its queue was full when a live event was written to it (or, while
+    /// its start was being written, more live events waited than it holds).
     Slow,
     /// A live event for it would have left a hole (see the registry).
     Gap,
@@ -262,8 +266,8 @@ impl DeviceConnection {
         self.stop(DisconnectReason::Slow, ctx);
     }
 
-    /// The stream's start is written: from now on the registry writes its
-    /// live events.
+    /// The stream's start is written: from now on the registry hands over
+    /// its live events.
     fn begun(&mut self, ctx: &mut Context<Self>) {
         if ctx.state() == ActorState::Running {
             self.params.registry.do_send(ConnectBegun {

@@ -60,8 +60,8 @@ impl HeartbeatConfig {
 
 /// When a stream last wrote, shared between its writers (its connection,
 /// the registry's writes on its worker) and the heartbeat (reader), or that
-/// it writes nothing more: its queue refused a write, it is ending (and is
-/// never idle). Milliseconds since the process's first use of it.
+/// it writes nothing more: its queue refused a write as full, so it is
+/// ending (and is never idle). Milliseconds since the process's first use of it.
 #[derive(Debug, Clone, Default)]
 pub struct Activity(Arc<AtomicU64>);
 

@@ -17,6 +17,10 @@
 //! - a write its queue refuses as full ends the stream as slow, and the
 //!   queue refuses every later write (see [`StreamQueue`]): a client never
 //!   gets an event past one it missed.
+//!
+//! A batch waits in its worker's (unbounded) arbiter channel until the worker
+//! runs it: a worker short of CPU holds there what was handed to it, and the
+//! streams' queue bounds apply when it writes.
 
 use std::sync::Arc;
 

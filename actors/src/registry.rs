@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! - at most one live connection per device: connecting a second one makes
-//!   it the live one and ends the first, so no event is written to the first
-//!   after the second went live. Whether that was a kick is not decided
+//!   it the live one and ends the first, so no event is handed to the first
+//!   after the second went live (those handed before may still be written,
+//!   before its ending). Whether that was a kick is not decided
 //!   here: the first connection decides it (its client may have closed
 //!   before herald noticed) and, if it was, reports it to the store;
 //! - a stream's live events follow its start: the connection writes the
@@ -67,8 +68,11 @@ pub struct ConnectBegun {
     pub connection_id: ConnectionId,
 }
 
-/// Write each event to its device's live stream; answers, per event,
-/// whether a live stream took it. Sent by the store.
+/// Hand each event to its device's live stream; answers, per event, whether
+/// a live stream took it (it is written on the stream's worker thread: a
+/// stream found full there ends as slow, and until its connection has said
+/// so, events handed to it count as taken; they are buffered, and its
+/// client's resume replays them). Sent by the store.
 #[derive(Message)]
 #[rtype(result = "Vec<bool>")]
 pub struct DeliverEach {

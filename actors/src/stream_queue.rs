@@ -42,8 +42,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// The current thread's. Panics outside an actix arbiter (every HTTP
-    /// worker and every actix system is one).
+    /// The current thread's. Panics outside an actix arbiter: every actix
+    /// system is one, and so is every HTTP worker of a server started inside
+    /// one (herald's is: its actors need the system too).
     fn current() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {

@@ -3,8 +3,8 @@
 //! The route validates the request, starts the stream's DeviceConnection and
 //! asks the store to attach it; everything the client then receives is
 //! written into the stream's queue (the start and signals by that actor,
-//! live events by the registry), which this module turns into SSE (framing
-//! by actix-web-lab).
+//! live events handed over by the registry), which this module turns into
+//! SSE (framing by actix-web-lab).
 
 use std::{net::IpAddr, rc::Rc, vec};
 
