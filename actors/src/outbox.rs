@@ -94,8 +94,10 @@ impl Handed {
                 let written = stream.queue.write(Frame::Event(Box::new(event)));
                 // Closed: its connection notices too, stops, and says so.
                 if written == Err(Refused::Full) {
-                    let ending = Ending::Slow;
-                    stream.connection.do_send(Disconnect { ending });
+                    let slow = Disconnect {
+                        ending: Ending::Slow,
+                    };
+                    stream.connection.do_send(slow);
                 }
             }
             Self::End(stream, ending) => stream.connection.do_send(Disconnect { ending }),

@@ -213,11 +213,13 @@ impl DeviceRegistry {
     }
 
     /// Ends the device's live stream, after what it was handed before: no
-    /// event is handed to it any more.
-    fn end(&mut self, device: &DeviceId, ending: Ending) {
-        if let Some(live) = self.live.remove(device) {
-            self.outbox.end(&live.stream, ending);
-        }
+    /// event is handed to it any more. Answers whether it had one.
+    fn end(&mut self, device: &DeviceId, ending: Ending) -> bool {
+        let Some(live) = self.live.remove(device) else {
+            return false;
+        };
+        self.outbox.end(&live.stream, ending);
+        true
     }
 
     fn forget(&mut self, device: DeviceId, connection_id: ConnectionId) {
@@ -369,8 +371,7 @@ impl Handler<DisconnectLive> for DeviceRegistry {
     type Result = bool;
 
     fn handle(&mut self, msg: DisconnectLive, _: &mut Self::Context) -> bool {
-        let had = self.live.contains_key(&msg.device);
-        self.end(&msg.device, msg.ending);
+        let had = self.end(&msg.device, msg.ending);
         self.outbox.send();
         had
     }

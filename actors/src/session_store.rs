@@ -47,7 +47,7 @@ pub struct Connect {
     pub connection_id: ConnectionId,
     pub connection: Addr<DeviceConnection>,
     /// The stream's queue: its session reads the position written to it,
-    /// and the registry writes its live events into it.
+    /// and the registry has its live events written into it.
     pub queue: StreamQueue,
     /// The client's claimed position, untrusted.
     pub last_event_id: Option<String>,
