@@ -10,8 +10,10 @@
 //! hands the device's live events to the queue without passing through this
 //! actor's mailbox.
 //! It stops when the client is gone (queue closed), when the client cannot
-//! keep up (queue full), when it is kicked, or at shutdown. Stopping drops the
-//! queue's sender, which ends the HTTP response after the queued frames.
+//! keep up (queue full), when it is kicked, or at shutdown. Stopping ends the
+//! queue for every writer (the registry's live events and the heartbeat's
+//! heartbeats are written on its worker, not through this actor) and drops
+//! its sender; the HTTP response ends after the queued frames.
 //!
 //! It decides whether a replacement is a kick (see its [`Disconnect`]
 //! handler): only a stream whose client is still there is kicked. The
@@ -39,7 +41,6 @@ use crate::{
     ConnectionId, DeviceId, Frame, Opening, Signal, Start, StoredEvent, Unread,
     backend::ReadError,
     feed,
-    heartbeat::{ConnectWatch, DisconnectWatch, Heartbeat},
     metrics::metrics,
     registry::{ConnectBegun, DeviceRegistry, Disconnected},
     session_store::{Kicked, SessionStore},
@@ -154,11 +155,6 @@ pub struct Replacement {
     pub peers: (String, String),
 }
 
-/// The stream has been idle: write a heartbeat. Sent by the heartbeat.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendHeartbeat;
-
 /// Everything a connection needs, given by the stream route.
 pub struct ConnectionParams {
     pub device: DeviceId,
@@ -172,7 +168,6 @@ pub struct ConnectionParams {
     pub queue: StreamQueue,
     pub registry: Addr<DeviceRegistry>,
     pub store: Addr<SessionStore>,
-    pub heartbeat: Addr<Heartbeat>,
     /// Whether the client has closed its connection, as far as the server's
     /// kernel knows: that can be before the HTTP body notices. Asked only on
     /// the thread that created this connection.
@@ -308,9 +303,12 @@ impl DeviceConnection {
         }
     }
 
+    /// Ends the stream: nothing is written after what this connection
+    /// wrote last, by it or by the others that write to its queue.
     fn stop(&mut self, reason: DisconnectReason, ctx: &mut Context<Self>) {
         if ctx.state() == ActorState::Running {
             self.reason = reason;
+            self.params.queue.end();
             ctx.stop();
         }
     }
@@ -345,9 +343,6 @@ impl Actor for DeviceConnection {
             );
             let reason = Some(self.reason.as_str());
             feed::tell("device.disconnected", &device, Some(connection_id), reason);
-            self.params
-                .heartbeat
-                .do_send(DisconnectWatch { connection_id });
         }
         self.params.registry.do_send(Disconnected {
             device,
@@ -416,11 +411,6 @@ impl Handler<ConnectBegin> for DeviceConnection {
             (Some(unread), Reading::Arrived(read)) => self.write_read(&unread, read, replay, ctx),
             (Some(unread), _) => self.reading = Reading::Awaited { unread, replay },
         }
-        self.params.heartbeat.do_send(ConnectWatch {
-            connection_id: self.params.connection_id,
-            connection: ctx.address(),
-            activity: self.params.queue.activity(),
-        });
     }
 }
 
@@ -512,14 +502,6 @@ impl Handler<Disconnect> for DeviceConnection {
             act.write(Frame::Signal(Box::new(Signal::kicked(by))), ctx);
             act.stop(DisconnectReason::Kicked, ctx);
         }));
-    }
-}
-
-impl Handler<SendHeartbeat> for DeviceConnection {
-    type Result = ();
-
-    fn handle(&mut self, _: SendHeartbeat, ctx: &mut Self::Context) {
-        self.write(Frame::Signal(Box::new(Signal::heartbeat())), ctx);
     }
 }
 

@@ -2,10 +2,17 @@
 //!
 //! Every stream publishes the time of its last write in an [`Activity`] cell.
 //! On each tick the heartbeat reads those cells (no message per stream) and
-//! asks only the streams idle for `timeout - margin` to write a `heartbeat`
-//! event; a stream with traffic gets none. A heartbeat is also what finds a
-//! peer that vanished without closing its connection: writes to it back up
-//! until the stream's queue is full and the stream is ended as slow.
+//! has a `heartbeat` event written to the streams idle for `timeout -
+//! margin`, one batch per worker thread per tick ([`Outbox`]); a stream with
+//! traffic gets none. A heartbeat is also what finds a peer that vanished
+//! without closing its connection: writes to it back up until the stream's
+//! queue is full and the stream is ended as slow.
+//!
+//! Invariants: a stream is watched from when its start is written (the
+//! registry tells the heartbeat, [`ConnectWatch`]) until its connection is
+//! gone ([`DisconnectWatch`]), so no heartbeat comes before `hello`; and a
+//! connection that stops ends its queue for writes ([`Activity::end`]), so
+//! none comes after `kicked`.
 //!
 //! Clients learn `timeout` in `hello` (`heartbeat_timeout_ms`): silence that
 //! long means the stream is dead. The margin covers tick granularity and
@@ -19,10 +26,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{dev::SendError, prelude::*};
+use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConnectionId, DeviceConnection, connection::SendHeartbeat, ids::IdMap};
+use crate::{
+    ConnectionId,
+    ids::IdMap,
+    outbox::{LiveStream, Outbox},
+    stream_queue::Refused,
+};
 
 /// The `[heartbeat]` config section.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -59,20 +71,25 @@ impl HeartbeatConfig {
 }
 
 /// When a stream last wrote, shared between its writers (its connection,
-/// the registry's writes on its worker) and the heartbeat (reader), or that
-/// it writes nothing more: its queue refused a write as full, so it is
-/// ending (and is never idle). Milliseconds since the process's first use of it.
+/// the registry's and the heartbeat's writes on its worker) and the
+/// heartbeat (reader), or that it writes nothing more (and is never idle):
+/// its queue refused a write as full, or its connection stopped.
+/// Milliseconds since the process's first use of it.
 #[derive(Debug, Clone, Default)]
 pub struct Activity(Arc<AtomicU64>);
 
 impl Activity {
-    /// Stands for "refused": later than every time.
+    /// Stands for "refused as full": later than every time.
     const REFUSED: u64 = u64::MAX;
+    /// Stands for "its connection stopped": later than every time, and
+    /// below a refusal, which it must not hide (a refused stream ends as
+    /// slow).
+    const ENDED: u64 = u64::MAX - 1;
 
     fn now_ms() -> u64 {
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
         let elapsed = ORIGIN.get_or_init(Instant::now).elapsed();
-        u64::try_from(elapsed.as_millis()).unwrap_or(Self::REFUSED - 1)
+        u64::try_from(elapsed.as_millis()).unwrap_or(Self::ENDED - 1)
     }
 
     pub fn touch(&self) {
@@ -80,7 +97,7 @@ impl Activity {
     }
 
     /// The maximum, so neither the heartbeat marking it on another thread
-    /// nor a clock read earlier can undo a refusal.
+    /// nor a clock read earlier can undo a refusal or an end.
     fn touch_at(&self, now_ms: u64) {
         self.0.fetch_max(now_ms, Ordering::Relaxed);
     }
@@ -89,8 +106,18 @@ impl Activity {
         self.touch_at(Self::REFUSED);
     }
 
-    pub fn refused(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::REFUSED
+    /// Its connection stopped: nothing more is written.
+    pub fn end(&self) {
+        self.touch_at(Self::ENDED);
+    }
+
+    /// Why nothing more is written, if nothing is.
+    pub fn refusal(&self) -> Option<Refused> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::REFUSED => Some(Refused::Full),
+            Self::ENDED => Some(Refused::Closed),
+            _ => None,
+        }
     }
 
     fn idle_at(&self, now_ms: u64) -> Duration {
@@ -98,17 +125,16 @@ impl Activity {
     }
 }
 
-/// Watch a stream that has begun: the last step of a connect. Sent by its
-/// connection.
+/// Watch a stream whose start is written: the last step of a connect. Sent
+/// by the registry.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConnectWatch {
     pub connection_id: ConnectionId,
-    pub connection: Addr<DeviceConnection>,
-    pub activity: Activity,
+    pub stream: Arc<LiveStream>,
 }
 
-/// Stop watching a stream that ended. Sent by its connection.
+/// Stop watching a stream whose connection is gone. Sent by the registry.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct DisconnectWatch {
@@ -120,14 +146,11 @@ pub struct DisconnectWatch {
 #[rtype(result = "()")]
 struct Tick;
 
-struct Watched {
-    connection: Addr<DeviceConnection>,
-    activity: Activity,
-}
-
 pub struct Heartbeat {
     config: HeartbeatConfig,
-    watched: IdMap<ConnectionId, Watched>,
+    watched: IdMap<ConnectionId, Arc<LiveStream>>,
+    /// What this tick has written; sent at the end of the tick.
+    outbox: Outbox,
 }
 
 impl Heartbeat {
@@ -135,6 +158,7 @@ impl Heartbeat {
         Self {
             config,
             watched: IdMap::default(),
+            outbox: Outbox::default(),
         }
     }
 }
@@ -151,11 +175,7 @@ impl Handler<ConnectWatch> for Heartbeat {
     type Result = ();
 
     fn handle(&mut self, msg: ConnectWatch, _: &mut Self::Context) {
-        let watched = Watched {
-            connection: msg.connection,
-            activity: msg.activity,
-        };
-        self.watched.insert(msg.connection_id, watched);
+        self.watched.insert(msg.connection_id, msg.stream);
     }
 }
 
@@ -174,20 +194,17 @@ impl Handler<Tick> for Heartbeat {
         let idle_after = self.config.idle_after();
         // One clock reading per tick, not one per stream.
         let now = Activity::now_ms();
-        self.watched.retain(|_, watched| {
-            if watched.activity.idle_at(now) < idle_after {
-                return true;
+        for stream in self.watched.values() {
+            let activity = stream.queue.activity();
+            if activity.idle_at(now) < idle_after {
+                continue;
             }
-            // Marked now, not when the connection gets to it, so a slow
-            // connection is not asked twice.
-            watched.activity.touch_at(now);
-            // A closed mailbox means the connection is gone; it unregistered
-            // itself when it stopped.
-            !matches!(
-                watched.connection.try_send(SendHeartbeat),
-                Err(SendError::Closed(_))
-            )
-        });
+            // Marked now, not when its worker gets to it, so a busy worker
+            // is not handed a second one.
+            activity.touch_at(now);
+            self.outbox.heartbeat(stream);
+        }
+        self.outbox.send();
     }
 }
 
@@ -217,7 +234,19 @@ mod tests {
         activity.refuse();
         // The heartbeat marking it on its own thread, after the refusal.
         activity.touch_at(10);
-        assert!(activity.refused());
+        // Its connection stopping, after the refusal: it still ends as slow.
+        activity.end();
+        assert_eq!(activity.refusal(), Some(Refused::Full));
+        assert_eq!(activity.idle_at(1_000_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_end_outlasts_every_later_touch_and_is_never_idle() {
+        let activity = Activity::default();
+        activity.touch_at(5);
+        activity.end();
+        activity.touch_at(10);
+        assert_eq!(activity.refusal(), Some(Refused::Closed));
         assert_eq!(activity.idle_at(1_000_000), Duration::ZERO);
     }
 

@@ -21,8 +21,8 @@
 //! | `registry.rs`      | [`DeviceRegistry`] actor: the live connection per device |
 //! | `kicks.rs`         | [`KickConfig`]: the store's rules ending kick ping-pong between two clients |
 //! | `connection.rs`    | [`DeviceConnection`] actor: one per stream, writes its start and signals |
-//! | `stream_queue.rs`  | a stream's queue as its two writers (connection, registry) share it |
-//! | `outbox.rs`        | the registry's writes to streams, one batch per worker thread per turn |
+//! | `stream_queue.rs`  | a stream's queue as its writers (connection, registry, heartbeat) share it |
+//! | `outbox.rs`        | the registry's and heartbeat's writes to streams, one batch per worker thread per turn |
 //! | `metrics.rs`       | counters and gauges read by `/metrics` and the stats line |
 //! | `feed.rs`          | stream lifecycle steps, told to whoever watches live (the admin page) |
 //! | `heartbeat.rs`     | [`Heartbeat`] actor: heartbeats for idle streams         |
@@ -38,7 +38,7 @@
 //!              DeviceRegistry ──ConnectBegin──▶ DeviceConnection       hello, reset, replay
 //!              Backend ──ConnectReplay──▶ DeviceConnection       the replay's part no longer in memory, read from disk
 //!              DeviceConnection ──ConnectBegun──▶ DeviceRegistry       start written: live events may follow
-//!              DeviceConnection ──ConnectWatch──▶ Heartbeat
+//!              DeviceRegistry ──ConnectWatch──▶ Heartbeat
 //!  publish:    admin routes ──Publish/Broadcast──▶ SessionStore ──batch──▶ Backend
 //!              Backend ──Committed──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──Outbox──▶ stream's worker ──▶ its queue (StreamQueue)
 //!  disconnect: admin route ──DisconnectDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
@@ -47,12 +47,12 @@
 //!              DeviceRegistry ──Disconnect{ending}, via Outbox──▶ DeviceConnection  (replaced, blocked, admin, deleted, shutdown, slow, gap)
 //!              DeviceConnection ──Kicked──▶ SessionStore              only if its client was still there
 //!              DeviceConnection ──Disconnected──▶ DeviceRegistry ──DisconnectSession──▶ SessionStore (TTL starts)
-//!              DeviceConnection ──DisconnectWatch──▶ Heartbeat
+//!              DeviceRegistry ──DisconnectWatch──▶ Heartbeat
 //!  cluster:    node channel ──DeliverRouted──▶ SessionStore ──DeliverEach──▶ DeviceRegistry   events Redis routed here
 //!              node channel ──DisconnectTakenOver──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry   taken over elsewhere
 //!              node channel ──DisconnectInterrupted──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry  subscription was lost
 //!  shutdown:   after the streams ended ──CloseStorage──▶ DeviceRegistry ──▶ SessionStore ──▶ Backend
-//!  heartbeat:  Heartbeat ──SendHeartbeat──▶ DeviceConnection
+//!  heartbeat:  Heartbeat ──Outbox──▶ stream's worker ──▶ its queue (StreamQueue)
 //! ```
 //!
 //! Ordering is the core guarantee. A publish goes through the store (which
@@ -157,22 +157,23 @@ pub fn start(
 ) -> Actors {
     // The store and the registry address each other: the registry is created
     // inside the store's constructor, where the store's address exists.
+    let heartbeat = Heartbeat::create(move |ctx| {
+        ctx.set_mailbox_capacity(0);
+        Heartbeat::new(heartbeat)
+    });
     let mut registry = None;
     let store = SessionStore::create(|ctx| {
         ctx.set_mailbox_capacity(0);
         let store = ctx.address();
+        let watch = heartbeat.clone();
         let created = DeviceRegistry::create(move |ctx| {
             ctx.set_mailbox_capacity(0);
-            DeviceRegistry::new(store)
+            DeviceRegistry::new(store, watch)
         });
         registry = Some(created.clone());
         SessionStore::new(session, kicks, created, storage, ctx.address())
     });
     let registry = registry.expect("Actor::create runs the constructor at once");
-    let heartbeat = Heartbeat::create(move |ctx| {
-        ctx.set_mailbox_capacity(0);
-        Heartbeat::new(heartbeat)
-    });
     Actors {
         store,
         registry,

@@ -1,5 +1,6 @@
-//! Outbox: the registry's writes to live streams, handed to the worker
-//! threads that serve the streams, one batch per worker per registry turn.
+//! Outbox: the registry's (and the heartbeat's) writes to live streams,
+//! handed to the worker threads that serve the streams, one batch per worker
+//! per turn.
 //!
 //! Why: the registry's thread is the one serial part of every delivery (the
 //! store runs there too). Writing a stream's queue from it would cost that
@@ -18,6 +19,10 @@
 //!   queue refuses every later write (see [`StreamQueue`]): a client never
 //!   gets an event past one it missed.
 //!
+//! The heartbeat hands over its heartbeats the same way, in an outbox of its
+//! own: a heartbeat has no id, so its order among a stream's live events
+//! does not matter.
+//!
 //! A batch waits in its worker's (unbounded) arbiter channel until the worker
 //! runs it: a worker short of CPU holds there what was handed to it, and the
 //! streams' queue bounds apply when it writes.
@@ -27,7 +32,7 @@ use std::sync::Arc;
 use actix::Addr;
 
 use crate::{
-    DeviceConnection, Frame, StoredEvent,
+    DeviceConnection, Frame, Signal, StoredEvent,
     connection::{Disconnect, Ending},
     stream_queue::{Refused, StreamQueue, Worker},
 };
@@ -42,10 +47,11 @@ pub struct LiveStream {
 /// One thing handed to a stream.
 enum Handed {
     Event(Arc<LiveStream>, StoredEvent),
+    Heartbeat(Arc<LiveStream>),
     End(Arc<LiveStream>, Ending),
 }
 
-/// What the registry hands over in its current turn, by worker thread.
+/// What an actor hands over in its current turn, by worker thread.
 #[derive(Default)]
 pub struct Outbox {
     batches: Vec<(Worker, Vec<Handed>)>,
@@ -58,13 +64,18 @@ impl Outbox {
             .push(Handed::Event(stream.clone(), event));
     }
 
+    /// Hands the stream a heartbeat, to be written into its queue.
+    pub fn heartbeat(&mut self, stream: &Arc<LiveStream>) {
+        self.batch(stream).push(Handed::Heartbeat(stream.clone()));
+    }
+
     /// Hands the stream its ending, after what was handed to it before.
     pub fn end(&mut self, stream: &Arc<LiveStream>, ending: Ending) {
         self.batch(stream).push(Handed::End(stream.clone(), ending));
     }
 
-    /// Sends each worker its batch. The registry calls it at the end of
-    /// every turn that handed something over.
+    /// Sends each worker its batch. Its owner calls it at the end of every
+    /// turn that handed something over.
     pub fn send(&mut self) {
         for (worker, batch) in self.batches.drain(..) {
             // A worker that has stopped took its streams with it.
@@ -89,18 +100,17 @@ impl Outbox {
 impl Handed {
     /// On the stream's worker thread.
     fn run(self) {
-        match self {
-            Self::Event(stream, event) => {
-                let written = stream.queue.write(Frame::Event(Box::new(event)));
-                // Closed: its connection notices too, stops, and says so.
-                if written == Err(Refused::Full) {
-                    let slow = Disconnect {
-                        ending: Ending::Slow,
-                    };
-                    stream.connection.do_send(slow);
-                }
-            }
-            Self::End(stream, ending) => stream.connection.do_send(Disconnect { ending }),
+        let (stream, frame) = match self {
+            Self::Event(stream, event) => (stream, Frame::Event(Box::new(event))),
+            Self::Heartbeat(stream) => (stream, Frame::Signal(Box::new(Signal::heartbeat()))),
+            Self::End(stream, ending) => return stream.connection.do_send(Disconnect { ending }),
+        };
+        // Closed: its connection notices too (or has stopped), and says so.
+        if stream.queue.write(frame) == Err(Refused::Full) {
+            let slow = Disconnect {
+                ending: Ending::Slow,
+            };
+            stream.connection.do_send(slow);
         }
     }
 }

@@ -25,7 +25,9 @@
 //!   stream in the order it was handed over (see [`Outbox`]);
 //! - a connection that is gone is forgotten and its session detached, so its
 //!   TTL starts: it says so itself when it stops (also after a panic), and a
-//!   send that finds its mailbox closed covers any other way of vanishing.
+//!   send that finds its mailbox closed covers any other way of vanishing;
+//! - the heartbeat watches a stream from when its start is written until
+//!   its connection is forgotten (both told from here, in that order).
 
 use std::{sync::Arc, time::Duration};
 
@@ -35,6 +37,7 @@ use crate::{
     ConnectionId, DeviceConnection, DeviceId, EventId, Opening, StoredEvent,
     backend::WriteError,
     connection::{ConnectBegin, Disconnect, Ending, Replacement},
+    heartbeat::{ConnectWatch, DisconnectWatch, Heartbeat},
     ids::IdMap,
     outbox::{LiveStream, Outbox},
     session_store::{CloseStorage, DisconnectSession, SessionStore},
@@ -132,6 +135,7 @@ enum Feed {
 
 pub struct DeviceRegistry {
     store: Addr<SessionStore>,
+    heartbeat: Addr<Heartbeat>,
     live: IdMap<DeviceId, Live>,
     /// What this turn hands to streams; sent at the end of the turn.
     outbox: Outbox,
@@ -140,9 +144,10 @@ pub struct DeviceRegistry {
 }
 
 impl DeviceRegistry {
-    pub fn new(store: Addr<SessionStore>) -> Self {
+    pub fn new(store: Addr<SessionStore>, heartbeat: Addr<Heartbeat>) -> Self {
         Self {
             store,
+            heartbeat,
             live: IdMap::default(),
             outbox: Outbox::default(),
             closing: false,
@@ -230,6 +235,7 @@ impl DeviceRegistry {
         {
             self.live.remove(&device);
         }
+        self.heartbeat.do_send(DisconnectWatch { connection_id });
         self.store.do_send(DisconnectSession {
             device,
             connection_id,
@@ -336,6 +342,10 @@ impl Handler<ConnectBegun> for DeviceRegistry {
         }
         live.feed = Feed::Begun;
         self.outbox.send();
+        self.heartbeat.do_send(ConnectWatch {
+            connection_id: msg.connection_id,
+            stream: live.stream.clone(),
+        });
     }
 }
 

@@ -1,22 +1,23 @@
 //! The sending side of one stream's bounded queue (its receiving side is the
 //! HTTP body), shared by the two that write to it:
 //! - its [`DeviceConnection`](crate::DeviceConnection) writes the stream's
-//!   start (`hello`, a `reset`, retained state, the replay) and its signals
-//!   (heartbeats, `kicked`);
+//!   start (`hello`, a `reset`, retained state, the replay) and `kicked`;
 //! - the [`DeviceRegistry`](crate::DeviceRegistry) has the live events
-//!   written, once the connection has said its start is written: a live
-//!   event goes from the registry to the HTTP body through one batch per
-//!   worker thread (see [`Outbox`](crate::outbox::Outbox)), not through the
-//!   connection's mailbox.
+//!   written, once the connection has said its start is written, and the
+//!   [`Heartbeat`](crate::Heartbeat) its heartbeats: they go to the HTTP body
+//!   through one batch per worker thread (see
+//!   [`Outbox`](crate::outbox::Outbox)), not through the connection's
+//!   mailbox.
 //!
-//! Both write on the stream's [`Worker`], the thread that serves its HTTP
+//! All of them write on the stream's [`Worker`], the thread that serves its HTTP
 //! connection. Every write records the same things whoever makes it: the
 //! stream's position (its session reads it), when it last wrote (the
 //! heartbeat reads it) and the metrics.
 //!
 //! A write refused as full is the stream's last: every later one is refused
 //! too, so a client whose queue drained a little never gets an event past
-//! the one it missed; its stream ends as slow and its client resumes.
+//! the one it missed; its stream ends as slow and its client resumes. A
+//! connection that stops ends its queue the same way ([`StreamQueue::end`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -88,10 +89,11 @@ impl StreamQueue {
     }
 
     /// Queues `frame` without waiting, and records the write. Once a write
-    /// was refused as full, refuses every later one.
+    /// was refused as full, refuses every later one; once the queue is
+    /// ended, too.
     pub fn write(&self, frame: Frame) -> Result<(), Refused> {
-        if self.activity.refused() {
-            return Err(Refused::Full);
+        if let Some(refused) = self.activity.refusal() {
+            return Err(refused);
         }
         let seq = frame.last_seq();
         let written = Written::of(&frame);
@@ -137,8 +139,15 @@ impl StreamQueue {
     }
 
     /// When the stream last wrote, for the heartbeat.
-    pub fn activity(&self) -> Activity {
-        self.activity.clone()
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// Its connection stopped: every later write is refused as `Closed`,
+    /// so nothing follows what the connection wrote last (`kicked`). Called
+    /// on the stream's worker, where every write happens.
+    pub fn end(&self) {
+        self.activity.end();
     }
 }
 

@@ -144,7 +144,6 @@ pub(crate) fn params(
         queue,
         registry: actors.registry.clone(),
         store: actors.store.clone(),
-        heartbeat: actors.heartbeat.clone(),
         client_closed: Box::new(|| false),
         heartbeat_timeout: Duration::from_secs(60),
     }

@@ -185,7 +185,6 @@ async fn connect(
             queue,
             registry: state.actors.registry.clone(),
             store: state.actors.store.clone(),
-            heartbeat: state.actors.heartbeat.clone(),
             client_closed,
             heartbeat_timeout: state.heartbeat_timeout,
         });

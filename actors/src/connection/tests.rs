@@ -101,6 +101,29 @@ async fn a_connection_whose_queue_is_full_stops_itself() {
     assert_eq!(count_live(&actors).await, 0);
 }
 
+/// The registry and the heartbeat write into a stream's queue on its worker,
+/// not through its connection: once the connection has stopped, what it
+/// wrote last (`kicked`, say) stays the last whoever writes next.
+#[actix::test]
+async fn a_stopped_connection_ends_its_queue_for_every_writer() {
+    let actors = start_actors(Duration::from_secs(60));
+    let (unstarted, _) = Unstarted::new();
+    let (queue, mut frames) = tokio::sync::mpsc::channel(8);
+    let queue = StreamQueue::new(queue, crate::Progress::default());
+    let id = ConnectionId::new();
+    let conn = unstarted.start(params(&actors, &device("d1"), id, queue.clone()));
+    let admin = Disconnect {
+        ending: Ending::Admin,
+    };
+    conn.send(admin).await.unwrap();
+    assert!(stopped(&conn).await);
+
+    // As a heartbeat handed over before the stop would be written after it.
+    let heartbeat = Frame::Signal(Box::new(Signal::heartbeat()));
+    assert_eq!(queue.write(heartbeat), Err(Refused::Closed));
+    assert!(frames.try_recv().is_err(), "a frame followed the stop");
+}
+
 /// A started connection (its queue holds 8 frames) the registry does not
 /// know of, so a test alone decides what it is sent.
 fn lone_connection(
