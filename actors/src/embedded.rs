@@ -4,7 +4,10 @@
 //! The writer takes every batch waiting in its queue, applies them in one
 //! write transaction and commits once (redb syncs on commit), then answers
 //! them all with one [`Committed`], in submission order: concurrent
-//! publishes share one fsync. A failed commit writes nothing of its batches; the writer
+//! publishes share one fsync. Batches of session bookkeeping alone (streams
+//! attached, detached, their positions), which nobody waits for, wait up to
+//! [`BOOKKEEPING_WAIT`] for more to share their commit, and commit at once
+//! with anything else that comes meanwhile (see [`gather`]). A failed commit writes nothing of its batches; the writer
 //! then fails every batch the store submitted before it learned of the
 //! failure (they hold ids reserved after the failed ones) until the store's
 //! [`Job::Resume`] arrives, so no id is ever committed after a gap.
@@ -42,6 +45,7 @@ use std::{
     path::{Path, PathBuf},
     sync::mpsc,
     thread,
+    time::{Duration, Instant},
 };
 
 use actix::{Addr, Recipient};
@@ -62,6 +66,14 @@ const CACHE_BYTES: usize = 64 << 20;
 /// Batches one commit takes at most, so one commit's answer is not held
 /// back by an endless stream of newer ones.
 const MAX_GROUP: usize = 4096;
+/// How long a group of session bookkeeping alone waits for more. Nobody
+/// waits for it: a stream's attach, detach or position is not acknowledged
+/// to anyone, and what a crash takes of the last few milliseconds of it
+/// leaves no gap (a publish commits it with itself: the writer keeps
+/// submission order). A burst of connects then shares commits (each costs
+/// a sync and redb's rewrite of its page tree) instead of paying one per
+/// few streams.
+const BOOKKEEPING_WAIT: Duration = Duration::from_millis(10);
 
 /// Why the embedded store could not be opened. Each names what to look at.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +191,8 @@ impl Embedded {
         let mut failed = None;
         while let Ok(first) = queue.recv() {
             let mut group = Vec::new();
-            for job in std::iter::once(first).chain(queue.try_iter().take(MAX_GROUP)) {
+            let jobs = gather(first, queue, Instant::now() + BOOKKEEPING_WAIT);
+            for job in jobs {
                 match (job, failed) {
                     // What came before the store's resume was submitted while
                     // nothing had failed: it commits, or is a new failure.
@@ -284,6 +297,39 @@ impl Embedded {
         refs.merge_into(&mut self.refs);
         Ok(())
     }
+}
+
+impl Job {
+    /// Session bookkeeping alone, which nobody waits for.
+    fn may_wait(&self) -> bool {
+        let bookkeeping = |change: &Change| {
+            matches!(
+                change,
+                Change::Attach { .. } | Change::Written { .. } | Change::Detach { .. }
+            )
+        };
+        matches!(self, Self::Batch { changes, .. } if changes.iter().all(bookkeeping))
+    }
+}
+
+/// `first` and what is queued behind it, up to [`MAX_GROUP`]; if all of it
+/// may wait, also what comes until `deadline` or until something comes
+/// that may not (a publish, a read, a close).
+fn gather(first: Job, queue: &mpsc::Receiver<Job>, deadline: Instant) -> Vec<Job> {
+    let mut jobs = vec![first];
+    jobs.extend(queue.try_iter().take(MAX_GROUP));
+    let mut waiting = jobs.iter().all(Job::may_wait);
+    while waiting && jobs.len() <= MAX_GROUP {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match queue.recv_timeout(left) {
+            Ok(job) => {
+                waiting = job.may_wait();
+                jobs.push(job);
+            }
+            Err(_) => waiting = false,
+        }
+    }
+    jobs
 }
 
 /// Opens (or creates) the file; `check`: read it whole first, so that a

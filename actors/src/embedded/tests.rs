@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{Embedded, tables::Tables};
+use super::{Embedded, Job, gather, tables::Tables};
 use crate::{DeviceId, Epoch, EventId, EventName, backend::Change};
 
 fn device(name: &str) -> DeviceId {
@@ -107,4 +107,51 @@ fn leftovers_of_changes_a_crash_cut_off_are_not_read_back() {
         2
     );
     assert_eq!(again.last_batch, 5);
+}
+
+fn batch(id: u64, changes: Vec<Change>) -> Job {
+    Job::Batch { id, changes }
+}
+
+#[test]
+fn session_bookkeeping_alone_waits_for_company_until_its_deadline() {
+    let (jobs, queue) = std::sync::mpsc::channel();
+    let epoch = Epoch::new(7, 1);
+    let attach = |name| Change::Attach {
+        device: device(name),
+        epoch,
+    };
+    jobs.send(batch(2, vec![attach("b")])).unwrap();
+
+    let start = std::time::Instant::now();
+    let deadline = start + Duration::from_millis(30);
+    let group = gather(batch(1, vec![attach("a")]), &queue, deadline);
+    assert_eq!(group.len(), 2);
+    assert!(
+        start.elapsed() >= Duration::from_millis(30),
+        "it did not wait"
+    );
+}
+
+#[test]
+fn a_publish_ends_the_wait_and_commits_the_bookkeeping_before_it() {
+    let (jobs, queue) = std::sync::mpsc::channel();
+    let (a, epoch) = (device("a"), Epoch::new(7, 1));
+    let attach = Change::Attach {
+        device: a.clone(),
+        epoch,
+    };
+    jobs.send(batch(2, vec![append(2, &a, epoch, 1)])).unwrap();
+    jobs.send(batch(3, vec![session_row(&a, epoch)])).unwrap();
+
+    // Would wait an hour for company; the queued publish is company.
+    let in_an_hour = std::time::Instant::now() + Duration::from_secs(3600);
+    let group = gather(batch(1, vec![attach]), &queue, in_an_hour);
+    let ids: Vec<u64> = (group.iter())
+        .map(|job| match job {
+            Job::Batch { id, .. } => *id,
+            _ => unreachable!("only batches were queued"),
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
 }
