@@ -74,6 +74,8 @@ const MAX_GROUP: usize = 4096;
 /// a sync and redb's rewrite of its page tree) instead of paying one per
 /// few streams.
 const BOOKKEEPING_WAIT: Duration = Duration::from_millis(10);
+/// How often a group that waits looks for more.
+const BOOKKEEPING_STEP: Duration = Duration::from_millis(1);
 
 /// Why the embedded store could not be opened. Each names what to look at.
 #[derive(Debug, thiserror::Error)]
@@ -314,19 +316,22 @@ impl Job {
 
 /// `first` and what is queued behind it, up to [`MAX_GROUP`]; if all of it
 /// may wait, also what comes until `deadline` or until something comes
-/// that may not (a publish, a read, a close).
+/// that may not (a publish, a read, a close), looked for every
+/// [`BOOKKEEPING_STEP`]: a wake per step, not one per stream, and a publish
+/// that comes meanwhile waits at most a step.
 fn gather(first: Job, queue: &mpsc::Receiver<Job>, deadline: Instant) -> Vec<Job> {
     let mut jobs = vec![first];
     jobs.extend(queue.try_iter().take(MAX_GROUP));
     let mut waiting = jobs.iter().all(Job::may_wait);
     while waiting && jobs.len() <= MAX_GROUP {
         let left = deadline.saturating_duration_since(Instant::now());
-        match queue.recv_timeout(left) {
-            Ok(job) => {
-                waiting = job.may_wait();
-                jobs.push(job);
-            }
-            Err(_) => waiting = false,
+        if left.is_zero() {
+            break;
+        }
+        thread::sleep(left.min(BOOKKEEPING_STEP));
+        for job in queue.try_iter().take(MAX_GROUP + 1 - jobs.len()) {
+            waiting &= job.may_wait();
+            jobs.push(job);
         }
     }
     jobs
