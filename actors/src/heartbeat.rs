@@ -1,10 +1,11 @@
 //! Heartbeat: keeps idle streams visibly alive.
 //!
 //! Every stream publishes the time of its last write in an [`Activity`] cell.
-//! On each tick the heartbeat reads those cells (no message per stream) and
-//! has a `heartbeat` event written to the streams idle for `timeout -
-//! margin`, one batch per worker thread per tick ([`Outbox`]); a stream with
-//! traffic gets none. A heartbeat is also what finds a peer that vanished
+//! On each tick the heartbeat reads the cells of the streams due (no message
+//! per stream) and has a `heartbeat` event written to those idle for
+//! `timeout - margin`, one batch per worker thread per tick ([`Outbox`]); a
+//! stream with traffic gets none. A stream is due when its last write, as
+//! last read, is that old: a tick reads what is due, not every stream. A heartbeat is also what finds a peer that vanished
 //! without closing its connection: writes to it back up until the stream's
 //! queue is full and the stream is ended as slow.
 //!
@@ -19,6 +20,8 @@
 //! network delay.
 
 use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -120,8 +123,10 @@ impl Activity {
         }
     }
 
-    fn idle_at(&self, now_ms: u64) -> Duration {
-        Duration::from_millis(now_ms.saturating_sub(self.0.load(Ordering::Relaxed)))
+    /// When it last wrote; `None` if it writes nothing more.
+    fn last_write(&self) -> Option<u64> {
+        let last = self.0.load(Ordering::Relaxed);
+        (last < Self::ENDED).then_some(last)
     }
 }
 
@@ -149,6 +154,10 @@ struct Tick;
 pub struct Heartbeat {
     config: HeartbeatConfig,
     watched: IdMap<ConnectionId, Arc<LiveStream>>,
+    /// When each watched stream is next read (ms, see [`Activity`]): the
+    /// earliest it can be idle. A stream no longer watched leaves its
+    /// entry here until it comes due.
+    due: BinaryHeap<Reverse<(u64, ConnectionId)>>,
     /// What this tick has written; sent at the end of the tick.
     outbox: Outbox,
 }
@@ -158,8 +167,13 @@ impl Heartbeat {
         Self {
             config,
             watched: IdMap::default(),
+            due: BinaryHeap::new(),
             outbox: Outbox::default(),
         }
+    }
+
+    fn idle_after_ms(&self) -> u64 {
+        u64::try_from(self.config.idle_after().as_millis()).unwrap_or(u64::MAX / 2)
     }
 }
 
@@ -175,6 +189,8 @@ impl Handler<ConnectWatch> for Heartbeat {
     type Result = ();
 
     fn handle(&mut self, msg: ConnectWatch, _: &mut Self::Context) {
+        let due = Activity::now_ms() + self.idle_after_ms();
+        self.due.push(Reverse((due, msg.connection_id)));
         self.watched.insert(msg.connection_id, msg.stream);
     }
 }
@@ -191,18 +207,32 @@ impl Handler<Tick> for Heartbeat {
     type Result = ();
 
     fn handle(&mut self, _: Tick, _: &mut Self::Context) {
-        let idle_after = self.config.idle_after();
+        let idle_after = self.idle_after_ms();
         // One clock reading per tick, not one per stream.
         let now = Activity::now_ms();
-        for stream in self.watched.values() {
-            let activity = stream.queue.activity();
-            if activity.idle_at(now) < idle_after {
-                continue;
+        while let Some(&Reverse((due, id))) = self.due.peek() {
+            if due > now {
+                break;
             }
-            // Marked now, not when its worker gets to it, so a busy worker
-            // is not handed a second one.
-            activity.touch_at(now);
-            self.outbox.heartbeat(stream);
+            self.due.pop();
+            let Some(stream) = self.watched.get(&id) else {
+                continue;
+            };
+            let activity = stream.queue.activity();
+            // It writes nothing more: it is ending, and is not read again.
+            let Some(last) = activity.last_write() else {
+                continue;
+            };
+            let next = if now.saturating_sub(last) >= idle_after {
+                // Marked now, not when its worker gets to it, so a busy
+                // worker is not handed a second one.
+                activity.touch_at(now);
+                self.outbox.heartbeat(stream);
+                now + idle_after
+            } else {
+                last + idle_after
+            };
+            self.due.push(Reverse((next, id)));
         }
         self.outbox.send();
     }
@@ -228,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_outlasts_every_later_touch_and_is_never_idle() {
+    fn a_refusal_outlasts_every_later_touch_and_is_never_read_as_idle() {
         let activity = Activity::default();
         activity.touch_at(5);
         activity.refuse();
@@ -237,33 +267,36 @@ mod tests {
         // Its connection stopping, after the refusal: it still ends as slow.
         activity.end();
         assert_eq!(activity.refusal(), Some(Refused::Full));
-        assert_eq!(activity.idle_at(1_000_000), Duration::ZERO);
+        assert_eq!(activity.last_write(), None);
     }
 
     #[test]
-    fn an_end_outlasts_every_later_touch_and_is_never_idle() {
+    fn an_end_outlasts_every_later_touch_and_is_never_read_as_idle() {
         let activity = Activity::default();
         activity.touch_at(5);
         activity.end();
         activity.touch_at(10);
         assert_eq!(activity.refusal(), Some(Refused::Closed));
-        assert_eq!(activity.idle_at(1_000_000), Duration::ZERO);
+        assert_eq!(activity.last_write(), None);
     }
 
     #[actix::test]
-    async fn an_idle_stream_gets_a_heartbeat() {
+    async fn an_idle_stream_gets_a_heartbeat_each_time_it_has_been_idle() {
         let actors = start_with_fast_heartbeat();
         let (_conn, mut frames, _) = connect(&actors, &device("d1"), None, 8).await;
         expect_signal(&mut frames, "hello").await;
 
-        match next(&mut frames).await {
-            Some(Frame::Signal(signal)) => assert_eq!(*signal, Signal::heartbeat()),
-            other => panic!("expected a heartbeat, got {other:?}"),
+        // And again each time it has been idle that long again.
+        for _ in 0..2 {
+            match next(&mut frames).await {
+                Some(Frame::Signal(signal)) => assert_eq!(*signal, Signal::heartbeat()),
+                other => panic!("expected a heartbeat, got {other:?}"),
+            }
         }
     }
 
     #[actix::test]
-    async fn a_busy_stream_gets_no_heartbeat() {
+    async fn a_busy_stream_gets_no_heartbeat_until_it_is_idle() {
         let actors = start_with_fast_heartbeat();
         let dev = device("d1");
         let (_conn, mut frames, _) = connect(&actors, &dev, None, 8).await;
@@ -282,5 +315,7 @@ mod tests {
             frames.try_recv().is_err(),
             "a heartbeat followed the traffic"
         );
+        // Idle from now on: it gets one.
+        expect_signal(&mut frames, "heartbeat").await;
     }
 }

@@ -120,7 +120,7 @@ impl fmt::Display for EventName {
 
 /// One stream's identity, minted by the server for every accepted stream. Log
 /// lines and the `kicked` event name connections by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(uuid::Uuid);
 
 impl ConnectionId {
