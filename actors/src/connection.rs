@@ -334,6 +334,8 @@ impl Actor for DeviceConnection {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        // Also after a panic, which skips `stop`.
+        self.params.queue.end();
         let (device, connection_id) = (self.params.device.clone(), self.params.connection_id);
         if let Some(began) = self.began {
             log::info!(
@@ -497,7 +499,9 @@ impl Handler<Disconnect> for DeviceConnection {
         });
         // `kicked` only once the kick is recorded (on the cluster, in
         // Redis): a client that reads it and comes back, on any node, finds
-        // its kick counted. Nothing else is written meanwhile.
+        // its kick counted. No event is written meanwhile (the registry
+        // handed this stream its last); a heartbeat may be, and should it
+        // fill the queue, `kicked` is refused and the stream ends as slow.
         ctx.wait(recorded.into_actor(self).map(move |_, act, ctx| {
             act.write(Frame::Signal(Box::new(Signal::kicked(by))), ctx);
             act.stop(DisconnectReason::Kicked, ctx);

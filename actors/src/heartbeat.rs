@@ -11,7 +11,9 @@
 //!
 //! Invariants: a stream is watched from when its start is written (the
 //! registry tells the heartbeat, [`ConnectWatch`]) until its connection is
-//! gone ([`DisconnectWatch`]), so no heartbeat comes before `hello`; and a
+//! gone ([`DisconnectWatch`]), so no heartbeat comes before `hello` (nor
+//! while a replay's older part is read from storage: its client sees the
+//! stream as dead only if that read takes longer than `timeout`); and a
 //! connection that stops ends its queue for writes ([`Activity::end`]), so
 //! none comes after `kicked`.
 //!
@@ -172,8 +174,11 @@ impl Heartbeat {
         }
     }
 
+    /// At least a millisecond: a stream given a heartbeat is due again
+    /// later, not in the same tick (which would never end).
     fn idle_after_ms(&self) -> u64 {
-        u64::try_from(self.config.idle_after().as_millis()).unwrap_or(u64::MAX / 2)
+        let ms = u64::try_from(self.config.idle_after().as_millis()).unwrap_or(u64::MAX / 2);
+        ms.max(1)
     }
 }
 
@@ -268,6 +273,17 @@ mod tests {
         activity.end();
         assert_eq!(activity.refusal(), Some(Refused::Full));
         assert_eq!(activity.last_write(), None);
+    }
+
+    #[test]
+    fn a_stream_given_a_heartbeat_is_due_again_at_least_a_millisecond_later() {
+        // Valid config (margin below timeout) with an idle time under 1 ms:
+        // due again "now" would keep a tick going for ever.
+        let config = HeartbeatConfig {
+            timeout: Duration::from_millis(1),
+            margin: Duration::from_micros(500),
+        };
+        assert_eq!(Heartbeat::new(config).idle_after_ms(), 1);
     }
 
     #[test]

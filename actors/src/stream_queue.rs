@@ -1,5 +1,5 @@
 //! The sending side of one stream's bounded queue (its receiving side is the
-//! HTTP body), shared by the two that write to it:
+//! HTTP body), shared by the three that write to it:
 //! - its [`DeviceConnection`](crate::DeviceConnection) writes the stream's
 //!   start (`hello`, a `reset`, retained state, the replay) and `kicked`;
 //! - the [`DeviceRegistry`](crate::DeviceRegistry) has the live events
