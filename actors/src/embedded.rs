@@ -7,9 +7,11 @@
 //! publishes share one fsync. Batches of session bookkeeping alone (streams
 //! attached, detached, their positions), which nobody waits for, wait up to
 //! [`BOOKKEEPING_WAIT`] for more to share their commit, and commit at once
-//! with anything else that comes meanwhile (see [`gather`]). A failed commit writes nothing of its batches; the writer
-//! then fails every batch the store submitted before it learned of the
-//! failure (they hold ids reserved after the failed ones) until the store's
+//! with anything else that comes meanwhile (see [`gather`]).
+//!
+//! A failed commit writes nothing of its batches; the writer then fails
+//! every batch the store submitted before it learned of the failure (they
+//! hold ids reserved after the failed ones) until the store's
 //! [`Job::Resume`] arrives, so no id is ever committed after a gap.
 //!
 //! Tables (device ids and names as text, times as Unix milliseconds; see
@@ -314,7 +316,7 @@ impl Job {
     }
 }
 
-/// `first` and what is queued behind it, up to [`MAX_GROUP`]; if all of it
+/// `first` and up to [`MAX_GROUP`] jobs queued behind it; if all of it
 /// may wait, also what comes until `deadline` or until something comes
 /// that may not (a publish, a read, a close), looked for every
 /// [`BOOKKEEPING_STEP`]: a wake per step, not one per stream, and a publish

@@ -5,9 +5,11 @@
 //! per stream) and has a `heartbeat` event written to those idle for
 //! `timeout - margin`, one batch per worker thread per tick ([`Outbox`]); a
 //! stream with traffic gets none. A stream is due when its last write, as
-//! last read, is that old: a tick reads what is due, not every stream. A heartbeat is also what finds a peer that vanished
-//! without closing its connection: writes to it back up until the stream's
-//! queue is full and the stream is ended as slow.
+//! last read, is that old: a tick reads what is due, not every stream.
+//!
+//! A heartbeat is also what finds a peer that vanished without closing its
+//! connection: writes to it back up until the stream's queue is full and
+//! the stream is ended as slow.
 //!
 //! Invariants: a stream is watched from when its start is written (the
 //! registry tells the heartbeat, [`ConnectWatch`]) until its connection is

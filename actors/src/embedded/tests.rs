@@ -144,9 +144,12 @@ fn a_publish_ends_the_wait_and_commits_the_bookkeeping_before_it() {
     jobs.send(batch(2, vec![append(2, &a, epoch, 1)])).unwrap();
     jobs.send(batch(3, vec![session_row(&a, epoch)])).unwrap();
 
-    // Would wait an hour for company; the queued publish is company.
-    let in_an_hour = std::time::Instant::now() + Duration::from_secs(3600);
-    let group = gather(batch(1, vec![attach]), &queue, in_an_hour);
+    // Would wait 2 s for company; the queued publish is company, so it
+    // does not wait at all.
+    let start = std::time::Instant::now();
+    let deadline = start + Duration::from_secs(2);
+    let group = gather(batch(1, vec![attach]), &queue, deadline);
+    assert!(start.elapsed() < Duration::from_secs(2), "it waited");
     let ids: Vec<u64> = (group.iter())
         .map(|job| match job {
             Job::Batch { id, .. } => *id,
