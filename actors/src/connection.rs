@@ -4,11 +4,13 @@
 //! once the start is written (see [`StreamQueue`]).
 //!
 //! Lifecycle: its mailbox is made by the stream route ([`Unstarted`]), the
-//! store admits and attaches it, the route then starts the actor, and the
-//! registry begins it (`hello`, an optional `reset`, the replay); once that
-//! is written, it tells the registry ([`ConnectBegun`]), which from then on
-//! hands the device's live events to the queue without passing through this
-//! actor's mailbox.
+//! store admits and attaches it and answers with its start ([`Opening`]),
+//! and the route then starts it: the start (`hello`, an optional `reset`,
+//! retained state, the replay) is written before the route returns its
+//! response, so the response's first write carries it with the head. Once
+//! the start is written, it tells the registry ([`ConnectBegun`]), which
+//! from then on hands the device's live events to the queue without passing
+//! through this actor's mailbox.
 //! It stops when the client is gone (queue closed), when the client cannot
 //! keep up (queue full), when it is kicked, or at shutdown. Stopping ends the
 //! queue for every writer (the registry's live events and the heartbeat's
@@ -26,12 +28,13 @@
 //! frames into the bounded queue, so the mailbox does not grow.
 //!
 //! A replay whose older events are no longer in the store's memory comes in
-//! two parts: `ConnectBegin` with the newer ones, and [`ConnectReplay`] with
-//! the older ones, read by the storage backend (in either order). Until both
-//! are here the stream writes nothing with an id (and the registry holds its
-//! live events); then it writes the older part and the newer part, checked
-//! to be exactly the events the store named (or it ends, `reason=storage`,
-//! and its client resumes).
+//! two parts: the opening with the newer ones, and [`ConnectReplay`] with
+//! the older ones, read by the storage backend (it may be in the mailbox
+//! before the actor runs). Until it is here the stream writes nothing with
+//! an id after `hello` (and the registry holds its live events); then it
+//! writes the older part and the newer part, checked to be exactly the
+//! events the store named (or it ends, `reason=storage`, and its client
+//! resumes).
 
 use std::time::{Duration, Instant};
 
@@ -88,19 +91,10 @@ impl DisconnectReason {
     }
 }
 
-/// Start the stream: hello, an optional reset, the replay. Sent by the
-/// registry once: the third step of a connect. Live events follow once the
-/// connection answers `ConnectBegun`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectBegin {
-    pub opening: Opening,
-}
-
 /// The older events of the stream's replay, read from storage (their
 /// payloads had left the store's memory): written before the replay's
-/// newer events. Sent by the storage backend, once, when `ConnectBegin`'s
-/// opening names `unread` events; it may arrive before `ConnectBegin`.
+/// newer events. Sent by the storage backend, once, when the stream's
+/// opening names `unread` events; it may come before the actor runs.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConnectReplay {
@@ -178,27 +172,20 @@ pub struct ConnectionParams {
 
 pub struct DeviceConnection {
     params: ConnectionParams,
-    /// When `ConnectBegin` arrived; `None` until then.
+    /// When its start was written; `None` for a stream that ends before it
+    /// begins.
     began: Option<Instant>,
-    /// Where the older part of the replay is, if it is read from storage.
-    reading: Reading,
+    /// The replay's older part, while it is read from storage.
+    reading: Option<Reading>,
     reason: DisconnectReason,
 }
 
-/// The older part of a replay read from storage, and what waits for it.
-#[derive(Default)]
-enum Reading {
-    /// Nothing to read, or written already.
-    #[default]
-    None,
-    /// Read, before `ConnectBegin` came.
-    Arrived(Result<Vec<StoredEvent>, ReadError>),
-    /// `ConnectBegin` came first: the events to read, and the replay's
-    /// newer part, which follows them.
-    Awaited {
-        unread: Unread,
-        replay: Vec<StoredEvent>,
-    },
+/// The older part of a replay, read from storage, and what follows it.
+struct Reading {
+    /// The events to read.
+    unread: Unread,
+    /// The replay's newer part.
+    replay: Vec<StoredEvent>,
 }
 
 /// A connection's mailbox (unbounded) before its actor runs: the store can
@@ -215,34 +202,114 @@ impl Unstarted {
         (Self(ctx), addr)
     }
 
-    /// Runs the actor on this mailbox, on the current thread.
-    pub fn start(self, params: ConnectionParams) -> Addr<DeviceConnection> {
-        self.0.run(DeviceConnection {
+    /// Writes the stream's start, if the store answered with one (`None`:
+    /// it ends before it begins, its `Disconnect` is in the mailbox), then
+    /// runs the actor on this mailbox, on the current thread. The start is
+    /// in the queue when this returns.
+    pub fn start(
+        self,
+        params: ConnectionParams,
+        opening: Option<Opening>,
+    ) -> Addr<DeviceConnection> {
+        let mut connection = DeviceConnection {
             params,
             began: None,
-            reading: Reading::None,
+            reading: None,
             reason: DisconnectReason::ClientGone,
-        })
+        };
+        if let Some(opening) = opening {
+            // A refusal is the queue's to remember: `started` ends the stream.
+            let _ = connection.begin(opening);
+        }
+        self.0.run(connection)
     }
 }
 
 impl DeviceConnection {
     fn write(&mut self, frame: Frame, ctx: &mut Context<Self>) {
-        if ctx.state() != ActorState::Running {
-            return;
+        if let Err(refused) = self.params.queue.write(frame) {
+            self.refused(refused, ctx);
         }
-        match self.params.queue.write(frame) {
-            Ok(()) => {}
-            Err(Refused::Full) => self.slow(ctx),
-            Err(Refused::Closed) => self.stop(DisconnectReason::ClientGone, ctx),
+    }
+
+    /// A write was refused: the stream ends.
+    fn refused(&mut self, refused: Refused, ctx: &mut Context<Self>) {
+        match refused {
+            Refused::Full => self.slow(ctx),
+            Refused::Closed => self.stop(DisconnectReason::ClientGone, ctx),
         }
     }
 
     /// Writes replayed events, if there are any.
-    fn write_replay(&mut self, events: Vec<StoredEvent>, ctx: &mut Context<Self>) {
-        if !events.is_empty() {
-            self.write(Frame::Replay(Box::new(events)), ctx);
+    fn write_replay(&self, events: Vec<StoredEvent>) -> Result<(), Refused> {
+        match events.is_empty() {
+            true => Ok(()),
+            false => self.params.queue.write(Frame::Replay(Box::new(events))),
         }
+    }
+
+    /// Writes the stream's start, before the actor runs: `hello`, a `reset`,
+    /// retained state, and the replay, or as much of it as the store holds
+    /// (the rest follows in [`ConnectReplay`]).
+    fn begin(&mut self, opening: Opening) -> Result<(), Refused> {
+        let Opening {
+            start,
+            state,
+            unread,
+            replay,
+            through: _,
+        } = opening;
+        let p = &self.params;
+        let resumed = start == Start::Resumed;
+        log::info!(
+            "device.connected device={} conn={} addr={} proto={} resumed={resumed} replayed={}",
+            p.device,
+            p.connection_id,
+            p.peer,
+            p.proto,
+            replay.len() + unread.as_ref().map_or(0, |u| u.batches.len())
+        );
+        feed::tell("device.connected", &p.device, Some(p.connection_id), None);
+        let timeout_ms = u64::try_from(p.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
+        let hello = Signal::hello(&p.device, p.connection_id, timeout_ms, resumed);
+        self.began = Some(Instant::now());
+        p.queue.write(Frame::Signal(Box::new(hello)))?;
+        if let Start::Reset {
+            reason,
+            last_event_id,
+        } = start
+        {
+            metrics().resets.with_label_values(&[reason.as_str()]).inc();
+            feed::tell(
+                "session.reset",
+                &p.device,
+                Some(p.connection_id),
+                Some(reason.as_str()),
+            );
+            log::info!(
+                "session.reset device={} conn={} reason={} last_event_id={}",
+                p.device,
+                p.connection_id,
+                reason.as_str(),
+                // Quoted and escaped as JSON: it comes from the client.
+                last_event_id
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), quoted)
+            );
+            let reset = Signal::reset(reason, last_event_id.as_deref());
+            p.queue.write(Frame::Signal(Box::new(reset)))?;
+        }
+        if !state.is_empty() {
+            p.queue.write(Frame::State(Box::new(state)))?;
+        }
+        match unread {
+            None => {
+                self.write_replay(replay)?;
+                self.begun();
+            }
+            Some(unread) => self.reading = Some(Reading { unread, replay }),
+        }
+        Ok(())
     }
 
     /// Its client does not keep up: the stream ends (and its client, once
@@ -263,23 +330,21 @@ impl DeviceConnection {
 
     /// The stream's start is written: from now on the registry hands over
     /// its live events.
-    fn begun(&mut self, ctx: &mut Context<Self>) {
-        if ctx.state() == ActorState::Running {
-            self.params.registry.do_send(ConnectBegun {
-                device: self.params.device.clone(),
-                connection_id: self.params.connection_id,
-            });
-        }
+    fn begun(&self) {
+        self.params.registry.do_send(ConnectBegun {
+            device: self.params.device.clone(),
+            connection_id: self.params.connection_id,
+        });
     }
 
     /// The replay's older part is here: writes it, then the newer part.
     fn write_read(
         &mut self,
-        unread: &Unread,
+        reading: Reading,
         read: Result<Vec<StoredEvent>, ReadError>,
-        replay: Vec<StoredEvent>,
         ctx: &mut Context<Self>,
     ) {
+        let Reading { unread, replay } = reading;
         let read = read.and_then(|events| match unread.is_answered_by(&events) {
             true => Ok(events),
             false => Err(ReadError::Missing {
@@ -288,9 +353,12 @@ impl DeviceConnection {
         });
         match read {
             Ok(events) => {
-                self.write(Frame::Replay(Box::new(events)), ctx);
-                self.write_replay(replay, ctx);
-                self.begun(ctx);
+                let written = (self.params.queue.write(Frame::Replay(Box::new(events))))
+                    .and_then(|()| self.write_replay(replay));
+                match written {
+                    Ok(()) => self.begun(),
+                    Err(refused) => self.refused(refused, ctx),
+                }
             }
             Err(error) => {
                 log::error!(
@@ -324,6 +392,10 @@ impl Actor for DeviceConnection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Its start, written before it ran, did not fit.
+        if let Some(refused) = self.params.queue.activity().refusal() {
+            return self.refused(refused, ctx);
+        }
         // Notice a client that went away even while nothing is written.
         let queue = self.params.queue.clone();
         ctx.spawn(
@@ -353,80 +425,13 @@ impl Actor for DeviceConnection {
     }
 }
 
-impl Handler<ConnectBegin> for DeviceConnection {
-    type Result = ();
-
-    fn handle(&mut self, msg: ConnectBegin, ctx: &mut Self::Context) {
-        let Opening {
-            start,
-            state,
-            unread,
-            replay,
-            through: _,
-        } = msg.opening;
-        let p = &self.params;
-        let resumed = start == Start::Resumed;
-        log::info!(
-            "device.connected device={} conn={} addr={} proto={} resumed={resumed} replayed={}",
-            p.device,
-            p.connection_id,
-            p.peer,
-            p.proto,
-            replay.len() + unread.as_ref().map_or(0, |u| u.batches.len())
-        );
-        feed::tell("device.connected", &p.device, Some(p.connection_id), None);
-        let timeout_ms = u64::try_from(p.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
-        let hello = Signal::hello(&p.device, p.connection_id, timeout_ms, resumed);
-        self.began = Some(Instant::now());
-        self.write(Frame::Signal(Box::new(hello)), ctx);
-        if let Start::Reset {
-            reason,
-            last_event_id,
-        } = start
-        {
-            metrics().resets.with_label_values(&[reason.as_str()]).inc();
-            let (device, conn) = (&self.params.device, Some(self.params.connection_id));
-            feed::tell("session.reset", device, conn, Some(reason.as_str()));
-            log::info!(
-                "session.reset device={} conn={} reason={} last_event_id={}",
-                self.params.device,
-                self.params.connection_id,
-                reason.as_str(),
-                // Quoted and escaped as JSON: it comes from the client.
-                last_event_id
-                    .as_deref()
-                    .map_or_else(|| "-".to_owned(), quoted)
-            );
-            self.write(
-                Frame::Signal(Box::new(Signal::reset(reason, last_event_id.as_deref()))),
-                ctx,
-            );
-        }
-        if !state.is_empty() {
-            self.write(Frame::State(Box::new(state)), ctx);
-        }
-        match (unread, std::mem::take(&mut self.reading)) {
-            (None, _) => {
-                self.write_replay(replay, ctx);
-                self.begun(ctx);
-            }
-            (Some(unread), Reading::Arrived(read)) => self.write_read(&unread, read, replay, ctx),
-            (Some(unread), _) => self.reading = Reading::Awaited { unread, replay },
-        }
-    }
-}
-
 impl Handler<ConnectReplay> for DeviceConnection {
     type Result = ();
 
     fn handle(&mut self, msg: ConnectReplay, ctx: &mut Self::Context) {
-        match std::mem::take(&mut self.reading) {
-            Reading::Awaited { unread, replay } => {
-                self.write_read(&unread, msg.events, replay, ctx)
-            }
-            _ if self.began.is_none() => self.reading = Reading::Arrived(msg.events),
-            // Not asked for: nothing of it is written.
-            _ => {}
+        // Not asked for (or the stream ended meanwhile): nothing is written.
+        if let Some(reading) = self.reading.take() {
+            self.write_read(reading, msg.events, ctx);
         }
     }
 }

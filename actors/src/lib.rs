@@ -34,8 +34,8 @@
 //!
 //! ```text
 //!  connect:    stream route ──Connect──▶ SessionStore         admit (kick rules, blocks) + attach, one turn
-//!              SessionStore ──ConnectLive{opening}──▶ DeviceRegistry   make it live, end the old stream
-//!              DeviceRegistry ──ConnectBegin──▶ DeviceConnection       hello, reset, replay
+//!              SessionStore ──ConnectLive{through}──▶ DeviceRegistry   make it live, end the old stream
+//!              SessionStore ──answer{opening}──▶ stream route ──▶ DeviceConnection  writes hello, reset, replay
 //!              Backend ──ConnectReplay──▶ DeviceConnection       the replay's part no longer in memory, read from disk
 //!              DeviceConnection ──ConnectBegun──▶ DeviceRegistry       start written: live events may follow
 //!              DeviceRegistry ──ConnectWatch──▶ Heartbeat
@@ -65,7 +65,9 @@
 //! never make a stream repeat or reorder. A connecting stream goes through
 //! the same path: the store cuts its replay and sends `ConnectLive` in that same
 //! order; the registry holds the stream's live events until its connection
-//! has written the replay (`ConnectBegun`). Actix mailboxes are FIFO per
+//! has written the replay (`ConnectBegun`, which always finds `ConnectLive`
+//! before it: the store sends that before it answers the route, which starts
+//! the connection). Actix mailboxes are FIFO per
 //! sender, and every mailbox on this path is unbounded (so a send never
 //! waits and cannot overtake another), so a stream sees its replay and then
 //! exactly the events published after it.

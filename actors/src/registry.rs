@@ -10,12 +10,12 @@
 //!   here: the first connection decides it (its client may have closed
 //!   before herald noticed) and, if it was, reports it to the store;
 //! - a stream's live events follow its start: the connection writes the
-//!   start (`ConnectBegin`: hello, replay) and says so (`ConnectBegun`);
+//!   start (hello, replay) and says so (`ConnectBegun`);
 //!   live events that come before that wait here, in order, and count
 //!   against the stream's queue bound like queued ones;
 //! - order does not rest on mailboxes alone: a stream takes its device's
 //!   live events by sequence number, each exactly the one after the last it
-//!   took (the replay ends at [`Opening::through`]), in its session's epoch.
+//!   took (the replay ends at [`ConnectLive::through`]), in its session's epoch.
 //!   One it already took is skipped; one that would leave a hole, or comes
 //!   from another epoch, ends the stream (`reason=gap`), and the client's
 //!   resume fills the hole from the buffer (or gets `reset`). So a storage
@@ -31,12 +31,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use actix::{dev::SendError, prelude::*};
+use actix::prelude::*;
 
 use crate::{
-    ConnectionId, DeviceConnection, DeviceId, EventId, Opening, StoredEvent,
+    ConnectionId, DeviceConnection, DeviceId, EventId, StoredEvent,
     backend::WriteError,
-    connection::{ConnectBegin, Disconnect, Ending, Replacement},
+    connection::{Disconnect, Ending, Replacement},
     heartbeat::{ConnectWatch, DisconnectWatch, Heartbeat},
     ids::IdMap,
     outbox::{LiveStream, Outbox},
@@ -59,7 +59,10 @@ pub struct ConnectLive {
     pub queue: StreamQueue,
     pub instance: Option<String>,
     pub peer: String,
-    pub opening: Opening,
+    /// Where its replay ends ([`Opening::through`](crate::Opening::through)):
+    /// its live events are
+    /// the ones after it.
+    pub through: EventId,
 }
 
 /// A stream's start (hello, reset, replay) is written: its live events go
@@ -91,9 +94,9 @@ pub struct Disconnected {
 }
 
 /// End every live stream — in random order, spread evenly over `over`, so
-/// their clients come back spread out too — and any that connects later
-/// (server shutdown); answers how many there were. Sent by the server's
-/// shutdown sequence.
+/// their clients come back spread out too — and any that connects later,
+/// right after its start (server shutdown); answers how many there were.
+/// Sent by the server's shutdown sequence.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct DisconnectAll {
@@ -151,29 +154,6 @@ impl DeviceRegistry {
             live: IdMap::default(),
             outbox: Outbox::default(),
             closing: false,
-        }
-    }
-
-    /// Sends `msg` to the device's live connection; forgets the connection if
-    /// its mailbox is closed. Answers whether the connection took it.
-    fn send_live<M>(&mut self, device: &DeviceId, msg: M) -> bool
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        DeviceConnection: Handler<M>,
-    {
-        let Some(live) = self.live.get(device) else {
-            return false;
-        };
-        match live.stream.connection.try_send(msg) {
-            Ok(()) => true,
-            // Connection mailboxes are unbounded, so this does not happen.
-            Err(SendError::Full(_)) => false,
-            Err(SendError::Closed(_)) => {
-                let connection_id = live.connection_id;
-                self.forget(device.clone(), connection_id);
-                false
-            }
         }
     }
 
@@ -276,7 +256,7 @@ impl Handler<ConnectLive> for DeviceRegistry {
             });
             return;
         }
-        let through = msg.opening.through;
+        let through = msg.through;
         let stream = LiveStream {
             queue: msg.queue,
             connection: msg.connection,
@@ -302,12 +282,6 @@ impl Handler<ConnectLive> for DeviceRegistry {
             self.outbox.end(&old.stream, Ending::Replaced(replacement));
             self.outbox.send();
         }
-        self.send_live(
-            &msg.device,
-            ConnectBegin {
-                opening: msg.opening,
-            },
-        );
     }
 }
 
@@ -509,7 +483,9 @@ mod tests {
         assert_eq!(actors.registry.send(close_all).await.unwrap(), 1);
         assert!(next(&mut early_frames).await.is_none());
 
+        // Its start is written before the registry hears of it; nothing follows.
         let (late, mut late_frames, _) = connect(&actors, &device("d2"), None, 8).await;
+        expect_signal(&mut late_frames, "hello").await;
         assert!(next(&mut late_frames).await.is_none());
         assert!(stopped(&late).await);
         assert_eq!(count_live(&actors).await, 0);

@@ -26,7 +26,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use crate::{
-    ConnectionId, DeviceConnection, DeviceId, EventId, EventName, StreamQueue,
+    ConnectionId, DeviceConnection, DeviceId, EventId, EventName, Opening, StreamQueue,
     backend::{Backend, Committed, Opened, Snapshot},
     commits::Commits,
     connection::Replacement,
@@ -38,10 +38,12 @@ use crate::{
 
 /// Connect a new stream: admit it (kick rules, reconnect blocks), attach it
 /// to its device's session (creating the session if needed) and decide where
-/// it starts, all in one turn; then hand it, with its replay, to the
-/// registry. The first step of a connect. Sent by the stream route.
+/// it starts, all in one turn; then hand it to the registry. The first step
+/// of a connect. Sent by the stream route; answers the stream's start, for
+/// its connection to write (`None`: it ends before it begins, and its
+/// `Disconnect` is on its way).
 #[derive(Message)]
-#[rtype(result = "Result<(), ConnectError>")]
+#[rtype(result = "Result<Option<Opening>, ConnectError>")]
 pub struct Connect {
     pub device: DeviceId,
     pub connection_id: ConnectionId,
@@ -242,7 +244,7 @@ impl Handler<CloseStorage> for SessionStore {
 }
 
 impl Handler<Connect> for SessionStore {
-    type Result = ResponseActFuture<Self, Result<(), ConnectError>>;
+    type Result = ResponseActFuture<Self, Result<Option<Opening>, ConnectError>>;
 
     fn handle(&mut self, msg: Connect, _: &mut Self::Context) -> Self::Result {
         // On the cluster, the attach script applies the kick rules, which
@@ -275,8 +277,8 @@ impl SessionStore {
     }
 
     /// An admitted connect on this node's own storage: attached, and handed
-    /// to the registry with its replay, in this turn.
-    fn connect(&mut self, msg: Connect) -> Result<(), ConnectError> {
+    /// to the registry, in this turn.
+    fn connect(&mut self, msg: Connect) -> Result<Option<Opening>, ConnectError> {
         let opening = self.storage.attach(
             &msg.device,
             msg.connection_id,
@@ -297,10 +299,10 @@ impl SessionStore {
             queue: msg.queue,
             instance: msg.instance,
             peer: msg.peer,
-            opening,
+            through: opening.through,
         });
         self.save();
-        Ok(())
+        Ok(Some(opening))
     }
 }
 

@@ -123,8 +123,8 @@ pub(crate) async fn try_connect(
     let queue = StreamQueue::new(queue, Progress::default());
     let connect = connect_message(device, addr.clone(), queue.clone(), last_event_id);
     let connection_id = connect.connection_id;
-    actors.store.send(connect).await.unwrap()?;
-    unstarted.start(params(actors, device, connection_id, queue));
+    let opening = actors.store.send(connect).await.unwrap()?;
+    unstarted.start(params(actors, device, connection_id, queue), opening);
     Ok((addr, frames, connection_id))
 }
 

@@ -143,8 +143,9 @@ impl Client {
 }
 
 /// Has the store connect the stream (admission and attach in one turn) and,
-/// once admitted, starts its connection actor; answers the store's refusal,
-/// if any.
+/// once admitted, starts its connection actor, which writes the stream's
+/// start before this returns (so the response's first write carries it
+/// with the head); answers the store's refusal, if any.
 async fn connect(
     state: &AppState,
     device: DeviceId,
@@ -154,8 +155,8 @@ async fn connect(
 ) -> Result<Result<(), ConnectError>, ApiError> {
     let connection_id = ConnectionId::new();
     let queue = StreamQueue::new(queue, Progress::default());
-    // The actor runs only once admitted; what the registry sends it before
-    // (its hello and replay) waits in its mailbox.
+    // The actor runs only once admitted; what is sent to it before (a
+    // replay read from storage, an ending) waits in its mailbox.
     let (unstarted, connection) = Unstarted::new();
     let connect = Connect {
         device: device.clone(),
@@ -172,24 +173,27 @@ async fn connect(
         .send(connect)
         .await
         .map_err(|_| ApiError::Unavailable)?;
-    if admitted.is_ok() {
-        metrics()
-            .streams_opened
-            .with_label_values(&[client.proto])
-            .inc();
-        unstarted.start(ConnectionParams {
-            device,
-            connection_id,
-            peer: client.peer,
-            proto: client.proto,
-            queue,
-            registry: state.actors.registry.clone(),
-            store: state.actors.store.clone(),
-            client_closed,
-            heartbeat_timeout: state.heartbeat_timeout,
-        });
-    }
-    Ok(admitted)
+    let opening = match admitted {
+        Ok(opening) => opening,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    metrics()
+        .streams_opened
+        .with_label_values(&[client.proto])
+        .inc();
+    let params = ConnectionParams {
+        device,
+        connection_id,
+        peer: client.peer,
+        proto: client.proto,
+        queue,
+        registry: state.actors.registry.clone(),
+        store: state.actors.store.clone(),
+        client_closed,
+        heartbeat_timeout: state.heartbeat_timeout,
+    };
+    unstarted.start(params, opening);
+    Ok(Ok(()))
 }
 
 /// The `Last-Event-ID` header, else the `lastEventId` query parameter. Empty

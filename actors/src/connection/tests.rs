@@ -111,7 +111,7 @@ async fn a_stopped_connection_ends_its_queue_for_every_writer() {
     let (queue, mut frames) = tokio::sync::mpsc::channel(8);
     let queue = StreamQueue::new(queue, crate::Progress::default());
     let id = ConnectionId::new();
-    let conn = unstarted.start(params(&actors, &device("d1"), id, queue.clone()));
+    let conn = unstarted.start(params(&actors, &device("d1"), id, queue.clone()), None);
     let admin = Disconnect {
         ending: Ending::Admin,
     };
@@ -124,17 +124,25 @@ async fn a_stopped_connection_ends_its_queue_for_every_writer() {
     assert!(frames.try_recv().is_err(), "a frame followed the stop");
 }
 
-/// A started connection (its queue holds 8 frames) the registry does not
-/// know of, so a test alone decides what it is sent.
+/// A connection (its queue holds 8 frames) started with [`reading_two`],
+/// which the registry does not know of, so a test alone decides what it is
+/// sent; `before` is in its mailbox before it runs.
 fn lone_connection(
     actors: &crate::Actors,
+    before: Option<ConnectReplay>,
 ) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectLive) {
-    let (unstarted, _) = Unstarted::new();
+    let (unstarted, addr) = Unstarted::new();
+    if let Some(msg) = before {
+        addr.do_send(msg);
+    }
     let (queue, frames) = tokio::sync::mpsc::channel(8);
     let queue = StreamQueue::new(queue, crate::Progress::default());
     let id = ConnectionId::new();
-    let conn = unstarted.start(params(actors, &device("d1"), id, queue.clone()));
-    // What makes it live, as the store would, with a replay to read.
+    let opening = reading_two();
+    let through = opening.through;
+    let params = params(actors, &device("d1"), id, queue.clone());
+    let conn = unstarted.start(params, Some(opening));
+    // What makes it live, as the store would.
     let live = ConnectLive {
         device: device("d1"),
         connection_id: id,
@@ -142,7 +150,7 @@ fn lone_connection(
         queue,
         instance: None,
         peer: "test".to_owned(),
-        opening: reading_two(),
+        through,
     };
     (conn, frames, live)
 }
@@ -169,12 +177,6 @@ fn reading_two() -> Opening {
     }
 }
 
-/// Begins `conn` with [`reading_two`].
-async fn begin_reading_two(conn: &Addr<DeviceConnection>) {
-    let opening = reading_two();
-    conn.send(ConnectBegin { opening }).await.unwrap();
-}
-
 async fn replayed_seqs(frames: &mut Receiver<Frame>) -> Vec<u64> {
     match next(frames).await {
         Some(Frame::Replay(events)) => events.iter().map(|e| e.id.seq).collect(),
@@ -185,7 +187,7 @@ async fn replayed_seqs(frames: &mut Receiver<Frame>) -> Vec<u64> {
 #[actix::test]
 async fn live_events_wait_for_the_replay_read_from_storage_and_follow_it() {
     let actors = start_actors(Duration::from_secs(60));
-    let (conn, mut frames, live) = lone_connection(&actors);
+    let (conn, mut frames, live) = lone_connection(&actors, None);
     let dev = device("d1");
     actors.registry.send(live).await.unwrap();
     deliver(&actors, &dev, event_at(4)).await;
@@ -205,7 +207,7 @@ async fn live_events_wait_for_the_replay_read_from_storage_and_follow_it() {
 #[actix::test]
 async fn live_events_held_for_a_replay_read_count_against_the_queue_bound() {
     let actors = start_actors(Duration::from_secs(60));
-    let (conn, mut frames, live) = lone_connection(&actors);
+    let (conn, mut frames, live) = lone_connection(&actors, None);
     let dev = device("d1");
     actors.registry.send(live).await.unwrap();
     // The queue holds 8 frames: a ninth held event ends the stream as slow.
@@ -222,12 +224,10 @@ async fn live_events_held_for_a_replay_read_count_against_the_queue_bound() {
 }
 
 #[actix::test]
-async fn a_read_that_arrives_before_the_begin_is_written_after_hello() {
+async fn a_read_that_arrives_before_the_actor_runs_is_written_after_hello() {
     let actors = start_actors(Duration::from_secs(60));
-    let (conn, mut frames, _) = lone_connection(&actors);
     let read = Ok(vec![event_at(1), event_at(2)]);
-    conn.send(ConnectReplay { events: read }).await.unwrap();
-    begin_reading_two(&conn).await;
+    let (_, mut frames, _) = lone_connection(&actors, Some(ConnectReplay { events: read }));
     expect_signal(&mut frames, "hello").await;
     assert_eq!(replayed_seqs(&mut frames).await, [1, 2]);
     assert_eq!(replayed_seqs(&mut frames).await, [3]);
@@ -236,8 +236,7 @@ async fn a_read_that_arrives_before_the_begin_is_written_after_hello() {
 #[actix::test]
 async fn a_read_missing_an_event_ends_the_stream_before_any_id_is_written() {
     let actors = start_actors(Duration::from_secs(60));
-    let (conn, mut frames, _) = lone_connection(&actors);
-    begin_reading_two(&conn).await;
+    let (conn, mut frames, _) = lone_connection(&actors, None);
     // Event 1 alone: a hole before 3.
     let read = Ok(vec![event_at(1)]);
     conn.send(ConnectReplay { events: read }).await.unwrap();

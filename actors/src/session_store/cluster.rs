@@ -86,7 +86,7 @@ impl SessionStore {
         &mut self,
         cluster: Cluster,
         msg: Connect,
-    ) -> ResponseActFuture<Self, Result<(), ConnectError>> {
+    ) -> ResponseActFuture<Self, Result<Option<Opening>, ConnectError>> {
         let since = (msg.last_event_id.as_deref()).and_then(|raw| EventId::parse(raw).ok());
         let attaching = Attaching {
             connection_id: msg.connection_id,
@@ -133,7 +133,7 @@ impl SessionStore {
                 msg.connection.do_send(Disconnect {
                     ending: Ending::Superseded,
                 });
-                return Ok(());
+                return Ok(None);
             }
             if waited.interruptions != act.routing.interruptions {
                 // The subscription was lost while it waited: what was
@@ -141,7 +141,7 @@ impl SessionStore {
                 msg.connection.do_send(Disconnect {
                     ending: Ending::Resync,
                 });
-                return Ok(());
+                return Ok(None);
             }
             let held = waited.held;
             let owned = Owned {
@@ -160,13 +160,13 @@ impl SessionStore {
                 queue: msg.queue,
                 instance: msg.instance,
                 peer: msg.peer,
-                opening,
+                through: opening.through,
             });
             if !held.is_empty() {
                 let events = held.into_iter().map(|e| (msg.device.clone(), e)).collect();
                 act.registry.do_send(DeliverEach { events });
             }
-            Ok(())
+            Ok(Some(opening))
         }))
     }
 
