@@ -127,15 +127,24 @@ impl Signal {
         heartbeat_timeout_ms: u64,
         resumed: bool,
     ) -> Self {
-        let data = json!({
-            "device_id": device.as_str(),
-            "connection_id": connection.to_string(),
-            "heartbeat_timeout_ms": heartbeat_timeout_ms,
-            "resumed": resumed,
-        });
+        // Typed, not `json!`: written once per stream opened, and a map of
+        // values costs several allocations more.
+        #[derive(serde::Serialize)]
+        struct Hello<'a> {
+            connection_id: ConnectionId,
+            device_id: &'a str,
+            heartbeat_timeout_ms: u64,
+            resumed: bool,
+        }
+        let hello = Hello {
+            connection_id: connection,
+            device_id: device.as_str(),
+            heartbeat_timeout_ms,
+            resumed,
+        };
         Self {
             name: HELLO,
-            data: data.to_string(),
+            data: serde_json::to_string(&hello).expect("a struct of strings and numbers"),
         }
     }
 

@@ -146,6 +146,13 @@ impl fmt::Display for ConnectionId {
     }
 }
 
+/// As its text, written straight into the output.
+impl serde::Serialize for ConnectionId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
