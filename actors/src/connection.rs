@@ -8,9 +8,10 @@
 //! and the route then starts it: the start (`hello`, an optional `reset`,
 //! retained state, the replay) is written before the route returns its
 //! response, so the response's first write carries it with the head. Once
-//! the start is written, it tells the registry ([`ConnectBegun`]), which
-//! from then on hands the device's live events to the queue without passing
-//! through this actor's mailbox.
+//! the start is written, it lets the live events flow into the queue
+//! ([`StreamQueue::flow`]): the registry hands them over from the moment the
+//! stream is live, without passing through this actor's mailbox, and the
+//! queue holds those that come before.
 //! It stops when the client is gone (queue closed), when the client cannot
 //! keep up (queue full), when it is kicked, or at shutdown. Stopping ends the
 //! queue for every writer (the registry's live events and the heartbeat's
@@ -31,7 +32,7 @@
 //! two parts: the opening with the newer ones, and [`ConnectReplay`] with
 //! the older ones, read by the storage backend (it may be in the mailbox
 //! before the actor runs). Until it is here the stream writes nothing with
-//! an id after `hello` (and the registry holds its live events); then it
+//! an id after `hello` (and the queue holds its live events); then it
 //! writes the older part and the newer part, checked to be exactly the
 //! events the store named (or it ends, `reason=storage`, and its client
 //! resumes).
@@ -45,7 +46,7 @@ use crate::{
     backend::ReadError,
     feed,
     metrics::metrics,
-    registry::{ConnectBegun, DeviceRegistry, Disconnected},
+    registry::{DeviceRegistry, Disconnected},
     session_store::{Kicked, SessionStore},
     stream_queue::{Refused, StreamQueue},
 };
@@ -158,7 +159,7 @@ pub struct ConnectionParams {
     /// The HTTP version of the client's connection (`h1`, `h2`), for logs.
     pub proto: &'static str,
     /// The sending side of the stream's queue, which it shares with the
-    /// registry once begun.
+    /// registry and the heartbeat.
     pub queue: StreamQueue,
     pub registry: Addr<DeviceRegistry>,
     pub store: Addr<SessionStore>,
@@ -305,11 +306,13 @@ impl DeviceConnection {
         match unread {
             None => {
                 self.write_replay(replay)?;
-                self.begun();
+                p.queue.flow()
             }
-            Some(unread) => self.reading = Some(Reading { unread, replay }),
+            Some(unread) => {
+                self.reading = Some(Reading { unread, replay });
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Its client does not keep up: the stream ends (and its client, once
@@ -326,15 +329,6 @@ impl DeviceConnection {
             self.params.queue.capacity()
         );
         self.stop(DisconnectReason::Slow, ctx);
-    }
-
-    /// The stream's start is written: from now on the registry hands over
-    /// its live events.
-    fn begun(&self) {
-        self.params.registry.do_send(ConnectBegun {
-            device: self.params.device.clone(),
-            connection_id: self.params.connection_id,
-        });
     }
 
     /// The replay's older part is here: writes it, then the newer part.
@@ -354,10 +348,10 @@ impl DeviceConnection {
         match read {
             Ok(events) => {
                 let written = (self.params.queue.write(Frame::Replay(Box::new(events))))
-                    .and_then(|()| self.write_replay(replay));
-                match written {
-                    Ok(()) => self.begun(),
-                    Err(refused) => self.refused(refused, ctx),
+                    .and_then(|()| self.write_replay(replay))
+                    .and_then(|()| self.params.queue.flow());
+                if let Err(refused) = written {
+                    self.refused(refused, ctx);
                 }
             }
             Err(error) => {

@@ -11,13 +11,13 @@
 //! connection: writes to it back up until the stream's queue is full and
 //! the stream is ended as slow.
 //!
-//! Invariants: a stream is watched from when its start is written (the
-//! registry tells the heartbeat, [`ConnectWatch`]) until its connection is
-//! gone ([`DisconnectWatch`]), so no heartbeat comes before `hello` (nor
-//! while a replay's older part is read from storage: its client sees the
-//! stream as dead only if that read takes longer than `timeout`); and a
-//! connection that stops ends its queue for writes ([`Activity::end`]), so
-//! none comes after `kicked`.
+//! Invariants: a stream is watched from when it is live (the registry tells
+//! the heartbeat, [`ConnectWatch`]) until its connection is gone
+//! ([`DisconnectWatch`]); its queue drops heartbeats until its start is
+//! written, so none comes before `hello` (nor while a replay's older part
+//! is read from storage: its client sees the stream as dead only if that
+//! read takes longer than `timeout`); and a connection that stops ends its
+//! queue for writes ([`Activity::end`]), so none comes after `kicked`.
 //!
 //! Clients learn `timeout` in `hello` (`heartbeat_timeout_ms`): silence that
 //! long means the stream is dead. The margin covers tick granularity and
@@ -134,8 +134,8 @@ impl Activity {
     }
 }
 
-/// Watch a stream whose start is written: the last step of a connect. Sent
-/// by the registry.
+/// Watch a stream that went live: the last step of a connect. Sent by the
+/// registry.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConnectWatch {

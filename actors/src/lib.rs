@@ -35,10 +35,10 @@
 //! ```text
 //!  connect:    stream route ──Connect──▶ SessionStore         admit (kick rules, blocks) + attach, one turn
 //!              SessionStore ──ConnectLive{through}──▶ DeviceRegistry   make it live, end the old stream
-//!              SessionStore ──answer{opening}──▶ stream route ──▶ DeviceConnection  writes hello, reset, replay
-//!              Backend ──ConnectReplay──▶ DeviceConnection       the replay's part no longer in memory, read from disk
-//!              DeviceConnection ──ConnectBegun──▶ DeviceRegistry       start written: live events may follow
 //!              DeviceRegistry ──ConnectWatch──▶ Heartbeat
+//!              SessionStore ──answer{opening}──▶ stream route ──▶ DeviceConnection  writes hello, reset, replay,
+//!                                                                 then lets the live events flow (StreamQueue)
+//!              Backend ──ConnectReplay──▶ DeviceConnection       the replay's part no longer in memory, read from disk
 //!  publish:    admin routes ──Publish/Broadcast──▶ SessionStore ──batch──▶ Backend
 //!              Backend ──Committed──▶ SessionStore ──DeliverEach──▶ DeviceRegistry ──Outbox──▶ stream's worker ──▶ its queue (StreamQueue)
 //!  disconnect: admin route ──DisconnectDevice──▶ SessionStore ──DisconnectLive──▶ DeviceRegistry
@@ -64,10 +64,9 @@
 //! below the last it handed to that stream, so a backend can
 //! never make a stream repeat or reorder. A connecting stream goes through
 //! the same path: the store cuts its replay and sends `ConnectLive` in that same
-//! order; the registry holds the stream's live events until its connection
-//! has written the replay (`ConnectBegun`, which always finds `ConnectLive`
-//! before it: the store sends that before it answers the route, which starts
-//! the connection). Actix mailboxes are FIFO per
+//! order; the registry hands the stream its live events from then on, and
+//! the stream's queue holds them until its connection has written the
+//! replay (both happen on the stream's worker thread). Actix mailboxes are FIFO per
 //! sender, and every mailbox on this path is unbounded (so a send never
 //! waits and cannot overtake another), so a stream sees its replay and then
 //! exactly the events published after it.

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use actix::Addr;
 
 use crate::{
-    DeviceConnection, Frame, Signal, StoredEvent,
+    DeviceConnection, StoredEvent,
     connection::{Disconnect, Ending},
     stream_queue::{Refused, StreamQueue, Worker},
 };
@@ -100,13 +100,19 @@ impl Outbox {
 impl Handed {
     /// On the stream's worker thread.
     fn run(self) {
-        let (stream, frame) = match self {
-            Self::Event(stream, event) => (stream, Frame::Event(Box::new(event))),
-            Self::Heartbeat(stream) => (stream, Frame::Signal(Box::new(Signal::heartbeat()))),
+        let (stream, written) = match self {
+            Self::Event(stream, event) => {
+                let written = stream.queue.write_live(event);
+                (stream, written)
+            }
+            Self::Heartbeat(stream) => {
+                let written = stream.queue.write_heartbeat();
+                (stream, written)
+            }
             Self::End(stream, ending) => return stream.connection.do_send(Disconnect { ending }),
         };
         // Closed: its connection notices too (or has stopped), and says so.
-        if stream.queue.write(frame) == Err(Refused::Full) {
+        if written == Err(Refused::Full) {
             let slow = Disconnect {
                 ending: Ending::Slow,
             };

@@ -9,10 +9,9 @@
 //!   before its ending). Whether that was a kick is not decided
 //!   here: the first connection decides it (its client may have closed
 //!   before herald noticed) and, if it was, reports it to the store;
-//! - a stream's live events follow its start: the connection writes the
-//!   start (hello, replay) and says so (`ConnectBegun`);
-//!   live events that come before that wait here, in order, and count
-//!   against the stream's queue bound like queued ones;
+//! - a stream's live events follow its start: they are handed over from
+//!   the moment it is live, and its queue holds those that reach it before
+//!   its connection has written the start (see [`StreamQueue`]);
 //! - order does not rest on mailboxes alone: a stream takes its device's
 //!   live events by sequence number, each exactly the one after the last it
 //!   took (the replay ends at [`ConnectLive::through`]), in its session's epoch.
@@ -26,8 +25,8 @@
 //! - a connection that is gone is forgotten and its session detached, so its
 //!   TTL starts: it says so itself when it stops (also after a panic), and a
 //!   send that finds its mailbox closed covers any other way of vanishing;
-//! - the heartbeat watches a stream from when its start is written until
-//!   its connection is forgotten (both told from here, in that order).
+//! - the heartbeat watches a stream from when it is live until its
+//!   connection is forgotten (both told from here, in that order).
 
 use std::{sync::Arc, time::Duration};
 
@@ -65,20 +64,11 @@ pub struct ConnectLive {
     pub through: EventId,
 }
 
-/// A stream's start (hello, reset, replay) is written: its live events go
-/// into its queue from now on. Sent by the connection, once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ConnectBegun {
-    pub device: DeviceId,
-    pub connection_id: ConnectionId,
-}
-
 /// Hand each event to its device's live stream; answers, per event, whether
 /// a live stream took it (it is written on the stream's worker thread: a
-/// stream found full there ends as slow, and until its connection has said
-/// so, events handed to it count as taken; they are buffered, and its
-/// client's resume replays them). Sent by the store.
+/// stream found full there ends as slow, and its events count as taken all
+/// the same; they are buffered, and its client's resume replays them). Sent
+/// by the store.
 #[derive(Message)]
 #[rtype(result = "Vec<bool>")]
 pub struct DeliverEach {
@@ -125,15 +115,6 @@ struct Live {
     peer: String,
     /// The id of the next live event its stream may take.
     next: EventId,
-    feed: Feed,
-}
-
-/// Where a live stream's events go.
-enum Feed {
-    /// Its connection is writing the stream's start: they wait, in order.
-    Starting(Vec<StoredEvent>),
-    /// Its start is written: handed to the stream as they come.
-    Begun,
 }
 
 pub struct DeviceRegistry {
@@ -184,16 +165,7 @@ impl DeviceRegistry {
             seq: id.seq + 1,
             ..id
         };
-        match &mut live.feed {
-            Feed::Begun => self.outbox.write(&live.stream, event),
-            Feed::Starting(held) => {
-                held.push(event);
-                if held.len() > live.stream.queue.capacity() {
-                    self.end(device, Ending::Slow);
-                    return false;
-                }
-            }
-        }
+        self.outbox.write(&live.stream, event);
         true
     }
 
@@ -257,20 +229,19 @@ impl Handler<ConnectLive> for DeviceRegistry {
             return;
         }
         let through = msg.through;
-        let stream = LiveStream {
+        let stream = Arc::new(LiveStream {
             queue: msg.queue,
             connection: msg.connection,
-        };
+        });
         let new = Live {
             connection_id: msg.connection_id,
-            stream: Arc::new(stream),
+            stream: stream.clone(),
             instance: msg.instance,
             peer: msg.peer,
             next: EventId {
                 seq: through.seq + 1,
                 ..through
             },
-            feed: Feed::Starting(Vec::new()),
         };
         let (new_instance, new_peer) = (new.instance.clone(), new.peer.clone());
         if let Some(old) = self.live.insert(msg.device.clone(), new) {
@@ -282,6 +253,10 @@ impl Handler<ConnectLive> for DeviceRegistry {
             self.outbox.end(&old.stream, Ending::Replaced(replacement));
             self.outbox.send();
         }
+        self.heartbeat.do_send(ConnectWatch {
+            connection_id: msg.connection_id,
+            stream,
+        });
     }
 }
 
@@ -294,32 +269,6 @@ impl Handler<DeliverEach> for DeviceRegistry {
             .collect();
         self.outbox.send();
         took
-    }
-}
-
-impl Handler<ConnectBegun> for DeviceRegistry {
-    type Result = ();
-
-    fn handle(&mut self, msg: ConnectBegun, _: &mut Self::Context) {
-        let live =
-            (self.live.get_mut(&msg.device)).filter(|live| live.connection_id == msg.connection_id);
-        // A stream replaced or ended before its start was written: nothing
-        // more is written to it.
-        let Some(live) = live else {
-            return;
-        };
-        let Feed::Starting(held) = &mut live.feed else {
-            return;
-        };
-        for event in std::mem::take(held) {
-            self.outbox.write(&live.stream, event);
-        }
-        live.feed = Feed::Begun;
-        self.outbox.send();
-        self.heartbeat.do_send(ConnectWatch {
-            connection_id: msg.connection_id,
-            stream: live.stream.clone(),
-        });
     }
 }
 

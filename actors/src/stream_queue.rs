@@ -3,9 +3,8 @@
 //! - its [`DeviceConnection`](crate::DeviceConnection) writes the stream's
 //!   start (`hello`, a `reset`, retained state, the replay) and `kicked`;
 //! - the [`DeviceRegistry`](crate::DeviceRegistry) has the live events
-//!   written, once the connection has said its start is written, and the
-//!   [`Heartbeat`](crate::Heartbeat) its heartbeats: they go to the HTTP body
-//!   through one batch per worker thread (see
+//!   written, and the [`Heartbeat`](crate::Heartbeat) its heartbeats: they
+//!   go to the HTTP body through one batch per worker thread (see
 //!   [`Outbox`](crate::outbox::Outbox)), not through the connection's
 //!   mailbox.
 //!
@@ -14,17 +13,29 @@
 //! stream's position (its session reads it), when it last wrote (the
 //! heartbeat reads it) and the metrics.
 //!
+//! Live events follow the start: the registry hands them over from the
+//! moment the stream is live, and those that reach the worker before the
+//! connection has written the start wait here ([`StreamQueue::write_live`]),
+//! in order and counted against the queue's bound, until the connection lets
+//! them flow ([`StreamQueue::flow`]). Heartbeats that come before then are
+//! dropped: none may precede `hello`.
+//!
 //! A write refused as full is the stream's last: every later one is refused
 //! too, so a client whose queue drained a little never gets an event past
 //! the one it missed; its stream ends as slow and its client resumes. A
 //! connection that stops ends its queue the same way ([`StreamQueue::end`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{
+    Arc, Mutex, PoisonError,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+};
 
 use actix::{Arbiter, dev::ArbiterHandle};
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 
-use crate::{Frame, Progress, event::HEARTBEAT, heartbeat::Activity, metrics::metrics};
+use crate::{
+    Frame, Progress, Signal, StoredEvent, event::HEARTBEAT, heartbeat::Activity, metrics::metrics,
+};
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +86,18 @@ pub struct StreamQueue {
     progress: Progress,
     activity: Activity,
     worker: Worker,
+    gate: Arc<Gate>,
+}
+
+/// Live events that came before the stream's start was written. Only the
+/// stream's worker thread touches it (the atomic and the lock are there for
+/// `Sync`, never contended), so a plain load sees every store.
+#[derive(Default)]
+struct Gate {
+    /// Set once the start is written: live events go straight in.
+    open: AtomicBool,
+    /// Until then, the live events handed over, in order.
+    held: Mutex<Vec<StoredEvent>>,
 }
 
 impl StreamQueue {
@@ -85,7 +108,55 @@ impl StreamQueue {
             progress,
             activity: Activity::default(),
             worker: Worker::current(),
+            gate: Arc::default(),
         }
+    }
+
+    /// Writes a live event, handed over by the registry; one that comes
+    /// before the start is written waits for [`StreamQueue::flow`], and
+    /// counts against the queue's bound meanwhile.
+    pub fn write_live(&self, event: StoredEvent) -> Result<(), Refused> {
+        if self.gate.open.load(Ordering::Relaxed) {
+            return self.write(Frame::Event(Box::new(event)));
+        }
+        if let Some(refused) = self.activity.refusal() {
+            return Err(refused);
+        }
+        let mut held = self
+            .gate
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if held.len() == self.capacity() {
+            self.activity.refuse();
+            return Err(Refused::Full);
+        }
+        held.push(event);
+        Ok(())
+    }
+
+    /// Writes a heartbeat, unless the start is not written yet.
+    pub fn write_heartbeat(&self) -> Result<(), Refused> {
+        match self.gate.open.load(Ordering::Relaxed) {
+            true => self.write(Frame::Signal(Box::new(Signal::heartbeat()))),
+            false => Ok(()),
+        }
+    }
+
+    /// The stream's start is written: the live events held so far follow
+    /// it, in order, and later ones go straight in.
+    pub fn flow(&self) -> Result<(), Refused> {
+        let held = {
+            let mut held = self
+                .gate
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.gate.open.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *held)
+        };
+        held.into_iter()
+            .try_for_each(|event| self.write(Frame::Event(Box::new(event))))
     }
 
     /// Queues `frame` without waiting, and records the write. Once a write
@@ -203,5 +274,48 @@ mod tests {
         assert!(receiver.recv().await.is_some());
         assert_eq!(queue.write(heartbeat()), Err(Refused::Full));
         assert!(receiver.try_recv().is_err());
+    }
+
+    #[actix::test]
+    async fn live_events_before_the_start_follow_it_and_heartbeats_before_it_are_dropped() {
+        let (sender, mut receiver) = mpsc::channel(8);
+        let queue = StreamQueue::new(sender, Progress::default());
+        let event = |seq| crate::test_support::event(seq);
+        assert_eq!(queue.write_live(event(1)), Ok(()));
+        assert_eq!(queue.write_heartbeat(), Ok(()));
+        assert_eq!(queue.write_live(event(2)), Ok(()));
+        assert!(receiver.try_recv().is_err(), "written before the start");
+
+        queue
+            .write(Frame::Signal(Box::new(Signal::hello(
+                &crate::DeviceId::parse("d1").unwrap(),
+                crate::ConnectionId::new(),
+                1_000,
+                false,
+            ))))
+            .unwrap();
+        assert_eq!(queue.flow(), Ok(()));
+        assert_eq!(queue.write_live(event(3)), Ok(()));
+        let mut names = Vec::new();
+        while let Ok(frame) = receiver.try_recv() {
+            names.push(match frame {
+                Frame::Signal(signal) => signal.name.to_owned(),
+                Frame::Event(event) => event.id.seq.to_string(),
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        assert_eq!(names, ["hello", "1", "2", "3"]);
+    }
+
+    #[actix::test]
+    async fn live_events_held_before_the_start_count_against_the_bound() {
+        let (sender, _receiver) = mpsc::channel(2);
+        let queue = StreamQueue::new(sender, Progress::default());
+        let event = |seq| crate::test_support::event(seq);
+        assert_eq!(queue.write_live(event(1)), Ok(()));
+        assert_eq!(queue.write_live(event(2)), Ok(()));
+        assert_eq!(queue.write_live(event(3)), Err(Refused::Full));
+        // The refusal is the stream's last, whatever comes.
+        assert_eq!(queue.flow(), Err(Refused::Full));
     }
 }
