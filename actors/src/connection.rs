@@ -191,27 +191,32 @@ struct Reading {
 
 /// A connection's mailbox (unbounded) before its actor runs: the store can
 /// be handed the address while it decides on the connect, messages sent to it
-/// meanwhile wait, and a refused connect never starts an actor. Dropped
-/// unstarted, the mailbox closes, and the registry forgets the address.
-pub struct Unstarted(Context<DeviceConnection>);
+/// meanwhile wait, and a refused connect never starts an actor.
+///
+/// Dropped without being started or discarded (its request went away while
+/// the store decided), it reports `Disconnected` as a stopped connection
+/// does: the registry may have made it live already, and
+/// would otherwise hand events to a stream nobody writes, with its session
+/// attached to no one.
+pub struct Unstarted(Option<(Context<DeviceConnection>, ConnectionParams)>);
 
 impl Unstarted {
-    pub fn new() -> (Self, Addr<DeviceConnection>) {
+    pub fn new(params: ConnectionParams) -> (Self, Addr<DeviceConnection>) {
         let mut ctx = Context::new();
         ctx.set_mailbox_capacity(0);
         let addr = ctx.address();
-        (Self(ctx), addr)
+        (Self(Some((ctx, params))), addr)
     }
 
     /// Writes the stream's start, if the store answered with one (`None`:
     /// it ends before it begins, its `Disconnect` is in the mailbox), then
     /// runs the actor on this mailbox, on the current thread. The start is
     /// in the queue when this returns.
-    pub fn start(
-        self,
-        params: ConnectionParams,
-        opening: Option<Opening>,
-    ) -> Addr<DeviceConnection> {
+    pub fn start(mut self, opening: Option<Opening>) -> Addr<DeviceConnection> {
+        let (ctx, params) = self
+            .0
+            .take()
+            .expect("only start, discard and drop take it, each consuming self");
         let mut connection = DeviceConnection {
             params,
             began: None,
@@ -219,10 +224,28 @@ impl Unstarted {
             reason: DisconnectReason::ClientGone,
         };
         if let Some(opening) = opening {
-            // A refusal is the queue's to remember: `started` ends the stream.
+            // A full queue is remembered there, and `started` ends the stream;
+            // a closed one is noticed there too.
             let _ = connection.begin(opening);
         }
-        self.0.run(connection)
+        ctx.run(connection)
+    }
+
+    /// The store refused the connect: nobody made it live, so it goes
+    /// without a word.
+    pub fn discard(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some((_, params)) = self.0.take() {
+            params.registry.do_send(Disconnected {
+                device: params.device,
+                connection_id: params.connection_id,
+            });
+        }
     }
 }
 

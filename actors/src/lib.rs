@@ -61,13 +61,13 @@
 //! through the registry into the stream's queue (written on the stream's
 //! worker thread, in the registry's order: one batch per worker and turn,
 //! batches run in the order sent); the registry also refuses any id at or
-//! below the last it handed to that stream, so a backend can
-//! never make a stream repeat or reorder. A connecting stream goes through
-//! the same path: the store cuts its replay and sends `ConnectLive` in that same
+//! below the last it handed to that stream, so a backend can never make a
+//! stream repeat or reorder. A connecting stream goes through the same
+//! path: the store cuts its replay and sends `ConnectLive` in that same
 //! order; the registry hands the stream its live events from then on, and
 //! the stream's queue holds them until its connection has written the
-//! replay (both happen on the stream's worker thread). Actix mailboxes are FIFO per
-//! sender, and every mailbox on this path is unbounded (so a send never
+//! replay (both happen on the stream's worker thread). Actix mailboxes are
+//! FIFO per sender, and every mailbox on this path is unbounded (so a send never
 //! waits and cannot overtake another), so a stream sees its replay and then
 //! exactly the events published after it.
 //!
@@ -75,8 +75,8 @@
 //!
 //! A connection actor that panics loses only its own stream: actix still runs
 //! its `stopped` while dropping it, which reports it `Disconnected` and starts its
-//! session's TTL; should a connection vanish otherwise, the registry finds its
-//! mailbox closed on the next send and does the same.
+//! session's TTL; one whose request goes away before it runs is reported the
+//! same way by its mailbox ([`Unstarted`]).
 //!
 //! The store, the registry and the heartbeat hold the server's state. actix's
 //! `Supervisor` restarts an actor that stops, not one that panics (its mailbox

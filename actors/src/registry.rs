@@ -14,8 +14,8 @@
 //!   its connection has written the start (see [`StreamQueue`]);
 //! - order does not rest on mailboxes alone: a stream takes its device's
 //!   live events by sequence number, each exactly the one after the last it
-//!   took (the replay ends at [`ConnectLive::through`]), in its session's epoch.
-//!   One it already took is skipped; one that would leave a hole, or comes
+//!   took (the replay ends at [`ConnectLive::through`]), in its session's
+//!   epoch. One it already took is skipped; one that would leave a hole, or comes
 //!   from another epoch, ends the stream (`reason=gap`), and the client's
 //!   resume fills the hole from the buffer (or gets `reset`). So a storage
 //!   backend whose deliveries could arrive late or twice can neither reorder
@@ -23,8 +23,10 @@
 //! - what it hands a stream (its live events, its ending) reaches the
 //!   stream in the order it was handed over (see [`Outbox`]);
 //! - a connection that is gone is forgotten and its session detached, so its
-//!   TTL starts: it says so itself when it stops (also after a panic), and a
-//!   send that finds its mailbox closed covers any other way of vanishing;
+//!   TTL starts: it says so itself when it stops (also after a panic), its
+//!   mailbox says so when it is dropped before it ran
+//!   ([`Unstarted`](crate::Unstarted)), and one already gone when the store
+//!   hands it over is never made live;
 //! - the heartbeat watches a stream from when it is live until its
 //!   connection is forgotten (both told from here, in that order).
 
@@ -59,8 +61,7 @@ pub struct ConnectLive {
     pub instance: Option<String>,
     pub peer: String,
     /// Where its replay ends ([`Opening::through`](crate::Opening::through)):
-    /// its live events are
-    /// the ones after it.
+    /// its live events are the ones after it.
     pub through: EventId,
 }
 
@@ -432,7 +433,8 @@ mod tests {
         assert_eq!(actors.registry.send(close_all).await.unwrap(), 1);
         assert!(next(&mut early_frames).await.is_none());
 
-        // Its start is written before the registry hears of it; nothing follows.
+        // Its start is written before the connection reads its ending;
+        // nothing follows.
         let (late, mut late_frames, _) = connect(&actors, &device("d2"), None, 8).await;
         expect_signal(&mut late_frames, "hello").await;
         assert!(next(&mut late_frames).await.is_none());

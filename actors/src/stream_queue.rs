@@ -26,7 +26,7 @@
 //! connection that stops ends its queue the same way ([`StreamQueue::end`]).
 
 use std::sync::{
-    Arc, Mutex, PoisonError,
+    Arc, Mutex, MutexGuard, PoisonError,
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
@@ -96,8 +96,16 @@ pub struct StreamQueue {
 struct Gate {
     /// Set once the start is written: live events go straight in.
     open: AtomicBool,
-    /// Until then, the live events handed over, in order.
-    held: Mutex<Vec<StoredEvent>>,
+    held: Mutex<Held>,
+}
+
+/// The live events handed over before the start, in order.
+#[derive(Default)]
+struct Held {
+    events: Vec<StoredEvent>,
+    /// More came than the queue holds: the stream ends as slow, after its
+    /// start (which is still written, so its client hears `hello`).
+    overflowed: bool,
 }
 
 impl StreamQueue {
@@ -114,7 +122,8 @@ impl StreamQueue {
 
     /// Writes a live event, handed over by the registry; one that comes
     /// before the start is written waits for [`StreamQueue::flow`], and
-    /// counts against the queue's bound meanwhile.
+    /// counts against the queue's bound meanwhile (past it, this and every
+    /// later live event is refused as full, and so is the flow).
     pub fn write_live(&self, event: StoredEvent) -> Result<(), Refused> {
         if self.gate.open.load(Ordering::Relaxed) {
             return self.write(Frame::Event(Box::new(event)));
@@ -122,16 +131,15 @@ impl StreamQueue {
         if let Some(refused) = self.activity.refusal() {
             return Err(refused);
         }
-        let mut held = self
-            .gate
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if held.len() == self.capacity() {
-            self.activity.refuse();
+        let mut held = self.held();
+        if held.overflowed || held.events.len() == self.capacity() {
+            *held = Held {
+                events: Vec::new(),
+                overflowed: true,
+            };
             return Err(Refused::Full);
         }
-        held.push(event);
+        held.events.push(event);
         Ok(())
     }
 
@@ -144,19 +152,23 @@ impl StreamQueue {
     }
 
     /// The stream's start is written: the live events held so far follow
-    /// it, in order, and later ones go straight in.
+    /// it, in order, and later ones go straight in. Refused as full (and
+    /// every later write with it) if more were held than the queue holds.
     pub fn flow(&self) -> Result<(), Refused> {
-        let held = {
-            let mut held = self
-                .gate
-                .held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            self.gate.open.store(true, Ordering::Relaxed);
-            std::mem::take(&mut *held)
-        };
-        held.into_iter()
-            .try_for_each(|event| self.write(Frame::Event(Box::new(event))))
+        let held = std::mem::take(&mut *self.held());
+        self.gate.open.store(true, Ordering::Relaxed);
+        if held.overflowed {
+            self.activity.refuse();
+            return Err(Refused::Full);
+        }
+        (held.events.into_iter()).try_for_each(|event| self.write(Frame::Event(Box::new(event))))
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.gate
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `frame` without waiting, and records the write. Once a write
@@ -315,7 +327,10 @@ mod tests {
         assert_eq!(queue.write_live(event(1)), Ok(()));
         assert_eq!(queue.write_live(event(2)), Ok(()));
         assert_eq!(queue.write_live(event(3)), Err(Refused::Full));
-        // The refusal is the stream's last, whatever comes.
+        // The start is still written, so the client hears `hello`; then the
+        // stream ends, and nothing is written after the refusal.
+        assert_eq!(queue.write(heartbeat()), Ok(()));
         assert_eq!(queue.flow(), Err(Refused::Full));
+        assert_eq!(queue.write(heartbeat()), Err(Refused::Full));
     }
 }

@@ -118,13 +118,18 @@ pub(crate) async fn try_connect(
     last_event_id: Option<String>,
     capacity: usize,
 ) -> Result<(Addr<DeviceConnection>, Receiver<Frame>, ConnectionId), ConnectError> {
-    let (unstarted, addr) = Unstarted::new();
     let (queue, frames) = channel(capacity);
     let queue = StreamQueue::new(queue, Progress::default());
-    let connect = connect_message(device, addr.clone(), queue.clone(), last_event_id);
-    let connection_id = connect.connection_id;
-    let opening = actors.store.send(connect).await.unwrap()?;
-    unstarted.start(params(actors, device, connection_id, queue), opening);
+    let connection_id = ConnectionId::new();
+    let (unstarted, addr) = Unstarted::new(params(actors, device, connection_id, queue.clone()));
+    let connect = connect_message(device, connection_id, addr.clone(), queue, last_event_id);
+    match actors.store.send(connect).await.unwrap() {
+        Ok(opening) => unstarted.start(opening),
+        Err(refusal) => {
+            unstarted.discard();
+            return Err(refusal);
+        }
+    };
     Ok((addr, frames, connection_id))
 }
 
@@ -153,24 +158,26 @@ pub(crate) fn params(
 /// connection's mailbox closed), as when a client closes right after its
 /// request.
 pub(crate) async fn connect_gone(actors: &Actors, device: &DeviceId) {
-    let (unstarted, addr) = Unstarted::new();
-    drop(unstarted);
     let (queue, _) = channel(1);
     let queue = StreamQueue::new(queue, Progress::default());
-    let connect = connect_message(device, addr, queue, None);
+    let connection_id = ConnectionId::new();
+    let (unstarted, addr) = Unstarted::new(params(actors, device, connection_id, queue.clone()));
+    drop(unstarted);
+    let connect = connect_message(device, connection_id, addr, queue, None);
     actors.store.send(connect).await.unwrap().unwrap();
 }
 
 /// The `Connect` the stream route sends for a connection at `addr`.
-fn connect_message(
+pub(crate) fn connect_message(
     device: &DeviceId,
+    connection_id: ConnectionId,
     addr: Addr<DeviceConnection>,
     queue: StreamQueue,
     last_event_id: Option<String>,
 ) -> Connect {
     Connect {
         device: device.clone(),
-        connection_id: ConnectionId::new(),
+        connection_id,
         connection: addr,
         queue,
         last_event_id,

@@ -155,33 +155,10 @@ async fn connect(
 ) -> Result<Result<(), ConnectError>, ApiError> {
     let connection_id = ConnectionId::new();
     let queue = StreamQueue::new(queue, Progress::default());
+    let connect = (device.clone(), queue.clone(), client.peer.clone());
     // The actor runs only once admitted; what is sent to it before (a
     // replay read from storage, an ending) waits in its mailbox.
-    let (unstarted, connection) = Unstarted::new();
-    let connect = Connect {
-        device: device.clone(),
-        connection_id,
-        connection,
-        queue: queue.clone(),
-        last_event_id: client.last_event_id,
-        instance: client.instance,
-        peer: client.peer.clone(),
-    };
-    let admitted = state
-        .actors
-        .store
-        .send(connect)
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
-    let opening = match admitted {
-        Ok(opening) => opening,
-        Err(refused) => return Ok(Err(refused)),
-    };
-    metrics()
-        .streams_opened
-        .with_label_values(&[client.proto])
-        .inc();
-    let params = ConnectionParams {
+    let (unstarted, connection) = Unstarted::new(ConnectionParams {
         device,
         connection_id,
         peer: client.peer,
@@ -191,8 +168,34 @@ async fn connect(
         store: state.actors.store.clone(),
         client_closed,
         heartbeat_timeout: state.heartbeat_timeout,
+    });
+    let connect = Connect {
+        device: connect.0,
+        connection_id,
+        connection,
+        queue: connect.1,
+        last_event_id: client.last_event_id,
+        instance: client.instance,
+        peer: connect.2,
     };
-    unstarted.start(params, opening);
+    let admitted = state
+        .actors
+        .store
+        .send(connect)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    let opening = match admitted {
+        Ok(opening) => opening,
+        Err(refused) => {
+            unstarted.discard();
+            return Ok(Err(refused));
+        }
+    };
+    metrics()
+        .streams_opened
+        .with_label_values(&[client.proto])
+        .inc();
+    unstarted.start(opening);
     Ok(Ok(()))
 }
 

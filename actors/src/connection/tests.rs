@@ -107,21 +107,46 @@ async fn a_connection_whose_queue_is_full_stops_itself() {
 #[actix::test]
 async fn a_stopped_connection_ends_its_queue_for_every_writer() {
     let actors = start_actors(Duration::from_secs(60));
-    let (unstarted, _) = Unstarted::new();
     let (queue, mut frames) = tokio::sync::mpsc::channel(8);
     let queue = StreamQueue::new(queue, crate::Progress::default());
-    let id = ConnectionId::new();
-    let conn = unstarted.start(params(&actors, &device("d1"), id, queue.clone()), None);
+    let params = params(&actors, &device("d1"), ConnectionId::new(), queue.clone());
+    let (unstarted, _) = Unstarted::new(params);
+    let conn = unstarted.start(Some(opening_at(event_at(0).id)));
+    expect_signal(&mut frames, "hello").await;
     let admin = Disconnect {
         ending: Ending::Admin,
     };
     conn.send(admin).await.unwrap();
     assert!(stopped(&conn).await);
 
-    // As a heartbeat handed over before the stop would be written after it.
-    let heartbeat = Frame::Signal(Box::new(Signal::heartbeat()));
-    assert_eq!(queue.write(heartbeat), Err(Refused::Closed));
+    // As a live event or a heartbeat handed over before the stop would be
+    // written after it.
+    assert_eq!(queue.write_live(event_at(1)), Err(Refused::Closed));
+    assert_eq!(queue.write_heartbeat(), Err(Refused::Closed));
     assert!(frames.try_recv().is_err(), "a frame followed the stop");
+}
+
+/// The stream route's request can go away while the store decides; the
+/// registry may have made the connection live meanwhile.
+#[actix::test]
+async fn a_connection_dropped_before_it_starts_is_forgotten_though_it_was_made_live() {
+    let actors = start_actors(Duration::from_secs(60));
+    let dev = device("d1");
+    let (queue, _frames) = tokio::sync::mpsc::channel(8);
+    let queue = StreamQueue::new(queue, crate::Progress::default());
+    let id = ConnectionId::new();
+    let (unstarted, addr) = Unstarted::new(params(&actors, &dev, id, queue.clone()));
+    let connect = connect_message(&dev, id, addr, queue, None);
+    let opening = actors.store.send(connect).await.unwrap().unwrap();
+    assert!(opening.is_some());
+    assert_eq!(count_live(&actors).await, 1, "made live");
+
+    drop(unstarted);
+    assert_eq!(count_live(&actors).await, 0);
+    assert!(!publish_to(&actors, &dev, "nobody").await.delivered);
+    let describe = crate::DescribeDevice { device: dev };
+    let view = actors.store.send(describe).await.unwrap().unwrap();
+    assert_eq!(view.expect("a session").connection_id, None, "detached");
 }
 
 /// A connection (its queue holds 8 frames) started with [`reading_two`],
@@ -131,17 +156,16 @@ fn lone_connection(
     actors: &crate::Actors,
     before: Option<ConnectReplay>,
 ) -> (Addr<DeviceConnection>, Receiver<Frame>, ConnectLive) {
-    let (unstarted, addr) = Unstarted::new();
-    if let Some(msg) = before {
-        addr.do_send(msg);
-    }
     let (queue, frames) = tokio::sync::mpsc::channel(8);
     let queue = StreamQueue::new(queue, crate::Progress::default());
     let id = ConnectionId::new();
+    let (unstarted, addr) = Unstarted::new(params(actors, &device("d1"), id, queue.clone()));
+    if let Some(msg) = before {
+        addr.do_send(msg);
+    }
     let opening = reading_two();
     let through = opening.through;
-    let params = params(actors, &device("d1"), id, queue.clone());
-    let conn = unstarted.start(params, Some(opening));
+    let conn = unstarted.start(Some(opening));
     // What makes it live, as the store would.
     let live = ConnectLive {
         device: device("d1"),
@@ -159,6 +183,17 @@ fn event_at(seq: u64) -> StoredEvent {
     let mut event = event(seq);
     event.batch = seq;
     event
+}
+
+/// A fresh start with nothing to replay, at `through`.
+fn opening_at(through: crate::EventId) -> Opening {
+    Opening {
+        start: Start::Fresh,
+        state: Vec::new(),
+        unread: None,
+        replay: Vec::new(),
+        through,
+    }
 }
 
 /// A replay of events 1–2 read from storage, then 3.
