@@ -195,9 +195,9 @@ struct Reading {
 ///
 /// Dropped without being started or discarded (its request went away while
 /// the store decided), it reports `Disconnected` as a stopped connection
-/// does: the registry may have made it live already, and
-/// would otherwise hand events to a stream nobody writes, with its session
-/// attached to no one.
+/// does: the registry may have made it live already, and would otherwise
+/// hand events to a stream nobody writes, with its session attached to no
+/// one.
 pub struct Unstarted(Option<(Context<DeviceConnection>, ConnectionParams)>);
 
 impl Unstarted {
