@@ -155,7 +155,9 @@ async fn connect(
 ) -> Result<Result<(), ConnectError>, ApiError> {
     let connection_id = ConnectionId::new();
     let queue = StreamQueue::new(queue, Progress::default());
-    let connect = (device.clone(), queue.clone(), client.peer.clone());
+    // What the store is sent, beside what the connection keeps.
+    let (store_device, store_queue, store_peer) =
+        (device.clone(), queue.clone(), client.peer.clone());
     // The actor runs only once admitted; what is sent to it before (a
     // replay read from storage, an ending) waits in its mailbox.
     let (unstarted, connection) = Unstarted::new(ConnectionParams {
@@ -170,13 +172,13 @@ async fn connect(
         heartbeat_timeout: state.heartbeat_timeout,
     });
     let connect = Connect {
-        device: connect.0,
+        device: store_device,
         connection_id,
         connection,
-        queue: connect.1,
+        queue: store_queue,
         last_event_id: client.last_event_id,
         instance: client.instance,
-        peer: connect.2,
+        peer: store_peer,
     };
     let admitted = state
         .actors
